@@ -1,0 +1,229 @@
+"""Load and save OpenVLA checkpoints in OpenVLA's own folder format.
+
+A folder holds `config.json` (with `norm_stats`), `model.safetensors` or shards with
+`model.safetensors.index.json`, the tokenizer files, `preprocessor_config.json` and, for fine-tunes,
+`dataset_statistics.json`. Folders are written atomically: into a temporary sibling, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from vla.configuration import CheckpointError, OpenVLAConfig
+from vla.modeling import OpenVLA
+from vla.processing import OpenVLAProcessor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Quantization = Literal["nf4", "int8"] | None
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def resolve_checkpoint(path_or_id: str | Path) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id, downloaded (needs network)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_id)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise CheckpointError(f"{text}: checkpoint folder not found")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+    except Exception as err:  # noqa: BLE001 - any hub failure means the same thing to the user
+        raise CheckpointError(
+            f"{text}: not a local folder, and downloading it from the Hugging Face hub failed ({err})"
+        ) from None
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: not a safetensors index ({err})") from None
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for shard in _shard_files(folder):
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: listed in {INDEX_FILE} but missing")
+        try:
+            state.update(load_file(str(shard)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{shard}: corrupt or truncated safetensors file ({err})") from None
+    return state
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Names and shapes must match exactly; the error lists what was expected and what was found."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: expected {expected[k]}, found {tuple(state[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} expected but not found: {missing[:8]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} found but not expected: {unexpected[:8]}")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shapes: {wrong[:8]}")
+        raise CheckpointError(f"{source}: state dict does not match the config; " + "; ".join(parts))
+
+
+def quantize_language_model(model: OpenVLA, method: Literal["nf4", "int8"], compute_dtype: torch.dtype) -> None:
+    """Replace the LLM's decoder linear layers with bitsandbytes ones (NF4 with double quantization,
+    or LLM.int8). The vision towers, projector, embeddings and lm_head stay in full precision, as in
+    transformers' own bitsandbytes integration."""
+    import bitsandbytes as bnb
+
+    decoder = model.language_model.model
+    for name, module in list(decoder.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        parent = decoder.get_submodule(name.rsplit(".", 1)[0])
+        weight = module.weight.data
+        if method == "nf4":
+            new = bnb.nn.Linear4bit(
+                module.in_features,
+                module.out_features,
+                bias=module.bias is not None,
+                compute_dtype=compute_dtype,
+                compress_statistics=True,
+                quant_type="nf4",
+            )
+            new.weight = bnb.nn.Params4bit(
+                weight.float(), requires_grad=False, compress_statistics=True, quant_type="nf4"
+            )
+        else:
+            new = bnb.nn.Linear8bitLt(
+                module.in_features, module.out_features, bias=module.bias is not None, has_fp16_weights=False
+            )
+            new.weight = bnb.nn.Int8Params(weight.float(), requires_grad=False, has_fp16_weights=False)
+        if module.bias is not None:
+            new.bias = nn.Parameter(module.bias.data, requires_grad=False)
+        setattr(parent, name.rsplit(".", 1)[1], new.to(weight.device))
+    # PEFT reads these to pick its bitsandbytes LoRA layers.
+    model.is_loaded_in_4bit = method == "nf4"
+    model.is_loaded_in_8bit = method == "int8"
+    model.quantization = method
+
+
+def load_pretrained(
+    path_or_id: str | Path,
+    dtype: str | torch.dtype | None = None,
+    quantization: Quantization = None,
+    device: str | torch.device = "cpu",
+) -> OpenVLA:
+    """Build the model from a checkpoint folder (or hub id): weights, norm_stats and processor.
+
+    `dtype` defaults to the dtype stored in the checkpoint. `quantization` quantizes the language
+    model's linear layers with bitsandbytes after loading.
+    """
+    folder = resolve_checkpoint(path_or_id)
+    config = OpenVLAConfig.from_json_file(folder / "config.json")
+    stats_file = folder / "dataset_statistics.json"
+    if stats_file.is_file():
+        # As OpenVLA's own deployment code: a fine-tune's statistics replace the config's.
+        try:
+            config.norm_stats = json.loads(stats_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{stats_file}: not valid JSON ({err})") from None
+    processor = OpenVLAProcessor.from_pretrained(folder, config)
+    state = read_state_dict(folder)
+    with init_empty_weights(include_buffers=False):
+        model = OpenVLA(config)
+    check_state_dict(model, state, folder)
+    if dtype is None:
+        dtype = next(iter(state.values())).dtype
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    config.torch_dtype = str(dtype).removeprefix("torch.")
+    model.to(device)
+    if quantization is not None:
+        quantize_language_model(model, quantization, compute_dtype=dtype)
+    model.attach_processor(processor)
+    return model.eval()
+
+
+def _atomic_folder(folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+
+
+def commit_folder(tmp: Path, folder: Path) -> None:
+    """Replace `folder` with the fully written `tmp` (a rename: readers never see half a folder)."""
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+
+
+def save_pretrained(
+    model: OpenVLA,
+    folder: str | Path,
+    dtype: str | torch.dtype | None = None,
+    max_shard_size: str | int = "5GB",
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` in OpenVLA's format (atomically). `extra_config` keys are added to config.json."""
+    from huggingface_hub import save_torch_state_dict
+
+    if getattr(model, "quantization", None):
+        raise CheckpointError(
+            "cannot save a bitsandbytes-quantized model: save the full-precision model and pass "
+            "quantization= when loading"
+        )
+    if model.processor is None:
+        raise CheckpointError("the model has no processor (tokenizer + image transform) to save with it")
+    folder = Path(folder)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    stored = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    tmp = _atomic_folder(folder)
+    try:
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        raw = model.config.to_dict()
+        raw.update(extra_config or {})
+        raw["torch_dtype"] = stored
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+        llama = model.language_model.config
+        generation = {"bos_token_id": llama.bos_token_id, "eos_token_id": llama.eos_token_id}
+        generation["pad_token_id"] = model.config.pad_token_id
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        model.processor.save_pretrained(tmp, fused=model.vision_backbone.fused_featurizer is not None)
+        processor_config = {"processor_class": "PrismaticProcessor"}
+        (tmp / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
+        (tmp / "dataset_statistics.json").write_text(json.dumps(model.norm_stats, indent=2) + "\n")
+        commit_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

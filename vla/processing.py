@@ -1,0 +1,149 @@
+"""OpenVLA's processor: prompt template, Llama tokenizer, and per-tower image preprocessing.
+
+Image preprocessing is OpenVLA's "resize-naive": a bicubic PIL resize to the model's square input
+size (PIL returns an unchanged copy when the size already matches), `uint8 / 255` in float32, then
+`(x - mean) / std` per tower; the fused backbone stacks the towers' 3 channels into 6.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from vla.configuration import CheckpointError, OpenVLAConfig
+
+# OpenVLA (v0.2+) prompt; the caller lower-cases the instruction, as OpenVLA's scripts do.
+PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def build_prompt(instruction: str) -> str:
+    return PROMPT_TEMPLATE.format(instruction=instruction.lower())
+
+
+ImageLike = Image.Image | np.ndarray
+
+
+def to_pil_rgb(image: ImageLike) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 uint8 image array, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    return image.convert("RGB")
+
+
+@dataclass
+class ImageTransform:
+    """Resize + normalize for each tower; returns float32 [3 * n_towers, size, size]."""
+
+    size: int
+    means: list[tuple[float, float, float]]
+    stds: list[tuple[float, float, float]]
+
+    def __call__(self, image: ImageLike) -> torch.Tensor:
+        image = to_pil_rgb(image)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+        return torch.cat([self.normalize(x, i) for i in range(len(self.means))], dim=0)
+
+    def normalize(self, x: torch.Tensor, tower: int) -> torch.Tensor:
+        mean = torch.tensor(self.means[tower], dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.stds[tower], dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
+
+    def preprocessor_config(self, fused: bool) -> dict:
+        """OpenVLA's `preprocessor_config.json`, so OpenVLA's own processor can read our checkpoints."""
+        n = len(self.means)
+        size = [self.size, self.size]
+        return {
+            "auto_map": {
+                "AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
+                "AutoProcessor": "processing_prismatic.PrismaticProcessor",
+            },
+            "image_processor_type": "PrismaticImageProcessor",
+            "image_resize_strategy": "resize-naive",
+            "input_sizes": [[3, *size]] * n,
+            "interpolations": ["bicubic"] * n,
+            "means": [list(m) for m in self.means],
+            "stds": [list(s) for s in self.stds],
+            "processor_class": "PrismaticProcessor",
+            "tvf_crop_params": [{"output_size": size}] * n,
+            "tvf_do_letterbox": False,
+            "tvf_letterbox_fill": None,
+            "tvf_normalize_params": [
+                {"inplace": False, "mean": list(m), "std": list(s)} for m, s in zip(self.means, self.stds)
+            ],
+            "tvf_resize_params": [
+                {"antialias": True, "interpolation": 3, "max_size": None, "size": size}
+            ]
+            * n,
+            "use_fused_vision_backbone": fused,
+        }
+
+    @classmethod
+    def from_config(cls, config: OpenVLAConfig, folder: Path | None = None) -> ImageTransform:
+        """Means/stds from the folder's `preprocessor_config.json` when present, else the towers'."""
+        towers = config.towers
+        means = [t.image_mean for t in towers]
+        stds = [t.image_std for t in towers]
+        path = folder / "preprocessor_config.json" if folder is not None else None
+        if path is not None and path.is_file():
+            raw = json.loads(path.read_text())
+            if "means" in raw and "stds" in raw:
+                means = [tuple(m) for m in raw["means"]]
+                stds = [tuple(s) for s in raw["stds"]]
+            if len(means) != len(towers):
+                raise CheckpointError(f"{path}: {len(means)} means for {len(towers)} vision towers")
+        return cls(size=config.image_size, means=means, stds=stds)
+
+
+class OpenVLAProcessor:
+    """Turns images and instructions into `input_ids`, `attention_mask` and `pixel_values`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, image_transform: ImageTransform):
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+
+    @property
+    def empty_token_id(self) -> int:
+        """The bare '▁' piece (29871 in Llama-2), which OpenVLA appends before decoding actions."""
+        return int(self.tokenizer.convert_tokens_to_ids("\u2581"))
+
+    def pixel_values(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        return torch.stack([self.image_transform(img) for img in images])
+
+    def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        enc = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": self.pixel_values(images),
+        }
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, config: OpenVLAConfig) -> OpenVLAProcessor:
+        folder = Path(folder)
+        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+            raise CheckpointError(f"{folder}: no tokenizer (tokenizer.json) in the checkpoint folder")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        if tokenizer.pad_token is None:
+            raise CheckpointError(f"{folder}: the tokenizer defines no pad token")
+        tokenizer.padding_side = "right"
+        return cls(tokenizer, ImageTransform.from_config(config, folder))
+
+    def save_pretrained(self, folder: str | Path, fused: bool) -> None:
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(str(folder))
+        config = self.image_transform.preprocessor_config(fused)
+        (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
