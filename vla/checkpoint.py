@@ -94,7 +94,9 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: P
         raise CheckpointError(f"{source}: state dict does not match the config; " + "; ".join(parts))
 
 
-def quantize_language_model(model: OpenVLA, method: Literal["nf4", "int8"], compute_dtype: torch.dtype) -> None:
+def quantize_language_model(
+    model: OpenVLA, method: Literal["nf4", "int8"], compute_dtype: torch.dtype
+) -> None:
     """Replace the LLM's decoder linear layers with bitsandbytes ones (NF4 with double quantization,
     or LLM.int8). The vision towers, projector, embeddings and lm_head stay in full precision, as in
     transformers' own bitsandbytes integration."""
@@ -118,6 +120,11 @@ def quantize_language_model(model: OpenVLA, method: Literal["nf4", "int8"], comp
             new.weight = bnb.nn.Params4bit(
                 weight.float(), requires_grad=False, compress_statistics=True, quant_type="nf4"
             )
+            # bitsandbytes' packed CPU inference kernel asserts out_features % 32 == 0 and needs
+            # in_features % 64 == 0 (its block size); other sizes (the reference's 172) take the
+            # generic path.
+            if module.out_features % 32 or module.in_features % 64:
+                new.support_avx512bf16_for_cpu = False
         else:
             new = bnb.nn.Linear8bitLt(
                 module.in_features, module.out_features, bias=module.bias is not None, has_fp16_weights=False

@@ -53,7 +53,8 @@ class ActionPrediction:
     actions: np.ndarray  # [B, D] float64
     normalized: np.ndarray  # [B, D] float64
     token_ids: np.ndarray  # [B, D] int64
-    input_ids: list[list[int]]  # the prompt ids each row was decoded from (with the appended '▁')
+    prompt_ids: list[list[int]]  # each row's prompt ids as the processor gave them (no padding)
+    input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
 
 
 class OpenVLA(nn.Module):
@@ -214,19 +215,18 @@ class OpenVLA(nn.Module):
             constrain = bool(self.config.extra.get("constrain_action_decoding", False))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        rows = []
-        for ids, keep in zip(input_ids.tolist(), attention_mask.tolist()):
-            ids = [t for t, k in zip(ids, keep) if k]
-            if ids[-1] != self.empty_token_id:
-                ids.append(self.empty_token_id)
-            rows.append(ids)
+        prompts = [
+            [t for t, k in zip(ids, keep) if k]
+            for ids, keep in zip(input_ids.tolist(), attention_mask.tolist())
+        ]
+        rows = [ids if ids[-1] == self.empty_token_id else [*ids, self.empty_token_id] for ids in prompts]
         device = next(self.parameters()).device
         tokens = self.generate_action_tokens(rows, pixel_values.to(device), n_dims, constrain, use_cache)
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:
             token_ids = self._stop_at_eos(rows, token_ids)
         normalized = self.action_tokenizer.decode(token_ids)
-        return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, rows)
+        return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows)
 
     def _stop_at_eos(self, rows: list[list[int]], token_ids: np.ndarray) -> np.ndarray:
         """HF `generate` stops a row at `</s>`; OpenVLA then takes the last D ids of the whole

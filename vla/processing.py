@@ -82,9 +82,7 @@ class ImageTransform:
             "tvf_normalize_params": [
                 {"inplace": False, "mean": list(m), "std": list(s)} for m, s in zip(self.means, self.stds)
             ],
-            "tvf_resize_params": [
-                {"antialias": True, "interpolation": 3, "max_size": None, "size": size}
-            ]
+            "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": size}]
             * n,
             "use_fused_vision_backbone": fused,
         }

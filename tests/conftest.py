@@ -1,0 +1,36 @@
+"""Shared fixtures: the OpenVLA reference material beside the checkout, loaded once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+REF = ROOT.parent / "shared" / "openvla_ref"
+
+
+@pytest.fixture(scope="session")
+def ref_dir() -> Path:
+    if not (REF / "tiny_ckpt" / "config.json").is_file():
+        pytest.skip(f"reference material not found at {REF}")
+    return REF
+
+
+@pytest.fixture(scope="session")
+def ref_cases(ref_dir: Path) -> list[dict]:
+    return json.loads((ref_dir / "cases_public.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="session")
+def ref_model(ref_dir: Path):
+    from vla.modeling import OpenVLA
+
+    return OpenVLA.from_pretrained(ref_dir / "tiny_ckpt")
