@@ -1,0 +1,44 @@
+# athena-vla: every target runs inside .venv, which `make setup` creates (other targets depend on it).
+# Pass extra Hydra overrides or pytest flags with ARGS="...", e.g. make train ARGS="lora=efficient".
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test test-full lint format sim-data predict bench-kv
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Create .venv, install pinned packages (CPU torch) and the renderer's system libraries
+
+$(VENV)/.installed: requirements.txt constraints.txt scripts/setup_system.sh
+	bash scripts/setup_system.sh
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt
+	touch $@
+
+train: setup ## Train with the defaults: tiny OpenVLA, simulated sample data, CPU
+	$(PY) train.py $(ARGS)
+
+test: setup ## The default test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+test-full: setup ## Every test, slow ones included
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+lint: setup ## ruff lint and format check
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: setup ## ruff fix and format
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+sim-data: setup ## Generate a sample dataset of simulated athena episodes
+	$(PY) scripts/make_sample_data.py $(ARGS)
+
+predict: setup ## One action from a checkpoint: make predict ARGS="checkpoint=DIR image=PNG instruction=..."
+	$(PY) scripts/predict.py $(ARGS)
+
+bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
+	$(PY) scripts/bench_kv_cache.py $(ARGS)

@@ -1,0 +1,147 @@
+"""Fine-tune an OpenVLA policy.
+
+python train.py                                  # tiny model, simulated sample data, CPU
+python train.py lora=efficient quantization=nf4  # QLoRA
+python train.py -m lora=humanoid_default,efficient,high_performance
+python train.py -m hparams_search=optuna
+python train.py model=openvla_7b lora=efficient quantization=nf4 trainer=gpu data=isaac data.root=DIR
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from vla.config import TrainConfig, register_configs, to_object
+
+log = logging.getLogger("train")
+register_configs()
+
+
+def make_loggers(cfg: TrainConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    if cfg.logger.name == "none":
+        return []
+    if cfg.logger.name == "csv":
+        return [CSVLogger(save_dir=run_dir, name="csv", version="")]
+    # Offline unless the user chose a mode: nothing here needs a network.
+    mode = cfg.logger.mode or os.environ.get("WANDB_MODE") or "offline"
+    return [
+        WandbLogger(
+            project=cfg.logger.project,
+            name=cfg.run_name or run_dir.name,
+            save_dir=str(run_dir),
+            mode=mode,
+            tags=list(cfg.logger.tags),
+            config=asdict(cfg),
+        )
+    ]
+
+
+def resume_path(ckpt_path: str | None) -> str | None:
+    """`ckpt_path=` may be a Lightning checkpoint or a run folder (its checkpoints/last.ckpt)."""
+    if ckpt_path and Path(ckpt_path).is_dir():
+        return str(Path(ckpt_path) / "checkpoints" / "last.ckpt")
+    return ckpt_path
+
+
+def run(cfg: TrainConfig) -> dict[str, float]:
+    """Train; returns the final validation metrics."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from vla.adapters import apply_adapter, build_base_model
+    from vla.checkpoint import quantize_language_model
+    from vla.data.datamodule import VLADataModule
+    from vla.module import VLAModule
+    from vla.runs import RunArtifacts, save_run_config, save_statistics_file
+
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.run_dir)
+    save_run_config(run_dir, cfg)
+
+    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir)
+    stats = datamodule.prepare()
+    save_statistics_file(run_dir, stats)
+    # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
+    quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
+    base = build_base_model(cfg.model, quant, stats)
+    if not cfg.model.pretrained:
+        base.save_pretrained(run_dir / "base_model")
+        if cfg.quantization.method:
+            quantize_language_model(
+                base, cfg.quantization.method, compute_dtype=next(base.parameters()).dtype
+            )
+    datamodule.attach(base)
+    model = apply_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
+    module = VLAModule(model, cfg.optim, stats[cfg.data.dataset_key]["action"], cfg.trainer.max_steps)
+
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        monitor="val/loss",
+        save_top_k=cfg.callbacks.save_top_k,
+        save_last=True,
+    )
+    loggers = make_loggers(cfg, run_dir)
+    callbacks = [checkpoint, RunArtifacts(run_dir, cfg.callbacks.plot_episodes, cfg.lora.kind == "full")]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        default_root_dir=run_dir,
+        logger=loggers or False,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["wall_time_s"] = time.perf_counter() - start
+    if trainer.is_global_zero:
+        where = run_dir / ("model" if cfg.lora.kind == "full" else "adapter")
+        log.info("finished in %.0f s; val/loss %s", metrics["wall_time_s"], metrics.get("val/loss"))
+        print(f"\nrun folder:  {run_dir}")
+        print(f"weights:     {where}")
+        print(f"statistics:  {run_dir / 'dataset_statistics.json'}")
+        print(f"plots:       {run_dir / 'plots'}")
+        for logger in loggers:
+            if cfg.logger.name == "wandb":
+                print(f"W&B run:     {logger.experiment.dir} (offline runs: `wandb sync` it)")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    typed: TrainConfig = to_object(cfg, TrainConfig)
+    if typed.run_name is None:
+        typed.run_name = HydraConfig.get().job.override_dirname or "defaults"
+    metrics = run(typed)
+    return metrics.get(typed.optimized_metric) if typed.optimized_metric else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Build the model to fine-tune and apply the adapter: one code path for LoRA, DoRA, QLoRA and full.
+
+QLoRA is a LoRA choice with `quantization=nf4` (bitsandbytes NF4, double quantization, compute dtype
+of the frozen base); DoRA is `lora.use_dora`. Bad combinations fail before any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+
+from vla.checkpoint import DTYPES, quantize_language_model
+from vla.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig
+from vla.modeling import OpenVLA
+from vla.tiny import build_tiny_model
+
+log = logging.getLogger(__name__)
+
+
+def build_base_model(
+    model_cfg: ModelConfig, quant: QuantizationConfig, norm_stats: dict[str, Any]
+) -> OpenVLA:
+    """The frozen base: a pretrained OpenVLA (its statistics replaced by the fine-tune's) or a new
+    tiny one, optionally with a bitsandbytes-quantized language model."""
+    dtype = DTYPES[model_cfg.dtype]
+    if model_cfg.pretrained:
+        model = OpenVLA.from_pretrained(model_cfg.pretrained, dtype=dtype, quantization=quant.method)
+        model.config.norm_stats = norm_stats
+    else:
+        model = build_tiny_model(model_cfg.architecture, norm_stats=norm_stats, seed=model_cfg.init_seed)
+        model.to(dtype)
+        if quant.method:
+            quantize_language_model(model, quant.method, compute_dtype=dtype)
+    model.config.extra["constrain_action_decoding"] = model_cfg.constrain_action_decoding
+    return model
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    """Every LoRA target must name a module; PEFT's own error does not list the choices."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        llm = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.language_model.named_modules()
+                if isinstance(m, nn.Linear)
+            }
+        )
+        raise ConfigError(
+            f"lora.target_modules {missing} match no module of the model; "
+            f"the language model's linear layers are {llm} (plus embed_tokens)"
+        )
+
+
+def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool = False) -> nn.Module:
+    """Make the model trainable as `lora` asks; returns the PEFT model (or the model itself for full)."""
+    if gradient_checkpointing:
+        model.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    if lora.kind == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    check_targets(model, lora.target_modules)
+    quantized = bool(getattr(model, "quantization", None))
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        use_dora=lora.use_dora,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    log.info(
+        "adapter %s: %d trainable of %d parameters (%.2f%%)",
+        lora.name,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    return peft_model
+
+
+def unwrap(model: nn.Module) -> OpenVLA:
+    """The OpenVLA inside a PEFT wrapper (or the model itself)."""
+    base = getattr(model, "base_model", None)
+    inner = getattr(base, "model", None)
+    return inner if isinstance(inner, OpenVLA) else model

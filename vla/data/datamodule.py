@@ -1,0 +1,127 @@
+"""The Lightning DataModule: load episodes (sample, Isaac or pickle), split, statistics, loaders."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from vla.config import DataConfig
+from vla.data.dataset import VLADataset, collate
+from vla.data.episodes import DataError, Episode, LoadResult
+from vla.data.isaac import load_isaac_episodes
+from vla.data.pickle_demos import load_pickle_demos
+from vla.data.statistics import compute_statistics, split_episodes
+from vla.modeling import OpenVLA
+
+log = logging.getLogger(__name__)
+
+
+def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
+    """The simulated dataset for `data=sample`, generated into the cache the first time."""
+    from vla.sim.config import SampleDataSettings, SimSettings
+    from vla.sim.episodes import ensure_sample_dataset
+
+    settings = SampleDataSettings(
+        tasks=list(cfg.sample.tasks), episodes_per_task=cfg.sample.episodes_per_task, seed=cfg.sample.seed
+    )
+    return ensure_sample_dataset(settings, SimSettings(image_size=cfg.sample.image_size), cache_dir=cache_dir)
+
+
+def load_episodes(
+    cfg: DataConfig, cache_dir: str | Path, expected_action_dim: int | None = None
+) -> LoadResult:
+    if cfg.format == "pickle":
+        return load_pickle_demos(
+            cfg.root,
+            join_gripper=cfg.join_gripper,
+            next_action=cfg.next_action,
+            on_error=cfg.on_error,
+            expected_action_dim=expected_action_dim,
+        )
+    root = sample_dataset_root(cfg, cache_dir) if cfg.format == "sample" else Path(cfg.root)
+    return load_isaac_episodes(
+        root, success_only=cfg.success_only, on_error=cfg.on_error, expected_action_dim=expected_action_dim
+    )
+
+
+class VLADataModule(L.LightningDataModule):
+    """Episode-level train/val split; statistics from the train split only."""
+
+    def __init__(self, cfg: DataConfig, cache_dir: str | Path = ".cache/athena_vla"):
+        super().__init__()
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.train_episodes: list[Episode] = []
+        self.val_episodes: list[Episode] = []
+        self.statistics: dict[str, Any] | None = None
+        self.report: LoadResult | None = None
+        self.model: OpenVLA | None = None
+
+    def prepare(self) -> dict[str, Any]:
+        """Load, validate and split the episodes and compute statistics (before the model exists,
+        since the model's statistics come from here). Returns `{dataset_key: statistics}`."""
+        result = load_episodes(self.cfg, self.cache_dir)
+        for skipped in result.skipped:
+            log.warning("skipped episode %s: %s", skipped.episode_id, skipped.reason)
+        if self.cfg.success_only and not result.episodes:
+            raise DataError(f"{self.cfg.root}: no successful episode (data.success_only=true)")
+        self.report = result
+        self.train_episodes, self.val_episodes = split_episodes(
+            result.episodes, self.cfg.val_fraction, self.cfg.split_seed
+        )
+        if not self.val_episodes:
+            raise DataError(
+                f"only {len(result.episodes)} usable episode(s): need at least 2 for a train/val split"
+            )
+        stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
+        self.statistics = {self.cfg.dataset_key: stats}
+        log.info(
+            "data: %d train / %d val episodes, %d train steps, action dim %d",
+            len(self.train_episodes),
+            len(self.val_episodes),
+            sum(e.num_steps for e in self.train_episodes),
+            self.train_episodes[0].action_dim,
+        )
+        return self.statistics
+
+    def attach(self, model: OpenVLA) -> None:
+        self.model = model
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.statistics is None:
+            self.prepare()
+        if self.model is None:
+            raise RuntimeError("VLADataModule.attach(model) must be called before training")
+        stats = self.statistics[self.cfg.dataset_key]["action"]
+        make = functools.partial(
+            VLADataset,
+            processor=self.model.processor,
+            action_tokenizer=self.model.action_tokenizer,
+            action_stats=stats,
+        )
+        self.train_set = make(self.train_episodes)
+        self.val_set = make(self.val_episodes)
+
+    def _loader(self, dataset: VLADataset, shuffle: bool) -> DataLoader:
+        pad = self.model.processor.tokenizer.pad_token_id
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.cfg.pin_memory,
+            persistent_workers=self.cfg.num_workers > 0,
+            collate_fn=functools.partial(collate, pad_id=pad),
+            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,99 @@
+"""What a training run leaves behind, and loading it back as a ready-to-predict OpenVLA.
+
+<run>/config.yaml              the resolved config
+<run>/dataset_statistics.json  the fine-tune's statistics (OpenVLA format)
+<run>/base_model/              the base, when it was not a pretrained checkpoint (the tiny model)
+<run>/adapter/                 PEFT adapter (PeftModel.from_pretrained(base, <run>/adapter))
+<run>/model/                   the whole model, for lora=full
+<run>/checkpoints/last.ckpt    Lightning's checkpoint, for ckpt_path= resume
+<run>/plots/                   validation plots
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from vla.checkpoint import commit_folder
+from vla.configuration import CheckpointError
+from vla.modeling import OpenVLA
+from vla.plots import dof_error_plot, trajectory_plot
+
+
+def save_run_config(run_dir: Path, cfg: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def save_statistics_file(folder: Path, stats: dict[str, Any]) -> None:
+    tmp = folder / ".dataset_statistics.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    tmp.replace(folder / "dataset_statistics.json")
+
+
+def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
+    """Adapters in PEFT's folder form, or the whole model for full fine-tuning (atomically)."""
+    if full:
+        return model.save_pretrained(run_dir / "model")
+    target = run_dir / "adapter"
+    tmp = run_dir / ".adapter.tmp"
+    # The base is saved on its own (base_model/ or the pretrained id): keep only the adapter weights.
+    model.save_pretrained(str(tmp), save_embedding_layers=False)
+    commit_folder(tmp, target)
+    return target
+
+
+def load_run(run_dir: str | Path, merge: bool = True) -> OpenVLA:
+    """A training run folder -> OpenVLA with the fine-tune's statistics (adapters merged by default)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model" / "config.json").is_file():
+        return OpenVLA.from_pretrained(run_dir / "model")
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file() or not (run_dir / "adapter").is_dir():
+        raise CheckpointError(f"{run_dir}: not a training run (no config.yaml with adapter/ or model/)")
+    cfg = OmegaConf.load(config_file)
+    base_dir = run_dir / "base_model" if (run_dir / "base_model").is_dir() else cfg.model.pretrained
+    base = OpenVLA.from_pretrained(base_dir)
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    model = peft_model.merge_and_unload() if merge else peft_model
+    stats = json.loads((run_dir / "dataset_statistics.json").read_text())
+    base.config.norm_stats = stats
+    base.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
+    return model.eval()
+
+
+class RunArtifacts(L.Callback):
+    """At each validation: plots (saved under <run>/plots and logged to W&B); at the end of fit: the
+    adapters (or full model)."""
+
+    def __init__(self, run_dir: Path, plot_episodes: int, full: bool):
+        self.run_dir = run_dir
+        self.plot_episodes = plot_episodes
+        self.full = full
+        self.plot_paths: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not module.val_records:
+            return
+        plots = self.run_dir / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        step = trainer.global_step
+        traj = trajectory_plot(
+            module.val_records, self.plot_episodes, plots / f"trajectories_step{step:06d}.png", f"step {step}"
+        )
+        dof = dof_error_plot(module.val_records, plots / f"dof_error_step{step:06d}.png", f"step {step}")
+        self.plot_paths = [traj, dof]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="val/trajectories", images=[str(traj)], step=step)
+                logger.log_image(key="val/dof_error", images=[str(dof)], step=step)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            save_trained(module.model, self.run_dir, self.full)

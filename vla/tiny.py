@@ -1,0 +1,124 @@
+"""The embedded default: a tiny model of OpenVLA's exact architecture that trains on 2 CPU cores.
+
+Same fused DINOv2 + SigLIP towers (register tokens, LayerScale, attention-pool head), the same
+3-layer projector and a Llama decoder, only smaller, with the compact Llama-layout tokenizer that
+ships in `vla/assets/tokenizer` (built by `scripts/build_tokenizer.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from vla.configuration import OpenVLAConfig
+from vla.modeling import OpenVLA
+from vla.processing import ImageTransform, OpenVLAProcessor
+from vla.vision import LayerScale, VisionTransformer
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
+DINO_ID = "athena_tiny_patch14_reg4_dinov2"
+SIGLIP_ID = "athena_tiny_patch14_siglip"
+
+
+@dataclass
+class TinyArchitecture:
+    """Sizes of the tiny model; every field has the meaning of the same field in OpenVLA-7B."""
+
+    image_size: int = 112  # square input (OpenVLA: 224); a multiple of the 14-px patch
+    dino_dim: int = 64  # DINOv2-style tower width (OpenVLA: 1024)
+    dino_heads: int = 2
+    siglip_dim: int = 96  # SigLIP-style tower width (OpenVLA: 1152)
+    siglip_heads: int = 3
+    vision_depth: int = 3  # blocks per tower; the last one is unused, as in OpenVLA (24 / 27)
+    llm_dim: int = 128  # Llama hidden size (OpenVLA: 4096)
+    llm_layers: int = 2  # (OpenVLA: 32)
+    llm_heads: int = 4  # (OpenVLA: 32)
+    llm_intermediate: int = 352  # SwiGLU width, a multiple of 32 for bitsandbytes' CPU kernel
+
+
+def tiny_config(
+    arch: TinyArchitecture, vocab_size: int, norm_stats: dict[str, Any] | None = None
+) -> OpenVLAConfig:
+    """OpenVLA `config.json` fields for the tiny model; `vocab_size` is the tokenizer's base vocabulary."""
+    pad_to = 64
+    return OpenVLAConfig(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": vocab_size + pad_to,  # base vocab + <PAD>, padded to a multiple of 64
+            "hidden_size": arch.llm_dim,
+            "intermediate_size": arch.llm_intermediate,
+            "num_hidden_layers": arch.llm_layers,
+            "num_attention_heads": arch.llm_heads,
+            "num_key_value_heads": arch.llm_heads,
+            "max_position_embeddings": 2048,
+            "pad_token_id": vocab_size,
+        },
+        timm_model_ids=[DINO_ID, SIGLIP_ID],
+        image_sizes=[arch.image_size, arch.image_size],
+        timm_model_specs={
+            DINO_ID: {
+                "patch_size": 14,
+                "embed_dim": arch.dino_dim,
+                "depth": arch.vision_depth,
+                "num_heads": arch.dino_heads,
+                "mlp_ratio": 4.0,
+                "reg_tokens": 4,
+                "class_token": True,
+                "no_embed_class": True,
+                "layer_scale": True,
+                "global_pool": "token",
+            },
+            SIGLIP_ID: {
+                "patch_size": 14,
+                "embed_dim": arch.siglip_dim,
+                "depth": arch.vision_depth,
+                "num_heads": arch.siglip_heads,
+                "mlp_ratio": 3.7362,
+                "reg_tokens": 0,
+                "class_token": False,
+                "no_embed_class": False,
+                "layer_scale": False,
+                "global_pool": "map",
+            },
+        },
+        pad_to_multiple_of=pad_to,
+        pad_token_id=vocab_size,
+        norm_stats=norm_stats,
+        extra={"llm_backbone_id": "athena-tiny-llama", "vision_backbone_id": "athena-tiny-dinosiglip"},
+    )
+
+
+def _init_vision(module: nn.Module) -> None:
+    # timm's ViT init: truncated-normal linear weights, zero biases, small position/prefix tokens.
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, VisionTransformer):
+            nn.init.trunc_normal_(m.pos_embed, std=0.02)
+            for token in (m.cls_token, m.reg_token):
+                if token is not None:
+                    nn.init.normal_(token, std=1e-6)
+        elif isinstance(m, LayerScale):
+            nn.init.constant_(m.scale_factor, 1e-5)
+
+
+def build_tiny_model(
+    arch: TinyArchitecture | None = None, norm_stats: dict[str, Any] | None = None, seed: int = 0
+) -> OpenVLA:
+    """A randomly initialised tiny OpenVLA with its processor attached."""
+    arch = arch or TinyArchitecture()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    base_vocab = int(tokenizer.pad_token_id)  # <PAD> is appended right after the base vocabulary
+    config = tiny_config(arch, base_vocab, norm_stats)
+    torch.manual_seed(seed)
+    model = OpenVLA(config)
+    _init_vision(model.vision_backbone)
+    processor = OpenVLAProcessor(tokenizer, ImageTransform.from_config(config))
+    model.attach_processor(processor)
+    return model
