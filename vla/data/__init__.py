@@ -1,0 +1,34 @@
+"""Episode loading for training: the two seed formats, validation, the train/val split and statistics.
+
+`load_isaac_episodes` / `load_pickle_demos` return a `LoadResult` of `Episode`s; `split_episodes` splits
+them by episode; `compute_statistics` / `save_statistics` / `load_statistics` handle OpenVLA's
+`dataset_statistics.json`. Bad data raises `DataError` (a ValueError) naming the file, episode or key.
+"""
+
+from vla.data.episodes import DataError, Episode, LoadResult, SkippedEpisode
+from vla.data.isaac import load_isaac_episodes
+from vla.data.pickle_demos import load_pickle_demos
+from vla.data.safe_pickle import UnsafePickleError, safe_load_pickle
+from vla.data.statistics import (
+    DatasetStatistics,
+    compute_statistics,
+    load_statistics,
+    save_statistics,
+    split_episodes,
+)
+
+__all__ = [
+    "DataError",
+    "DatasetStatistics",
+    "Episode",
+    "LoadResult",
+    "SkippedEpisode",
+    "UnsafePickleError",
+    "compute_statistics",
+    "load_isaac_episodes",
+    "load_pickle_demos",
+    "load_statistics",
+    "safe_load_pickle",
+    "save_statistics",
+    "split_episodes",
+]

@@ -1,0 +1,226 @@
+"""The in-memory episode both seed data formats load into, and the validation they share.
+
+An `Episode` is one demonstration: T steps of (image, proprio state, action) plus its instruction. The
+loaders (`vla.data.isaac`, `vla.data.pickle_demos`) check everything that is cheap to check when they
+load (shapes, step counts, finiteness, that every image file exists and has a readable header), so bad
+data is found before training starts; only the full decode of file-based frames is left to `frame()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A complete JPEG ends with the end-of-image marker; PIL's verify() does not notice a missing tail.
+_JPEG_EOI = b"\xff\xd9"
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the file, episode or key at fault."""
+
+
+class SkippedEpisode(NamedTuple):
+    """An episode (or a whole pickle file) left out with `on_error="skip"`, and why."""
+
+    episode_id: str
+    reason: str
+
+
+@dataclass
+class Episode:
+    """One demonstration, T steps long.
+
+    Step t pairs the observation (frame t, `states[t]`) with the action to take, `actions[t]`.
+    Exactly one of `frame_paths` (file-based, decoded lazily) and `frames` (held in memory) is set.
+    """
+
+    episode_id: str
+    """Unique within a dataset: the folder name (Isaac) or `<file name>#<index>` (pickle demos)."""
+    source: Literal["isaac", "pickle"]
+    """Which loader produced the episode."""
+    path: Path
+    """The episode folder (Isaac) or the pickle file holding it; error messages name it."""
+    instruction: str
+    """The language instruction used for training (see each loader for which one is chosen)."""
+    instructions: list[str]
+    """Every distinct instruction the episode carries, `instruction` first (for augmentation)."""
+    actions: np.ndarray
+    """float32 [T, D]."""
+    states: np.ndarray
+    """float32 [T, S]; S may be 0 when the episode has no proprio state."""
+    success: bool | None = None
+    """Whether the episode succeeded; None when the format does not record it."""
+    fps: float | None = None
+    timestamps: np.ndarray | None = None
+    """float64 [T] when the episode records per-step times."""
+    frame_paths: list[Path] | None = None
+    """T image files (PNG/JPEG), one per step."""
+    frames: np.ndarray | None = None
+    """uint8 [T, H, W, 3] RGB."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Everything else the source recorded (e.g. Isaac's `seed`, `joint_names`, a demo's `timestamp`)."""
+
+    def __post_init__(self) -> None:
+        where = f"episode {self.episode_id!r} ({self.path})"
+        if self.actions.ndim != 2 or self.actions.dtype != np.float32:
+            raise DataError(
+                f"{where}: actions must be float32 [T, D], got {self.actions.dtype} {self.actions.shape}"
+            )
+        if self.states.ndim != 2 or len(self.states) != len(self.actions):
+            raise DataError(f"{where}: states {self.states.shape} do not match actions {self.actions.shape}")
+        if (self.frame_paths is None) == (self.frames is None):
+            raise DataError(f"{where}: exactly one of frame_paths and frames must be set")
+        if self.frames is not None and (
+            self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[3] != 3
+        ):
+            raise DataError(
+                f"{where}: frames must be uint8 [T, H, W, 3], got {self.frames.dtype} {self.frames.shape}"
+            )
+        num_frames = len(self.frame_paths) if self.frame_paths is not None else len(self.frames)
+        if num_frames != len(self.actions):
+            raise DataError(f"{where}: {num_frames} frames but {len(self.actions)} actions")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.actions)
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def state_dim(self) -> int:
+        return self.states.shape[1]
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame t as uint8 [H, W, 3] RGB. In-memory frames are returned as a view: do not modify it."""
+        if not 0 <= t < self.num_steps:
+            raise IndexError(f"episode {self.episode_id!r} has {self.num_steps} steps, asked for step {t}")
+        if self.frames is not None:
+            return self.frames[t]
+        path = self.frame_paths[t]
+        try:
+            with Image.open(path) as image:
+                return np.array(image.convert("RGB"), dtype=np.uint8)
+        except Exception as exc:  # PIL raises many types for corrupt data; the file is what matters
+            raise DataError(f"episode {self.episode_id!r}: cannot decode image {path}: {exc}") from exc
+
+
+@dataclass
+class LoadResult:
+    """What a loader returns: the usable episodes, in a deterministic order, and what was left out."""
+
+    episodes: list[Episode]
+    skipped: list[SkippedEpisode] = field(default_factory=list)
+    """Bad episodes left out with `on_error="skip"`, with the reason for each."""
+    unsuccessful: list[str] = field(default_factory=list)
+    """Ids of episodes left out by `success_only` (not errors)."""
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def record_skip(skipped: list[SkippedEpisode], episode_id: str, error: Exception) -> None:
+    """Note a bad episode left out with `on_error="skip"`, in the result and in the log."""
+    logger.warning("Skipping episode %s: %s", episode_id, error)
+    skipped.append(SkippedEpisode(episode_id, str(error)))
+
+
+def natural_sort_key(path: Path) -> list[int | str]:
+    """Sort `frame_2` before `frame_10`; zero-padded names sort the same either way."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def as_float_matrix(value: Any, *, key: str, where: str, num_rows: int | None = None) -> np.ndarray:
+    """`value` as a finite float32 [T, D] array, or a DataError naming `where` and `key`."""
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # ragged nested lists and the like
+        raise DataError(f"{where}: {key!r} is not a numeric array: {exc}") from exc
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{where}: {key!r} must be numeric, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise DataError(f"{where}: {key!r} must be 2-D [T, D], got shape {array.shape}")
+    if num_rows is not None and len(array) != num_rows:
+        raise DataError(f"{where}: {key!r} has {len(array)} steps, expected {num_rows}")
+    # Converting first also catches float64 values that overflow float32 to inf.
+    array = array.astype(np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        step, dim = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{where}: {key!r} has {int(bad.sum())} non-finite values (NaN/inf), "
+            f"first at step {step}, dim {dim}"
+        )
+    return array
+
+
+def check_image_file(path: Path, *, where: str) -> None:
+    """Cheap check that `path` is a complete PNG/JPEG: its header parses, without decoding pixels."""
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            # PNG: checks every chunk's CRC, so a truncated file fails. JPEG: verify() checks little.
+            image.verify()
+        if image_format == "JPEG":
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                handle.seek(max(0, size - 64))
+                if _JPEG_EOI not in handle.read():
+                    raise DataError(f"{where}: image {path} is truncated (no JPEG end-of-image marker)")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: image {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+def drop_inconsistent_dims(
+    episodes: list[Episode],
+    *,
+    expected_action_dim: int | None,
+    expected_state_dim: int | None,
+    on_error: OnError,
+    skipped: list[SkippedEpisode],
+) -> list[Episode]:
+    """Episodes whose action and state dimensions agree with the expected (else the most common) ones.
+
+    Without an expected dimension the most common one wins (ties: the earliest episode's), so with
+    `on_error="skip"` one odd episode sorted first cannot get every other episode skipped.
+    """
+    references = {}
+    for name, expected in (("action", expected_action_dim), ("state", expected_state_dim)):
+        dims = [getattr(episode, f"{name}_dim") for episode in episodes]
+        if expected is not None:
+            references[name] = (expected, f"expected_{name}_dim={expected}")
+        elif dims:
+            dim = Counter(dims).most_common(1)[0][0]
+            first = episodes[dims.index(dim)].episode_id
+            references[name] = (dim, f"{dim} in {dims.count(dim)} of {len(dims)} episodes, e.g. {first!r}")
+    kept = []
+    for episode in episodes:
+        problems = [
+            f"{name} dimension {getattr(episode, f'{name}_dim')} differs from {description}"
+            for name, (dim, description) in references.items()
+            if getattr(episode, f"{name}_dim") != dim
+        ]
+        if not problems:
+            kept.append(episode)
+            continue
+        error = DataError(f"episode {episode.episode_id!r} ({episode.path}): {'; '.join(problems)}")
+        if on_error == "raise":
+            raise error
+        record_skip(skipped, episode.episode_id, error)
+    return kept
