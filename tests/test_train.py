@@ -1,0 +1,144 @@
+"""train.py end to end on tiny data: every adapter kind, QLoRA, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_factories import make_isaac_dataset, make_pickle_demos
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import ROOT
+from vla.config import ConfigError, TrainConfig, register_configs, to_object
+from vla.data.episodes import DataError
+
+register_configs()
+FAST = [
+    "logger=none",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=2",
+    "model.architecture.image_size=56",
+]
+
+
+@pytest.fixture(scope="module")
+def isaac_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("isaac")
+    make_isaac_dataset(root, n_episodes=4, steps=6)
+    return root
+
+
+def config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAST, *overrides, f"run_dir={run_dir}"])
+    return to_object(cfg, TrainConfig)
+
+
+def train(run_dir: Path, overrides: list[str]) -> dict:
+    import train as entry
+
+    return entry.run(config(run_dir, overrides))
+
+
+@pytest.mark.parametrize("lora", ["humanoid_default", "efficient", "high_performance", "full"])
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_each_adapter_trains_and_saves(tmp_path, isaac_root, lora, quant):
+    if lora == "full" and quant == "nf4":
+        pytest.skip("full fine-tuning of a quantized base is rejected (tested in test_config)")
+    metrics = train(tmp_path, [f"lora={lora}", f"quantization={quant}", "data=isaac", f"data.root={isaac_root}"])
+    assert np.isfinite(metrics["val/loss"])
+    assert (tmp_path / "dataset_statistics.json").is_file() and (tmp_path / "config.yaml").is_file()
+    if lora == "full":
+        assert (tmp_path / "model" / "config.json").is_file()
+    else:
+        from peft import PeftConfig
+
+        assert PeftConfig.from_pretrained(str(tmp_path / "adapter")).r > 0
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_trained_run_loads_and_predicts(tmp_path, isaac_root):
+    from vla.runs import load_run
+
+    train(tmp_path, ["data=isaac", f"data.root={isaac_root}"])
+    model = load_run(tmp_path)
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    pred = model.predict([image], ["reach the red ball with the left hand"])
+    assert pred.actions.shape == (1, 23)
+    tok = model.action_tokenizer
+    assert (pred.token_ids >= tok.first_action_token).all()  # constrained by default for our models
+
+
+def test_pickle_demos_train(tmp_path):
+    path = tmp_path / "demos.pkl"
+    make_pickle_demos(path, n_demos=3, n_frames=6)
+    metrics = train(tmp_path / "run", ["data=pickle", f"data.root={path}"])
+    stats = json.loads((tmp_path / "run" / "dataset_statistics.json").read_text())
+    assert np.isfinite(metrics["val/loss"]) and len(stats["athena_teleop"]["action"]["q01"]) > 0
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, isaac_root):
+    train(tmp_path / "a", ["data=isaac", f"data.root={isaac_root}"])
+    import torch
+
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    train(tmp_path / "b", ["data=isaac", f"data.root={isaac_root}", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'a'}"])
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_unknown_lora_target_fails_before_training(tmp_path, isaac_root):
+    with pytest.raises(ConfigError, match=r"\['qkv_projj'\] match no module"):
+        train(tmp_path, ["data=isaac", f"data.root={isaac_root}", "lora.target_modules=[qkv_projj]"])
+
+
+def test_bad_episode_is_named_and_skip_reports_it(tmp_path):
+    root = tmp_path / "data"
+    make_isaac_dataset(root, n_episodes=4, steps=6)
+    bad = sorted(root.iterdir())[1]
+    data = dict(np.load(bad / "episode_data.npz"))
+    data["actions"][2, 3] = np.nan
+    np.savez(bad / "episode_data.npz", **data)
+    with pytest.raises(DataError, match=bad.name):
+        train(tmp_path / "run1", ["data=isaac", f"data.root={root}"])
+    metrics = train(tmp_path / "run2", ["data=isaac", f"data.root={root}", "data.on_error=skip"])
+    assert np.isfinite(metrics["val/loss"])
+
+
+def test_malicious_pickle_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps([{"instruction": "x", "frames": [Evil()]}]))
+    with pytest.raises(DataError, match="forbidden global"):
+        train(tmp_path / "run", ["data=pickle", f"data.root={path}"])
+    assert not marker.exists()
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        train(tmp_path / "run", ["data=isaac", f"data.root={tmp_path / 'empty'}"])
+
+
+@pytest.mark.slow
+def test_cli_multirun_two_jobs(tmp_path, isaac_root):
+    cmd = [sys.executable, "train.py", "-m", "lora=efficient,full", "data=isaac", f"data.root={isaac_root}",
+           f"paths.output_dir={tmp_path}", *FAST]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    runs = sorted(p.parent for p in tmp_path.rglob("config.yaml") if p.parent.name[0].isdigit())
+    assert len(runs) == 2
