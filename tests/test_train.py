@@ -55,7 +55,9 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
 def test_each_adapter_trains_and_saves(tmp_path, isaac_root, lora, quant):
     if lora == "full" and quant == "nf4":
         pytest.skip("full fine-tuning of a quantized base is rejected (tested in test_config)")
-    metrics = train(tmp_path, [f"lora={lora}", f"quantization={quant}", "data=isaac", f"data.root={isaac_root}"])
+    metrics = train(
+        tmp_path, [f"lora={lora}", f"quantization={quant}", "data=isaac", f"data.root={isaac_root}"]
+    )
     assert np.isfinite(metrics["val/loss"])
     assert (tmp_path / "dataset_statistics.json").is_file() and (tmp_path / "config.yaml").is_file()
     if lora == "full":
@@ -93,7 +95,10 @@ def test_resume_continues_from_last_checkpoint(tmp_path, isaac_root):
 
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 2
-    train(tmp_path / "b", ["data=isaac", f"data.root={isaac_root}", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'a'}"])
+    train(
+        tmp_path / "b",
+        ["data=isaac", f"data.root={isaac_root}", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'a'}"],
+    )
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
 
 
@@ -135,10 +140,30 @@ def test_empty_dataset_is_an_error(tmp_path):
         train(tmp_path / "run", ["data=isaac", f"data.root={tmp_path / 'empty'}"])
 
 
-@pytest.mark.slow
 def test_cli_multirun_two_jobs(tmp_path, isaac_root):
-    cmd = [sys.executable, "train.py", "-m", "lora=efficient,full", "data=isaac", f"data.root={isaac_root}",
-           f"paths.output_dir={tmp_path}", *FAST]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-    runs = sorted(p.parent for p in tmp_path.rglob("config.yaml") if p.parent.name[0].isdigit())
-    assert len(runs) == 2
+    out = _cli(["-m", "lora=efficient,full", "data=isaac", f"data.root={isaac_root}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 1  # efficient
+    assert len(list(tmp_path.rglob("model/config.json"))) == 1  # full
+
+
+def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", *args, f"paths.output_dir={tmp_path}", *FAST]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_optuna_search_two_trials(tmp_path, isaac_root):
+    out = _cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data=isaac",
+                f"data.root={isaac_root}"], tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = list(tmp_path.rglob("optimization_results.yaml"))
+    assert len(results) == 1 and "best_value" in results[0].read_text()
+    assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 2
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
+    out = _cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=isaac",
+                f"data.root={isaac_root}"], tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "distributed_backend=gloo" in out.stdout + out.stderr
+    assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 1
