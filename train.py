@@ -128,7 +128,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         print(f"plots:       {run_dir / 'plots'}")
         for logger in loggers:
             if cfg.logger.name == "wandb":
-                print(f"W&B run:     {logger.experiment.dir} (offline runs: `wandb sync` it)")
+                print(f"W&B run:     {Path(logger.experiment.dir).parent}")
     return metrics
 
 

@@ -12,23 +12,30 @@ import numpy as np  # noqa: E402
 
 
 def trajectory_plot(records: list[dict[str, np.ndarray]], n_episodes: int, path: Path, title: str) -> Path:
-    """One row per held-out episode; each DoF's demonstrated (solid) and predicted (dashed) trajectory."""
+    """One panel per DoF; per held-out episode the demonstrated (solid) and predicted (dashed) action."""
     episode = np.concatenate([r["episode"] for r in records])
     step = np.concatenate([r["step"] for r in records])
     pred = np.concatenate([r["pred"] for r in records])
     true = np.concatenate([r["true"] for r in records])
     chosen = list(dict.fromkeys(episode.tolist()))[:n_episodes]
-    fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)
-    colors = plt.cm.tab20(np.linspace(0, 1, pred.shape[1]))
-    for ax, e in zip(axes[:, 0], chosen):
-        rows = np.flatnonzero(episode == e)
-        rows = rows[np.argsort(step[rows])]
-        for d in range(pred.shape[1]):
-            ax.plot(step[rows], true[rows, d], color=colors[d], lw=1.2)
-            ax.plot(step[rows], pred[rows, d], color=colors[d], lw=1.0, ls="--")
-        ax.set_ylabel(f"episode {e}")
-    axes[-1, 0].set_xlabel("step (solid: demonstration, dashed: prediction, one colour per DoF)")
-    fig.suptitle(title)
+    dims = pred.shape[1]
+    cols = min(6, dims)
+    rows = -(-dims // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), squeeze=False, sharex=True)
+    for d, ax in enumerate(axes.flat):
+        if d >= dims:
+            ax.axis("off")
+            continue
+        for k, e in enumerate(chosen):
+            idx = np.flatnonzero(episode == e)
+            idx = idx[np.argsort(step[idx])]
+            color = f"C{k}"
+            ax.plot(step[idx], true[idx, d], color=color, lw=1.2, label=f"episode {e}" if d == 0 else None)
+            ax.plot(step[idx], pred[idx, d], color=color, lw=1.0, ls="--")
+        ax.set_title(f"DoF {d}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.legend(loc="upper right", fontsize=7)
+    fig.suptitle(f"{title}: demonstration (solid) vs prediction (dashed), held-out episodes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
