@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from data_factories import make_isaac_dataset, make_pickle_demos
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -89,17 +90,22 @@ def test_pickle_demos_train(tmp_path):
     assert np.isfinite(metrics["val/loss"]) and len(stats["athena_teleop"]["action"]["q01"]) > 0
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, isaac_root):
-    train(tmp_path / "a", ["data=isaac", f"data.root={isaac_root}"])
-    import torch
+def test_resume_is_exact(tmp_path, isaac_root):
+    """2 steps, stop, resume to 4 == 4 steps in one go: same batches, optimizer and schedule state.
+    (lora=full: no dropout, so no random state outside the checkpoint.)"""
+    from safetensors.torch import load_file
 
-    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
-    train(
-        tmp_path / "b",
-        ["data=isaac", f"data.root={isaac_root}", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'a'}"],
-    )
-    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    data = ["data=isaac", f"data.root={isaac_root}", "lora=full", "trainer.val_check_interval=2"]
+    train(tmp_path / "whole", [*data, "trainer.max_steps=4"])
+    train(tmp_path / "first", [*data, "trainer.max_steps=2"])
+    train(tmp_path / "resumed", [*data, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    first = load_file(str(tmp_path / "first" / "model" / "model.safetensors"))
+    key = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(first[key], whole[key])  # the last two steps did change the weights
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_unknown_lora_target_fails_before_training(tmp_path, isaac_root):

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from vla.config import DataConfig
 from vla.data.dataset import VLADataset, collate
@@ -47,6 +48,43 @@ def load_episodes(
     return load_isaac_episodes(
         root, success_only=cfg.success_only, on_error=cfg.on_error, expected_action_dim=expected_action_dim
     )
+
+
+class ShuffleSampler(Sampler[int]):
+    """Shuffles with (seed, epoch), and can start an epoch part-way: what exact resume needs."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self.epoch = -1  # the epoch being iterated
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        self.epoch += 1
+        order = torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        ).tolist()
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in its checkpoints (`state_dict`) and restores."""
+
+    def __init__(self, dataset, *, sampler: ShuffleSampler, consumed_batches, **kwargs):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.shuffle_sampler = sampler
+        self.consumed_batches = consumed_batches  # () -> batches of this epoch already trained on
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.shuffle_sampler.epoch, "consumed": int(self.consumed_batches())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # The next __iter__ re-enters the saved epoch, minus what was already consumed.
+        self.shuffle_sampler.epoch = state["epoch"] - 1
+        self.shuffle_sampler.skip = state["consumed"] * self.batch_size
 
 
 class VLADataModule(L.LightningDataModule):
@@ -107,21 +145,28 @@ class VLADataModule(L.LightningDataModule):
         self.train_set = make(self.train_episodes)
         self.val_set = make(self.val_episodes)
 
-    def _loader(self, dataset: VLADataset, shuffle: bool) -> DataLoader:
+    def _loader_kwargs(self) -> dict[str, Any]:
         pad = self.model.processor.tokenizer.pad_token_id
-        return DataLoader(
-            dataset,
+        return dict(
             batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
             num_workers=self.cfg.num_workers,
             pin_memory=self.cfg.pin_memory,
             persistent_workers=self.cfg.num_workers > 0,
             collate_fn=functools.partial(collate, pad_id=pad),
-            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
         )
 
+    def _consumed_batches(self) -> int:
+        # Batches of the current epoch whose optimizer step is done (saved from on_train_batch_end).
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return ResumableLoader(
+            self.train_set,
+            sampler=ShuffleSampler(len(self.train_set), self.cfg.split_seed),
+            consumed_batches=self._consumed_batches,
+            drop_last=len(self.train_set) > self.cfg.batch_size,
+            **self._loader_kwargs(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return DataLoader(self.val_set, shuffle=False, **self._loader_kwargs())
