@@ -24,7 +24,8 @@ def compose_train(overrides: list[str]) -> TrainConfig:
 
 def group_files() -> list[tuple[str, str]]:
     out = []
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
+    # conf/sim is the simulator's group, used by make_sample_data.yaml and evaluate.yaml.
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "sim"):
         for f in sorted(group.glob("*.yaml")):
             out.append((group.name, f.stem))
     return out
@@ -129,3 +130,12 @@ def test_bad_values_fail_with_the_key(overrides, message):
     with pytest.raises((ConfigError, ValidationError)) as err:
         compose_train(overrides)
     assert err.match(message)
+
+
+@pytest.mark.parametrize("name", ["make_sample_data", "evaluate", "predict"])
+def test_other_entry_points_compose(name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name)
+    if name != "predict":
+        assert cfg.sim.image_size == 224 and cfg.sim.control_hz == 25

@@ -1,0 +1,77 @@
+"""Closed-loop evaluation of a checkpoint on the simulated athena, with expert and random baselines.
+
+python scripts/evaluate.py checkpoint=outputs/train/<date>/<time> [episodes_per_task=20] [wandb=true]
+python scripts/evaluate.py checkpoint=null episodes_per_task=50 sim.image_size=64   # baselines only
+Writes eval.json, eval.md and gifs/<policy>/<task>.gif to the run folder (or output_dir).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vla.sim.config import EvaluateConfig, to_settings  # noqa: E402
+
+# Sub-folders of a training run that may hold the OpenVLA-format model, most preferred first.
+RUN_MODEL_FOLDERS = ("model", "checkpoints/best", "checkpoints/last", "checkpoints")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model folder (has config.json) as given, or the model folder inside a training run folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for name in RUN_MODEL_FOLDERS:
+        if (path / name / "config.json").is_file():
+            return path / name
+    raise FileNotFoundError(
+        f"checkpoint={path}: no config.json there nor in its {', '.join(RUN_MODEL_FOLDERS)} sub-folders"
+    )
+
+
+def load_policy(checkpoint: str | Path, unnorm_key: str | None):
+    """`policy(images, instructions) -> actions [B, D] or [B, K, D]` in robot units."""
+    from vla.modeling import OpenVLA
+
+    model = OpenVLA.from_pretrained(str(resolve_checkpoint(checkpoint)))
+
+    def policy(images, instructions):
+        prediction = model.predict(images, instructions, unnorm_key=unnorm_key)
+        return getattr(prediction, "actions", prediction)
+
+    return policy
+
+
+def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
+    """Evaluate; returns the report written to `<out_dir>/eval.json`."""
+    from vla.sim.evaluate import evaluate_with_baselines, log_to_wandb
+
+    policy = None if cfg.checkpoint is None else load_policy(cfg.checkpoint, cfg.unnorm_key)
+    report = evaluate_with_baselines(policy, cfg.settings(), out_dir, name="model")
+    if cfg.wandb:
+        import wandb
+
+        wandb.init(project=cfg.wandb_project, job_type="evaluate", config={"checkpoint": cfg.checkpoint})
+        log_to_wandb(report, out_dir)
+        wandb.finish()
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    config = to_settings(cfg, EvaluateConfig)
+    out_dir = Path(config.output_dir or HydraConfig.get().runtime.output_dir)
+    report = run(config, out_dir)
+    print((out_dir / "eval.md").read_text(encoding="utf-8"))
+    print(json.dumps({name: r["success_rate"] for name, r in report["results"].items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Sample data: the Isaac episode format, the pickle format, the settings-keyed cache, held-out seeds,
+and the Hydra entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf.errors import ConfigKeyError
+from PIL import Image
+
+import vla.sim.episodes as episodes
+from vla.sim.athena import JOINT_NAMES, STATE_NAMES
+from vla.sim.config import (
+    EVALUATION_SEED_BASE,
+    TASK_NAMES,
+    EvalSettings,
+    MakeSampleDataConfig,
+    SampleDataSettings,
+    SimSettings,
+    to_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = SampleDataSettings(episodes_per_task=1, sim=SimSettings(image_size=64))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("athena") / "data"
+    settings = SampleDataSettings(episodes_per_task=2, sim=SimSettings(image_size=64), write_pickle=True)
+    summary = episodes.generate_dataset(settings, root, progress=False)
+    assert summary["episodes"] == 8 and all(rate == 1.0 for rate in summary["success_rate"].values())
+    return root
+
+
+def test_isaac_folder_format(dataset):
+    folders = sorted(p for p in dataset.iterdir() if p.is_dir())
+    assert [p.name for p in folders][:2] == ["lift_knee_000000", "lift_knee_000001"]
+    assert {p.name.rsplit("_", 1)[0] for p in folders} == set(TASK_NAMES)
+    for folder in folders:
+        meta = json.loads((folder / "metadata.json").read_text())
+        for key in ("task_description", "instructions", "success", "fps", "joint_names", "seed"):
+            assert key in meta, key
+        assert meta["success"] is True and meta["fps"] == 25 and meta["joint_names"] == list(JOINT_NAMES)
+        assert meta["state_names"] == list(STATE_NAMES) and meta["task_description"] in meta["instructions"]
+        with np.load(folder / "episode_data.npz") as npz:
+            actions, states, stamps = npz["actions"], npz["states"], npz["timestamps"]
+        steps = meta["num_steps"]
+        assert actions.shape == (steps, 23) and states.shape == (steps, 47) and stamps.shape == (steps,)
+        np.testing.assert_allclose(np.diff(stamps), 1 / 25)
+        frames = sorted((folder / "images").iterdir())
+        assert [f.name for f in frames[:2]] == ["frame_000000.png", "frame_000001.png"] and len(
+            frames
+        ) == steps
+        assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
+        # Each state is observed before its action: the next state's joints move toward that action.
+        gap_before = np.abs(actions[10] - states[10, :23]).max()
+        assert np.abs(actions[10] - states[11, :23]).max() < gap_before or gap_before < 1e-3
+
+
+def test_the_training_loaders_read_it(dataset):
+    from vla.data.isaac import load_isaac_episodes
+    from vla.data.pickle_demos import load_pickle_demos
+
+    isaac = load_isaac_episodes(dataset, success_only=True, expected_action_dim=23, expected_state_dim=47)
+    assert len(isaac.episodes) == 8 and not isaac.skipped
+    first = isaac.episodes[0]
+    assert (
+        first.instruction
+        == json.loads((dataset / first.episode_id / "metadata.json").read_text())["instructions"][0]
+    )
+    demos = load_pickle_demos(dataset / "demos.pkl").episodes
+    assert len(demos) == 8
+    for demo, episode in zip(demos, isaac.episodes):
+        np.testing.assert_array_equal(demo.actions, episode.actions)
+        np.testing.assert_array_equal(demo.states, episode.states)
+        np.testing.assert_array_equal(demo.frames[3], episode.frame(3))
+
+
+def test_generated_and_evaluated_seeds_are_disjoint():
+    generated = episodes.generation_seeds(SampleDataSettings(episodes_per_task=500, seed=123))
+    evaluated = EvalSettings(episodes_per_task=500)
+    assert not set(generated) & set(range(evaluated.seed, evaluated.seed + 500))
+    with pytest.raises(ValueError, match="held out"):
+        SampleDataSettings(seed=EVALUATION_SEED_BASE - 5, episodes_per_task=10)
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        EvalSettings(seed=0)
+
+
+def test_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch):
+    first = episodes.ensure_sample_dataset(SMALL, cache_dir=tmp_path, progress=False)
+    assert len([p for p in first.iterdir() if p.is_dir()]) == 4
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("regenerated a cached dataset")
+
+    monkeypatch.setattr(episodes, "generate_dataset", must_not_run)
+    assert episodes.ensure_sample_dataset(SMALL, cache_dir=tmp_path) == first
+    other = SampleDataSettings(episodes_per_task=1, seed=1, sim=SimSettings(image_size=64))
+    assert episodes.sample_dataset_key(other) != episodes.sample_dataset_key(SMALL)
+    # The DataModule's call style: `sim` passed on its own replaces settings.sim before hashing.
+    same = episodes.ensure_sample_dataset(
+        SampleDataSettings(episodes_per_task=1), SimSettings(image_size=64), cache_dir=tmp_path
+    )
+    assert same == first
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    def crash(settings, out_dir, **kwargs):
+        (Path(out_dir) / "reach_ball_000000").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(episodes, "generate_dataset", crash)
+    with pytest.raises(KeyboardInterrupt):
+        episodes.ensure_sample_dataset(SMALL, cache_dir=tmp_path)
+    assert list((tmp_path / "sample_data").iterdir()) == []
+
+
+def test_refuses_to_mix_into_existing_episodes(dataset):
+    settings = SampleDataSettings(episodes_per_task=1, tasks=["lift_knee"], sim=SimSettings(image_size=64))
+    with pytest.raises(FileExistsError, match="lift_knee_000000"):
+        episodes.generate_dataset(settings, dataset, progress=False)
+
+
+def test_settings_validation():
+    assert SampleDataSettings(tasks=["all"]).tasks == list(TASK_NAMES)
+    with pytest.raises(ValueError, match="choose from"):
+        SampleDataSettings(tasks=["juggle"])
+    with pytest.raises(ValueError, match="control_hz"):
+        SimSettings(control_hz=30)
+
+
+@pytest.fixture
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_sample_data", ROOT / "scripts" / "make_sample_data.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    cfg = compose(
+        "make_sample_data",
+        overrides=["episodes_per_task=1", "tasks=[turn_torso]", "sim.image_size=48", f"output_dir={out}"],
+    )
+    result = script.run(to_settings(cfg, MakeSampleDataConfig))
+    assert result["episodes"] == 1 and (out / "turn_torso_000000" / "metadata.json").is_file()
+    assert np.asarray(Image.open(out / "turn_torso_000000" / "images" / "frame_000000.png")).shape == (
+        48,
+        48,
+        3,
+    )
+    bad = compose("make_sample_data", overrides=["+episodes_per_tsk=1"])
+    with pytest.raises(ConfigKeyError, match="episodes_per_tsk"):
+        to_settings(bad, MakeSampleDataConfig)
+    bad = compose("make_sample_data", overrides=["+sim.safty.enabled=false"])
+    with pytest.raises(ConfigKeyError, match="safty"):
+        to_settings(bad, MakeSampleDataConfig)

