@@ -140,9 +140,9 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | fsdp | ddp_spawn
     num_nodes: int = 1
     precision: str = "32-true"  # bf16-mixed on GPU
-    max_steps: int = 300
+    max_steps: int = 1000
     max_epochs: int = -1
-    val_check_interval: int = 100  # steps between validations
+    val_check_interval: int = 200  # steps between validations
     limit_val_batches: float = 1.0
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0  # OpenVLA has none (openvla #333)
