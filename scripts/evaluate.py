@@ -8,6 +8,7 @@ Writes eval.json, eval.md and gifs/<policy>/<task>.gif to the run folder (or out
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,32 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vla.sim.config import EvaluateConfig, to_settings  # noqa: E402
 
-# Sub-folders of a training run that may hold the OpenVLA-format model, most preferred first.
-RUN_MODEL_FOLDERS = ("model", "checkpoints/best", "checkpoints/last", "checkpoints")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model folder (has config.json) as given, or the model folder inside a training run folder."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    for name in RUN_MODEL_FOLDERS:
-        if (path / name / "config.json").is_file():
-            return path / name
-    raise FileNotFoundError(
-        f"checkpoint={path}: no config.json there nor in its {', '.join(RUN_MODEL_FOLDERS)} sub-folders"
-    )
-
 
 def load_policy(checkpoint: str | Path, unnorm_key: str | None):
-    """`policy(images, instructions) -> actions [B, D] or [B, K, D]` in robot units."""
-    from vla.modeling import OpenVLA
+    """`policy(images, instructions) -> actions [B, D]` in robot units, from an OpenVLA-format folder or
+    a training run folder."""
+    from vla.runs import load_model
 
-    model = OpenVLA.from_pretrained(str(resolve_checkpoint(checkpoint)))
+    model = load_model(checkpoint)
 
     def policy(images, instructions):
-        prediction = model.predict(images, instructions, unnorm_key=unnorm_key)
-        return getattr(prediction, "actions", prediction)
+        return model.predict(images, instructions, unnorm_key=unnorm_key).actions
 
     return policy
 
@@ -58,7 +43,10 @@ def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     if cfg.wandb:
         import wandb
 
-        wandb.init(project=cfg.wandb_project, job_type="evaluate", config={"checkpoint": cfg.checkpoint})
+        mode = os.environ.get("WANDB_MODE", "offline")  # offline unless the user chose otherwise
+        wandb.init(
+            project=cfg.wandb_project, job_type="evaluate", mode=mode, config={"checkpoint": cfg.checkpoint}
+        )
         log_to_wandb(report, out_dir)
         wandb.finish()
     return report

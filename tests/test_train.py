@@ -173,3 +173,22 @@ def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "distributed_backend=gloo" in out.stdout + out.stderr
     assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 1
+
+
+def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
+    """scripts/evaluate.py takes a training run folder (base + adapter) and runs it closed loop."""
+    import importlib.util
+
+    from vla.sim.config import EvaluateConfig, to_settings
+
+    train(tmp_path / "run", ["data=isaac", f"data.root={isaac_root}"])
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    settings = {"checkpoint": str(tmp_path / "run"), "tasks": ["turn_torso"], "episodes_per_task": 1,
+                "gif_episodes": 1, "baselines": ["random"], "sim": {"image_size": 64}}  # fmt: skip
+    report = script.run(to_settings(settings, EvaluateConfig), tmp_path / "eval")
+    assert set(report["results"]) == {"model", "random"}
+    assert 0.0 <= report["results"]["model"]["success_rate"] <= 1.0
+    assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "eval" / "eval.md").is_file()
+    assert (tmp_path / "eval" / "gifs" / "model" / "turn_torso.gif").is_file()

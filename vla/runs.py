@@ -47,6 +47,14 @@ def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
     return target
 
 
+def load_model(path: str | Path) -> OpenVLA:
+    """An OpenVLA-format folder (or hub id), or a training run folder, as a ready-to-predict model."""
+    path = Path(path)
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        return load_run(path)
+    return OpenVLA.from_pretrained(path)
+
+
 def load_run(run_dir: str | Path, merge: bool = True) -> OpenVLA:
     """A training run folder -> OpenVLA with the fine-tune's statistics (adapters merged by default)."""
     run_dir = Path(run_dir)
