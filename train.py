@@ -61,7 +61,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.checkpoint import quantize_language_model
     from vla.data.datamodule import VLADataModule
     from vla.module import VLAModule
-    from vla.runs import RunArtifacts, save_run_config, save_statistics_file
+    from vla.runs import RunArtifacts, SimSuccessRate, save_run_config, save_statistics_file
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -95,6 +95,16 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     callbacks = [checkpoint, RunArtifacts(run_dir, cfg.callbacks.plot_episodes, cfg.lora.kind == "full")]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.callbacks.sim_eval_every_n_val and cfg.data.format == "sample":
+        sample = cfg.data.sample
+        callbacks.append(
+            SimSuccessRate(
+                sample.tasks,
+                cfg.callbacks.sim_eval_episodes,
+                sample.image_size,
+                cfg.callbacks.sim_eval_every_n_val,
+            )
+        )
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,

@@ -105,3 +105,41 @@ class RunArtifacts(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             save_trained(module.model, self.run_dir, self.full)
+
+
+class SimSuccessRate(L.Callback):
+    """Every `every_n_val` validations: closed-loop success on held-out simulated episodes, logged as
+    `val/success_rate` (and `val/success_rate/<task>`). Only for data=sample (the simulator's tasks)."""
+
+    def __init__(self, tasks: list[str], episodes_per_task: int, image_size: int, every_n_val: int):
+        from vla.sim.config import EvalSettings, SimSettings
+
+        self.settings = EvalSettings(
+            tasks=tasks,
+            episodes_per_task=episodes_per_task,
+            gif_episodes=0,
+            sim=SimSettings(image_size=image_size),
+        )
+        self.every_n_val = every_n_val
+        self.count = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.count += 1
+        if self.count % self.every_n_val or not trainer.is_global_zero:
+            return
+        from vla.sim.evaluate import evaluate_policy
+
+        model = module.vla  # the adapters are injected into it: predictions include them
+
+        def policy(images, instructions):
+            return model.predict(images, instructions).actions
+
+        was_training = module.training
+        module.eval()
+        report = evaluate_policy(policy, self.settings)
+        module.train(was_training)
+        module.log("val/success_rate", report["success_rate"], rank_zero_only=True)
+        for task, result in report["per_task"].items():
+            module.log(f"val/success_rate/{task}", result["success_rate"], rank_zero_only=True)
