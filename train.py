@@ -84,7 +84,6 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     model = apply_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
     module = VLAModule(model, cfg.optim, stats[cfg.data.dataset_key]["action"], cfg.trainer.max_steps)
 
-    t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         monitor="val/loss",
@@ -105,23 +104,11 @@ def run(cfg: TrainConfig) -> dict[str, float]:
                 cfg.callbacks.sim_eval_every_n_val,
             )
         )
+    # TrainerConfig's fields are Lightning Trainer arguments, one for one (but the choice's name).
+    trainer_args = {k: v for k, v in asdict(cfg.trainer).items() if k != "name"}
     trainer = L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        max_steps=t.max_steps,
-        max_epochs=t.max_epochs,
-        val_check_interval=t.val_check_interval,
+        **trainer_args,
         check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps,
-        num_sanity_val_steps=t.num_sanity_val_steps,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
         default_root_dir=run_dir,
         logger=loggers or False,
         callbacks=callbacks,
