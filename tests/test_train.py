@@ -192,3 +192,27 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
     assert 0.0 <= report["results"]["model"]["success_rate"] <= 1.0
     assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "eval" / "eval.md").is_file()
     assert (tmp_path / "eval" / "gifs" / "model" / "turn_torso.gif").is_file()
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_gradient_checkpointing_trains(tmp_path, isaac_root, quant):
+    metrics = train(tmp_path, ["data=isaac", f"data.root={isaac_root}", "lora=efficient", f"quantization={quant}",
+                               "model.gradient_checkpointing=true"])  # fmt: skip
+    assert np.isfinite(metrics["val/loss"]) and np.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("quant", [None, "nf4"])
+def test_gradient_checkpointing_is_switched_on(quant):
+    from vla.adapters import apply_adapter
+    from vla.checkpoint import quantize_language_model
+    from vla.config import LoraConfig
+    from vla.tiny import TinyArchitecture, build_tiny_model
+
+    base = build_tiny_model(TinyArchitecture(image_size=28))
+    if quant:
+        quantize_language_model(base, quant, compute_dtype=torch.float32)
+    assert not base.language_model.is_gradient_checkpointing
+    apply_adapter(
+        base, LoraConfig(name="efficient", r=4, target_modules=["q_proj"]), gradient_checkpointing=True
+    )
+    assert base.language_model.is_gradient_checkpointing

@@ -59,18 +59,20 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
 
 def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool = False) -> nn.Module:
     """Make the model trainable as `lora` asks; returns the PEFT model (or the model itself for full)."""
-    if gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+    quantized = bool(getattr(model, "quantization", None))
+    if gradient_checkpointing and not quantized:
+        model.gradient_checkpointing_enable()  # (PEFT's k-bit preparation does it for quantized bases)
     if lora.kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     check_targets(model, lora.target_modules)
-    quantized = bool(getattr(model, "quantization", None))
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

@@ -86,6 +86,15 @@ class OpenVLA(nn.Module):
         self.processor = processor
         self.empty_token_id = processor.empty_token_id
 
+    # -- what PEFT's k-bit preparation expects of a transformers model ---------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the language model's activations in backward (the towers are small next to it)."""
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     # -- forward -----------------------------------------------------------------------------
     @property
     def norm_stats(self) -> dict[str, Any]:
