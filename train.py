@@ -60,8 +60,9 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.adapters import apply_adapter, build_base_model
     from vla.checkpoint import quantize_language_model
     from vla.data.datamodule import VLADataModule
+    from vla.data.statistics import save_statistics
     from vla.module import VLAModule
-    from vla.runs import RunArtifacts, SimSuccessRate, save_run_config, save_statistics_file
+    from vla.runs import RunArtifacts, SimSuccessRate, save_run_config
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -70,7 +71,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
 
     datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir)
     stats = datamodule.prepare()
-    save_statistics_file(run_dir, stats)
+    save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
     base = build_base_model(cfg.model, quant, stats)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf
 
 from vla.checkpoint import commit_folder
 from vla.configuration import CheckpointError
+from vla.data.statistics import load_statistics
 from vla.modeling import OpenVLA
 from vla.plots import dof_error_plot, trajectory_plot
 
@@ -27,12 +27,6 @@ from vla.plots import dof_error_plot, trajectory_plot
 def save_run_config(run_dir: Path, cfg: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-
-
-def save_statistics_file(folder: Path, stats: dict[str, Any]) -> None:
-    tmp = folder / ".dataset_statistics.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2) + "\n")
-    tmp.replace(folder / "dataset_statistics.json")
 
 
 def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
@@ -70,8 +64,7 @@ def load_run(run_dir: str | Path, merge: bool = True) -> OpenVLA:
 
     peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     model = peft_model.merge_and_unload() if merge else peft_model
-    stats = json.loads((run_dir / "dataset_statistics.json").read_text())
-    base.config.norm_stats = stats
+    base.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
     base.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
     return model.eval()
 
