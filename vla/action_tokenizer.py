@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
-
 
 class StatisticsError(KeyError):
     """Missing or inconsistent normalization statistics; the message names the key."""

@@ -29,16 +29,6 @@ STATISTIC_KEYS = ("mean", "std", "max", "min", "q01", "q99")
 DATASET_KEYS = ("action", "proprio", "num_transitions", "num_trajectories")
 
 
-class ActionStatistics(TypedDict):
-    mean: list[float]
-    std: list[float]
-    max: list[float]
-    min: list[float]
-    q01: list[float]
-    q99: list[float]
-    mask: list[bool]
-
-
 class ProprioStatistics(TypedDict):
     mean: list[float]
     std: list[float]
@@ -46,6 +36,10 @@ class ProprioStatistics(TypedDict):
     min: list[float]
     q01: list[float]
     q99: list[float]
+
+
+class ActionStatistics(ProprioStatistics):
+    mask: list[bool]  # True: normalized; False: passed through (gripper-like dimensions)
 
 
 class DatasetStatistics(TypedDict):
