@@ -48,11 +48,15 @@ class Projector(nn.Module):
 
 @dataclass
 class ActionPrediction:
-    """One predicted action per batch row: robot units, normalized [-1, 1], and the token ids."""
+    """One predicted action (or action chunk) per batch row: robot units, normalized [-1, 1], token ids.
 
-    actions: np.ndarray  # [B, D] float64
-    normalized: np.ndarray  # [B, D] float64
-    token_ids: np.ndarray  # [B, D] int64
+    Shapes are [B, D] for single-step models (OpenVLA) and [B, K, D] for models trained with action
+    chunks of K steps (`OpenVLA.action_chunk_size` > 1).
+    """
+
+    actions: np.ndarray  # [B, D] or [B, K, D] float64
+    normalized: np.ndarray  # [B, D] or [B, K, D] float64
+    token_ids: np.ndarray  # [B, D] or [B, K, D] int64
     prompt_ids: list[list[int]]  # each row's prompt ids as the processor gave them (no padding)
     input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
 
@@ -99,6 +103,11 @@ class OpenVLA(nn.Module):
     @property
     def norm_stats(self) -> dict[str, Any]:
         return self.config.norm_stats or {}
+
+    @property
+    def action_chunk_size(self) -> int:
+        """Future actions predicted per query (K); OpenVLA predicts one. Saved in config.json."""
+        return int(self.config.extra.get("action_chunk_size", 1))
 
     @property
     def num_patches(self) -> int:
@@ -214,12 +223,12 @@ class OpenVLA(nn.Module):
         """OpenVLA's `predict_action` for a batch of any size.
 
         Each row's prompt gets the '▁' token appended unless it already ends with it; greedy decoding
-        produces one token per action dimension. `constrain=True` restricts decoding to the 256 action
+        produces one token per action dimension (K * D for chunked models). `constrain=True` restricts decoding to the 256 action
         tokens (default: the checkpoint's `constrain_action_decoding`, set for models trained here);
         without it a non-action token decodes to an extreme bin and `</s>` stops early, as in OpenVLA.
         """
         _, stats = action_stats(self.norm_stats, unnorm_key)
-        n_dims = len(stats["q01"])
+        n_dims, chunk = len(stats["q01"]), self.action_chunk_size
         if constrain is None:
             constrain = bool(self.config.extra.get("constrain_action_decoding", False))
         if attention_mask is None:
@@ -230,10 +239,14 @@ class OpenVLA(nn.Module):
         ]
         rows = [ids if ids[-1] == self.empty_token_id else [*ids, self.empty_token_id] for ids in prompts]
         device = next(self.parameters()).device
-        tokens = self.generate_action_tokens(rows, pixel_values.to(device), n_dims, constrain, use_cache)
+        tokens = self.generate_action_tokens(
+            rows, pixel_values.to(device), n_dims * chunk, constrain, use_cache
+        )
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:
             token_ids = self._stop_at_eos(rows, token_ids)
+        if chunk > 1:
+            token_ids = token_ids.reshape(len(rows), chunk, n_dims)
         normalized = self.action_tokenizer.decode(token_ids)
         return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows)
 
