@@ -62,7 +62,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
     from vla.module import VLAModule
-    from vla.runs import RunArtifacts, SimSuccessRate, save_run_config
+    from vla.runs import RunArtifacts, SimSuccessRate, required_action_dim, save_run_config
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -70,7 +70,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     save_run_config(run_dir, cfg)
 
     datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir)
-    stats = datamodule.prepare()
+    stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.model.pretrained, cfg.data.dataset_key))
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
@@ -83,6 +83,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
             )
     datamodule.attach(base)
     model = apply_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
+    model.train()  # from_pretrained gives eval mode; Lightning keeps it, which would turn off LoRA dropout
     module = VLAModule(model, cfg.optim, stats[cfg.data.dataset_key]["action"], cfg.trainer.max_steps)
 
     checkpoint = ModelCheckpoint(

@@ -108,6 +108,27 @@ def test_resume_is_exact(tmp_path, isaac_root):
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_action_dim_must_match_the_resumed_run_and_a_pretrained_fine_tune(tmp_path, isaac_root):
+    """Data with another action size cannot continue a run, nor fine-tune a model whose statistics
+    under the same dataset key decode a different number of action tokens."""
+    from data_factories import ACTION_DIM
+
+    wider = tmp_path / "wider"
+    make_isaac_dataset(wider, n_episodes=4, steps=6, action_dim=ACTION_DIM + 2)
+    train(tmp_path / "first", ["data=isaac", f"data.root={isaac_root}", "lora=full"])
+    with pytest.raises(DataError, match=rf"episode_000.*action dimension {ACTION_DIM + 2}.*{ACTION_DIM}"):
+        train(tmp_path / "resumed", ["data=isaac", f"data.root={wider}", f"ckpt_path={tmp_path / 'first'}"])
+    model_dir = tmp_path / "first" / "model"  # lora=full saves an OpenVLA folder with the run's norm_stats
+    with pytest.raises(DataError, match=rf"action dimension {ACTION_DIM + 2}"):
+        train(tmp_path / "finetune", ["data=isaac", f"data.root={wider}", f"model.pretrained={model_dir}"])
+    # Under another dataset key the statistics are new, so any action size is fine.
+    metrics = train(
+        tmp_path / "other_key",
+        ["data=isaac", f"data.root={wider}", f"model.pretrained={model_dir}", "data.dataset_key=wider_robot"],
+    )
+    assert np.isfinite(metrics["val/loss"])
+
+
 def test_unknown_lora_target_fails_before_training(tmp_path, isaac_root):
     with pytest.raises(ConfigError, match=r"\['qkv_projj'\] match no module"):
         train(tmp_path, ["data=isaac", f"data.root={isaac_root}", "lora.target_modules=[qkv_projj]"])

@@ -18,10 +18,34 @@ import lightning as L
 from omegaconf import OmegaConf
 
 from vla.checkpoint import commit_folder
-from vla.configuration import CheckpointError
+from vla.configuration import CheckpointError, OpenVLAConfig
 from vla.data.statistics import load_statistics
 from vla.modeling import OpenVLA
 from vla.plots import dof_error_plot, trajectory_plot
+
+
+def required_action_dim(
+    ckpt_path: str | None, pretrained: str | None, dataset_key: str
+) -> tuple[int, str] | None:
+    """The action dimension the training data must have, and where that requirement comes from.
+
+    Resuming (`ckpt_path`) continues a run whose tokens and statistics have that run's action size; a
+    pretrained model that already carries statistics under `dataset_key` (a merged athena fine-tune)
+    decodes that many tokens. Anything else (the tiny model, OpenVLA-7B on a new key) takes the data's.
+    """
+    if ckpt_path:
+        run_dir = Path(ckpt_path) if Path(ckpt_path).is_dir() else Path(ckpt_path).parent.parent
+        stats_file = run_dir / "dataset_statistics.json"
+        if stats_file.is_file():
+            stats = load_statistics(stats_file)
+            if dataset_key in stats:
+                return len(stats[dataset_key]["action"]["q01"]), f"the resumed run's {stats_file}"
+    if pretrained and (Path(pretrained) / "config.json").is_file():
+        norm_stats = OpenVLAConfig.from_json_file(Path(pretrained) / "config.json").norm_stats or {}
+        if dataset_key in norm_stats:
+            where = f"norm_stats[{dataset_key!r}] of {Path(pretrained) / 'config.json'}"
+            return len(norm_stats[dataset_key]["action"]["q01"]), where
+    return None
 
 
 def save_run_config(run_dir: Path, cfg: Any) -> None:

@@ -100,10 +100,18 @@ class VLADataModule(L.LightningDataModule):
         self.report: LoadResult | None = None
         self.model: OpenVLA | None = None
 
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self, required_action_dim: tuple[int, str] | None = None) -> dict[str, Any]:
         """Load, validate and split the episodes and compute statistics (before the model exists,
-        since the model's statistics come from here). Returns `{dataset_key: statistics}`."""
-        result = load_episodes(self.cfg, self.cache_dir)
+        since the model's statistics come from here). Returns `{dataset_key: statistics}`.
+
+        `required_action_dim`: (dimension, why) when the data must match an existing model's actions
+        (see `vla.runs.required_action_dim`); other episodes fail (or are skipped with on_error=skip).
+        """
+        expected = None
+        if required_action_dim is not None:
+            expected, why = required_action_dim
+            log.info("data: actions must have %d dimensions (%s)", expected, why)
+        result = load_episodes(self.cfg, self.cache_dir, expected_action_dim=expected)
         for skipped in result.skipped:
             log.warning("skipped episode %s: %s", skipped.episode_id, skipped.reason)
         if self.cfg.success_only and not result.episodes:
