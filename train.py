@@ -137,7 +137,9 @@ def main(cfg: DictConfig) -> float | None:
 
     typed: TrainConfig = to_object(cfg, TrainConfig)
     if typed.run_name is None:
-        typed.run_name = HydraConfig.get().job.override_dirname or "defaults"
+        # W&B shows the overrides (lora=efficient,optim.lr=...); a plain `python train.py` its folder.
+        run_dir = Path(typed.run_dir)
+        typed.run_name = HydraConfig.get().job.override_dirname or f"{run_dir.parent.name}_{run_dir.name}"
     metrics = run(typed)
     return metrics.get(typed.optimized_metric) if typed.optimized_metric else None
 

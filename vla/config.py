@@ -190,10 +190,10 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = MISSING  # set by Hydra: outputs/train/<date>/<time>[_<name>]
+    run_dir: str = MISSING  # set by Hydra: outputs/train/<date>/<time>[_<run_name>]
     seed: int = 0
     ckpt_path: str | None = None  # resume from a Lightning checkpoint (or a run folder)
-    run_name: str | None = None  # W&B run name; default: the command-line overrides
+    run_name: str | None = None  # W&B run name and run-folder suffix; default: the overrides (W&B only)
     experiment: str | None = None  # set by experiment files
     optimized_metric: str | None = "val/loss"  # what train.py returns to a sweeper
 
@@ -232,6 +232,9 @@ GROUPS = {
 
 
 def register_configs() -> None:
+    # `${name_suffix:${run_name}}` in run folders: "_<run_name>" when the run is named, else nothing.
+    if not OmegaConf.has_resolver("name_suffix"):
+        OmegaConf.register_new_resolver("name_suffix", lambda name: f"_{name}" if name else "")
     cs = ConfigStore.instance()
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
