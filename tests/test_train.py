@@ -108,6 +108,26 @@ def test_resume_is_exact(tmp_path, isaac_root):
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_lora_checkpoint_holds_only_the_adapter_and_resumes(tmp_path, isaac_root):
+    """The frozen base is rebuilt on resume, so Lightning's checkpoint keeps the trainable tensors only;
+    a resume with other adapter settings fails naming the mismatch instead of training from scratch."""
+    data = ["data=isaac", f"data.root={isaac_root}", "lora=efficient"]
+    train(tmp_path / "first", [*data, "trainer.max_steps=2"])
+    ckpt = torch.load(
+        tmp_path / "first" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    names = list(ckpt["state_dict"])
+    # efficient: r=32 on q, v, up, down of each of the 2 layers, an A and a B matrix each.
+    assert len(names) == 2 * 4 * 2 and all(".lora_A." in n or ".lora_B." in n for n in names)
+    resumed = train(tmp_path / "resumed", [*data, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])
+    assert np.isfinite(resumed["val/loss"])
+    with pytest.raises(RuntimeError, match="do not match this run's adapter"):
+        train(
+            tmp_path / "other",
+            [*data, "lora=humanoid_default", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"],
+        )
+
+
 def test_action_dim_must_match_the_resumed_run_and_a_pretrained_fine_tune(tmp_path, isaac_root):
     """Data with another action size cannot continue a run, nor fine-tune a model whose statistics
     under the same dataset key decode a different number of action tokens."""

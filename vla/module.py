@@ -33,6 +33,8 @@ class VLAModule(L.LightningModule):
         self.max_steps = max_steps
         self.val_records: list[dict[str, np.ndarray]] = []
         self._tick: float | None = None
+        # Checkpoints hold the trainable tensors only (on_save_checkpoint); on_load_checkpoint checks them.
+        self.strict_loading = False
 
     @property
     def vla(self):
@@ -110,3 +112,25 @@ class VLAModule(L.LightningModule):
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints: the trainable tensors only ---------------------------------------------------
+    def _trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only what training changes: the frozen base is rebuilt from its source on resume (the
+        pretrained checkpoint, or the tiny model from its seed), so a 7B LoRA checkpoint is megabytes,
+        not the 14 GB of the base."""
+        trainable = self._trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Loading is non-strict (the base is not in the file), so check the trainable set here."""
+        saved, trainable = set(checkpoint["state_dict"]), self._trainable_names()
+        if saved != trainable:
+            missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)
+            raise RuntimeError(
+                "the checkpoint's trainable tensors do not match this run's adapter (was it made with "
+                f"other lora/model settings?): {len(missing)} missing, e.g. {missing[:3]}; "
+                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
+            )
