@@ -294,6 +294,24 @@ class PredictConfig:
     use_cache: bool = True  # KV cache during decoding
 
 
+@dataclass
+class InspectDataConfig:
+    """`scripts/inspect_data.py`: what the training data looks like after loading, filter and annotation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = MISSING  # set by Hydra: outputs/inspect/<date>/<time>
+    sheet_frames: int = 16  # frames in the sample sheet, drawn at random (seeded) over all steps
+    plot_episodes: int = 3  # episodes in the action-trajectory plot
+    top_instructions: int = 10  # most frequent instructions printed
+    seed: int = 0  # which frames and episodes are shown
+
+    def __post_init__(self) -> None:
+        for key in ("sheet_frames", "plot_episodes", "top_instructions"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+
+
 GROUPS = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -311,6 +329,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="inspect_data_schema", node=InspectDataConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 

@@ -1,4 +1,4 @@
-"""Load Isaac episode folders into `Episode`s.
+"""Load Isaac episode folders into `Episode`s (and write one: `write_isaac_episode`).
 
 Layout: `ROOT/<episode>/metadata.json`, `ROOT/<episode>/episode_data.npz` (or `trajectory.npz`) with
 `actions` [T, D], `states` (or `observations`) [T, S] and optional `timestamps` [T], and
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vla.data.episodes import (
     IMAGE_SUFFIXES,
@@ -225,3 +226,24 @@ def _read_npz(episode_dir: Path, where: str) -> tuple[Path, dict[str, np.ndarray
         Exception
     ) as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ... for truncated or corrupt files
         raise DataError(f"{where}: cannot read {npz_path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def write_isaac_episode(episode: dict[str, Any], folder: Path) -> None:
+    """Write one episode folder in the layout above (`folder` must not exist yet; callers that need
+    atomicity write into a temporary folder and rename it).
+
+    `episode`: `images` (T uint8 [H, W, 3]), `actions` [T, D], `states` [T, S], `timestamps` [T] and
+    `metadata` (a JSON-serialisable dict).
+    """
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True)
+    for t, image in enumerate(episode["images"]):
+        # compress_level=1: PNG writing would otherwise cost more than rendering the frame.
+        Image.fromarray(image).save(images_dir / f"frame_{t:06d}.png", compress_level=1)
+    np.savez(
+        folder / "episode_data.npz",
+        actions=episode["actions"],
+        states=episode["states"],
+        timestamps=episode["timestamps"],
+    )
+    (folder / "metadata.json").write_text(json.dumps(episode["metadata"], indent=2), encoding="utf-8")
