@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -183,6 +185,10 @@ def test_recorded_demos_train(tmp_path, format):
     from test_train import train
 
     path = record_demos(n_demos=3, frames=8).save(tmp_path / "demos", format=format)
-    metrics = train(tmp_path / "run", [f"data={format}", f"data.root={path}"])
+    metrics = train(tmp_path / "run", [f"data={format}", f"data.root={path}", "logger=csv"])
     assert np.isfinite(metrics["val/loss"])
     assert (tmp_path / "run" / "dataset_statistics.json").is_file()
+    # The quality filter's counts reach the logger at step 0: 3 demos, all kept.
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    data_row = next(row for row in rows if row.get("data/kept"))
+    assert float(data_row["data/kept"]) == 3 and float(data_row["data/dropped/too_short"]) == 0

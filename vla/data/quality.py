@@ -72,7 +72,8 @@ def filter_episodes(
         rule_reason = _first_failing_rule(episode, cfg, success_only)
         if rule_reason is None:
             kept.append(episode)
-            unjudged += episode.state_dim == 0 and cfg.min_state_variance > 0
+            if episode.state_dim == 0 and cfg.min_state_variance > 0:
+                unjudged += 1
             continue
         rule, reason = rule_reason
         log.warning("quality filter: dropping episode %s (%s): %s", episode.episode_id, rule, reason)
