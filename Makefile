@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data evaluate predict bench-kv
+.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ format: setup ## ruff fix and format
 
 sim-data: setup ## Generate a sample dataset of simulated athena episodes
 	$(PY) scripts/make_sample_data.py $(ARGS)
+
+inspect: setup ## Look at the training data: counts, statistics, filter report, frames.png, actions.png
+	$(PY) scripts/inspect_data.py $(ARGS)
 
 evaluate: setup ## Closed-loop success in the simulator: make evaluate ARGS="checkpoint=<run or model folder>"
 	$(PY) scripts/evaluate.py $(ARGS)

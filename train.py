@@ -93,6 +93,11 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         save_last=True,
     )
     loggers = make_loggers(cfg, run_dir)
+    # What the loaders skipped and the quality filter dropped, beside the run's curves.
+    data_counts = {f"data/{key}": value for key, value in datamodule.filter_report.items()}
+    data_counts["data/skipped"] = len(datamodule.report.skipped)
+    for logger in loggers:
+        logger.log_metrics(data_counts, step=0)
     callbacks = [checkpoint, RunArtifacts(run_dir, cfg.callbacks.plot_episodes, cfg.lora.kind == "full")]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))

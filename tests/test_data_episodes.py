@@ -36,7 +36,7 @@ def test_isaac_episodes_load_with_their_arrays_metadata_and_frames(tmp_path: Pat
     result = load_isaac_episodes(tmp_path)
 
     assert [e.episode_id for e in result.episodes] == ["ep_0", "ep_1", "ep_2"]
-    assert result.skipped == [] and result.unsuccessful == []
+    assert result.skipped == []
     for episode, arrays in zip(result.episodes, written):
         assert episode.source == "isaac"
         assert episode.actions.dtype == np.float32 and episode.states.dtype == np.float32
@@ -113,26 +113,12 @@ def test_isaac_instruction_fallback_order(tmp_path: Path, metadata: dict, instru
     assert episode.instruction == instruction and episode.instructions[0] == instruction
 
 
-def test_isaac_success_only_keeps_successful_episodes(tmp_path: Path) -> None:
-    make_isaac_dataset(tmp_path, n_episodes=4, steps=8, successes=[True, False, True, False])
-    result = load_isaac_episodes(tmp_path, success_only=True)
-    assert [e.episode_id for e in result.episodes] == ["episode_000", "episode_002"]
-    assert result.unsuccessful == ["episode_001", "episode_003"]
-    assert len(load_isaac_episodes(tmp_path).episodes) == 4
-
-
-def test_isaac_success_only_with_no_successful_episode_fails(tmp_path: Path) -> None:
-    make_isaac_dataset(tmp_path, n_episodes=2, steps=8, successes=[False, False])
-    with pytest.raises(DataError, match="no successful episodes") as info:
-        load_isaac_episodes(tmp_path, success_only=True)
-    assert str(tmp_path) in str(info.value)
-
-
-def test_isaac_success_only_needs_a_success_key(tmp_path: Path) -> None:
-    write_isaac_episode(tmp_path / "ep", metadata={"task_description": "walk"})
-    assert load_isaac_episodes(tmp_path).episodes[0].success is None
-    with pytest.raises(DataError, match="'ep'.*missing key 'success'"):
-        load_isaac_episodes(tmp_path, success_only=True)
+def test_isaac_success_comes_from_metadata(tmp_path: Path) -> None:
+    # data.success_only is applied by vla.data.quality (tests/test_data_quality.py), not by the loader.
+    make_isaac_dataset(tmp_path / "both", n_episodes=2, steps=8, successes=[True, False])
+    assert [e.success for e in load_isaac_episodes(tmp_path / "both").episodes] == [True, False]
+    write_isaac_episode(tmp_path / "none" / "ep", metadata={"task_description": "walk"})
+    assert load_isaac_episodes(tmp_path / "none").episodes[0].success is None
 
 
 def _rewrite_npz(episode_dir: Path, **changes: np.ndarray) -> None:

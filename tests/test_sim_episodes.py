@@ -67,8 +67,9 @@ def test_the_training_loaders_read_it(dataset):
     from vla.data.isaac import load_isaac_episodes
     from vla.data.pickle_demos import load_pickle_demos
 
-    isaac = load_isaac_episodes(dataset, success_only=True, expected_action_dim=23, expected_state_dim=47)
+    isaac = load_isaac_episodes(dataset, expected_action_dim=23, expected_state_dim=47)
     assert len(isaac.episodes) == 8 and not isaac.skipped
+    assert all(episode.success for episode in isaac.episodes)
     first = isaac.episodes[0]
     assert (
         first.instruction

@@ -86,6 +86,76 @@ class SampleDataConfig:
 
 
 @dataclass
+class FilterConfig:
+    """Episode quality rules (`vla.data.quality`), applied after loading and before the split.
+
+    The defaults keep every episode of the simulator's sample data (60-75 steps; mean state variance
+    0.004-0.04) and drop only degenerate ones: a handful of steps, or a robot that never moves.
+    Non-finite actions or states always drop an episode (they cannot be trained on).
+    """
+
+    # Steps; shorter episodes are dropped (rule `too_short`). 5 steps is 0.2 s at athena's 25 Hz: too
+    # short to show a motion, yet small enough for the tiny test datasets.
+    min_length: int = 5
+    max_length: int | None = None  # steps; longer episodes are dropped (rule `too_long`); None: no limit
+    # Mean over state dimensions of each dimension's variance over time (rule `static`); 0 turns it off.
+    # Episodes without state dimensions cannot be judged and are kept (counted as `static_unjudged`).
+    min_state_variance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.min_length < 1:
+            raise ConfigError(f"data.filter.min_length={self.min_length} must be >= 1")
+        if self.max_length is not None and self.max_length < self.min_length:
+            raise ConfigError(
+                f"data.filter.max_length={self.max_length} must be >= data.filter.min_length="
+                f"{self.min_length} (or null for no limit)"
+            )
+        if self.min_state_variance < 0:
+            raise ConfigError(f"data.filter.min_state_variance={self.min_state_variance} must be >= 0")
+
+
+@dataclass
+class AnnotationConfig:
+    """Per-step language from motion (`vla.data.annotate`), used by data.instructions=annotated|both.
+
+    Motion of a DoF group at step t: the L2 norm of the group's action change from step t-1 to t (rad
+    per step for joint-position targets), averaged over `window` steps centred on t. The defaults fit
+    athena (`vla.sim.athena`: legs 0-11, arms 12-19, waist 20-22; 25 Hz): its experts move a group by
+    0.01-0.15 rad per step while they act and exactly 0 while they hold.
+    """
+
+    leg_dims: list[int] = field(default_factory=lambda: list(range(0, 12)))
+    arm_dims: list[int] = field(default_factory=lambda: list(range(12, 20)))
+    torso_dims: list[int] = field(default_factory=lambda: list(range(20, 23)))  # head / waist
+    window: int = 5  # steps in the centred moving average (odd; 1: no smoothing)
+    move_threshold: float = 0.01  # a group moves when its motion is at least this
+    still_threshold: float = 0.001  # below this in every group: idle; between the two: preparation
+    seed: int = 0  # phrasing choice (and the metadata/annotated choice of instructions=both)
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.window % 2 == 0:
+            raise ConfigError(f"data.annotation.window={self.window} must be an odd number >= 1")
+        if not 0 <= self.still_threshold <= self.move_threshold:
+            raise ConfigError(
+                "data.annotation thresholds must satisfy 0 <= still_threshold <= move_threshold, got "
+                f"still_threshold={self.still_threshold}, move_threshold={self.move_threshold}"
+            )
+        seen: dict[int, str] = {}
+        for key in ("leg_dims", "arm_dims", "torso_dims"):
+            dims = getattr(self, key)
+            if not dims:
+                raise ConfigError(f"data.annotation.{key} must list at least one action dimension")
+            for dim in dims:
+                if dim < 0:
+                    raise ConfigError(f"data.annotation.{key} has negative dimension {dim}")
+                if dim in seen:
+                    raise ConfigError(
+                        f"data.annotation.{key} and data.annotation.{seen[dim]} both hold dimension {dim}"
+                    )
+                seen[dim] = key
+
+
+@dataclass
 class DataConfig:
     """Where the demonstrations come from and how they are split and batched."""
 
@@ -93,7 +163,7 @@ class DataConfig:
     format: str = "sample"  # sample | isaac | pickle
     root: str | None = None  # isaac: folder of episodes; pickle: a file or a folder of them
     dataset_key: str = "athena_sim"  # key of the statistics in dataset_statistics.json
-    success_only: bool = False
+    success_only: bool = False  # keep only episodes recorded as successful (applied by data.filter)
     on_error: str = "raise"  # raise | skip (bad episodes are reported and left out)
     val_fraction: float = 0.15
     split_seed: int = 0
@@ -104,10 +174,16 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = False
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    # Training instruction of each step. metadata: the episode's instruction; annotated: a phrasing of it
+    # for the step's motion phase (data.annotation); both: a seeded per-step choice between the two.
+    instructions: str = "metadata"
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
 
     def __post_init__(self) -> None:
         _choice("data.format", self.format, ("sample", "isaac", "pickle"))
         _choice("data.on_error", self.on_error, ("raise", "skip"))
+        _choice("data.instructions", self.instructions, ("metadata", "annotated", "both"))
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"
@@ -218,6 +294,24 @@ class PredictConfig:
     use_cache: bool = True  # KV cache during decoding
 
 
+@dataclass
+class InspectDataConfig:
+    """`scripts/inspect_data.py`: what the training data looks like after loading, filter and annotation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = MISSING  # set by Hydra: outputs/inspect/<date>/<time>
+    sheet_frames: int = 16  # frames in the sample sheet, drawn at random (seeded) over all steps
+    plot_episodes: int = 3  # episodes in the action-trajectory plot
+    top_instructions: int = 10  # most frequent instructions printed
+    seed: int = 0  # which frames and episodes are shown
+
+    def __post_init__(self) -> None:
+        for key in ("sheet_frames", "plot_episodes", "top_instructions"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+
+
 GROUPS = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -238,6 +332,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="inspect_data_schema", node=InspectDataConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 

@@ -1,4 +1,5 @@
-"""The Lightning DataModule: load episodes (sample, Isaac or pickle), split, statistics, loaders."""
+"""The Lightning DataModule: load episodes (sample, Isaac or pickle), quality filter, language annotation,
+split, statistics, loaders."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from vla.config import DataConfig
+from vla.data.annotate import annotate_episodes
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError, Episode, LoadResult
 from vla.data.isaac import load_isaac_episodes
 from vla.data.pickle_demos import load_pickle_demos
+from vla.data.quality import FilterResult, filter_episodes
 from vla.data.statistics import compute_statistics, split_episodes
 from vla.modeling import OpenVLA
 
@@ -45,9 +48,20 @@ def load_episodes(
             expected_action_dim=expected_action_dim,
         )
     root = sample_dataset_root(cfg, cache_dir) if cfg.format == "sample" else Path(cfg.root)
-    return load_isaac_episodes(
-        root, success_only=cfg.success_only, on_error=cfg.on_error, expected_action_dim=expected_action_dim
-    )
+    return load_isaac_episodes(root, on_error=cfg.on_error, expected_action_dim=expected_action_dim)
+
+
+def prepare_episodes(
+    cfg: DataConfig, cache_dir: str | Path, expected_action_dim: int | None = None
+) -> tuple[LoadResult, FilterResult]:
+    """Load, filter (`data.filter`, `data.success_only`) and annotate (`data.instructions`) the episodes.
+    `FilterResult.kept` holds the episodes to train on."""
+    result = load_episodes(cfg, cache_dir, expected_action_dim=expected_action_dim)
+    for skipped in result.skipped:
+        log.warning("skipped episode %s: %s", skipped.episode_id, skipped.reason)
+    filtered = filter_episodes(result.episodes, cfg.filter, success_only=cfg.success_only)
+    kept = annotate_episodes(filtered.kept, cfg.instructions, cfg.annotation)
+    return result, filtered._replace(kept=kept)
 
 
 class ShuffleSampler(Sampler[int]):
@@ -98,11 +112,12 @@ class VLADataModule(L.LightningDataModule):
         self.val_episodes: list[Episode] = []
         self.statistics: dict[str, Any] | None = None
         self.report: LoadResult | None = None
+        self.filter_report: dict[str, int] | None = None  # FilterResult.report(): kept / dropped per rule
         self.model: OpenVLA | None = None
 
     def prepare(self, required_action_dim: tuple[int, str] | None = None) -> dict[str, Any]:
-        """Load, validate and split the episodes and compute statistics (before the model exists,
-        since the model's statistics come from here). Returns `{dataset_key: statistics}`.
+        """Load, validate, filter, annotate and split the episodes and compute statistics (before the
+        model exists, since the model's statistics come from here). Returns `{dataset_key: statistics}`.
 
         `required_action_dim`: (dimension, why) when the data must match an existing model's actions
         (see `vla.runs.required_action_dim`); other episodes fail (or are skipped with on_error=skip).
@@ -111,18 +126,15 @@ class VLADataModule(L.LightningDataModule):
         if required_action_dim is not None:
             expected, why = required_action_dim
             log.info("data: actions must have %d dimensions (%s)", expected, why)
-        result = load_episodes(self.cfg, self.cache_dir, expected_action_dim=expected)
-        for skipped in result.skipped:
-            log.warning("skipped episode %s: %s", skipped.episode_id, skipped.reason)
-        if self.cfg.success_only and not result.episodes:
-            raise DataError(f"{self.cfg.root}: no successful episode (data.success_only=true)")
+        result, filtered = prepare_episodes(self.cfg, self.cache_dir, expected_action_dim=expected)
         self.report = result
+        self.filter_report = filtered.report()
         self.train_episodes, self.val_episodes = split_episodes(
-            result.episodes, self.cfg.val_fraction, self.cfg.split_seed
+            filtered.kept, self.cfg.val_fraction, self.cfg.split_seed
         )
         if not self.val_episodes:
             raise DataError(
-                f"only {len(result.episodes)} usable episode(s): need at least 2 for a train/val split"
+                f"only {len(filtered.kept)} usable episode(s): need at least 2 for a train/val split"
             )
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}

@@ -70,6 +70,9 @@ class Episode:
     """uint8 [T, H, W, 3] RGB."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Everything else the source recorded (e.g. Isaac's `seed`, `joint_names`, a demo's `timestamp`)."""
+    step_instructions: list[str] | None = None
+    """Per-step instruction, len T, when annotation is on (`vla.data.annotate`); None: `instruction`
+    for every step."""
 
     def __post_init__(self) -> None:
         where = f"episode {self.episode_id!r} ({self.path})"
@@ -90,6 +93,14 @@ class Episode:
         num_frames = len(self.frame_paths) if self.frame_paths is not None else len(self.frames)
         if num_frames != len(self.actions):
             raise DataError(f"{where}: {num_frames} frames but {len(self.actions)} actions")
+        if self.step_instructions is not None and (
+            len(self.step_instructions) != len(self.actions)
+            or not all(isinstance(text, str) and text.strip() for text in self.step_instructions)
+        ):
+            raise DataError(
+                f"{where}: step_instructions must be {len(self.actions)} non-empty strings (one per step), "
+                f"got {len(self.step_instructions)}"
+            )
 
     @property
     def num_steps(self) -> int:
@@ -124,8 +135,6 @@ class LoadResult:
     episodes: list[Episode]
     skipped: list[SkippedEpisode] = field(default_factory=list)
     """Bad episodes left out with `on_error="skip"`, with the reason for each."""
-    unsuccessful: list[str] = field(default_factory=list)
-    """Ids of episodes left out by `success_only` (not errors)."""
 
 
 def check_on_error(on_error: str) -> None:

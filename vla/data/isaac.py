@@ -1,4 +1,4 @@
-"""Load Isaac episode folders into `Episode`s.
+"""Load Isaac episode folders into `Episode`s (and write one: `write_isaac_episode`).
 
 Layout: `ROOT/<episode>/metadata.json`, `ROOT/<episode>/episode_data.npz` (or `trajectory.npz`) with
 `actions` [T, D], `states` (or `observations`) [T, S] and optional `timestamps` [T], and
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vla.data.episodes import (
     IMAGE_SUFFIXES,
@@ -37,7 +38,6 @@ INSTRUCTION_KEYS = ("instructions", "task_description", "task_descriptions")
 def load_isaac_episodes(
     root: str | Path,
     *,
-    success_only: bool = False,
     on_error: OnError = "raise",
     expected_action_dim: int | None = None,
     expected_state_dim: int | None = None,
@@ -46,14 +46,13 @@ def load_isaac_episodes(
 
     Args:
         root: the folder holding one sub-folder per episode (hidden folders and plain files are ignored).
-        success_only: keep only episodes whose metadata says `"success": true`; the others are listed in
-            `LoadResult.unsuccessful`. An episode without a `success` key is then an error.
         on_error: "raise" raises a `DataError` at the first bad episode; "skip" leaves bad episodes out,
             logs each, and lists them with the reason in `LoadResult.skipped`.
         expected_action_dim, expected_state_dim: required dimensions (e.g. the model's statistics);
             without them every episode must match the most common dimension.
 
-    Raises `DataError` whatever `on_error` says when no usable episode is left.
+    Raises `DataError` whatever `on_error` says when no usable episode is left. `success` comes from the
+    metadata (None when absent); `data.success_only` is applied by `vla.data.quality.filter_episodes`.
     """
     check_on_error(on_error)
     root = Path(root)
@@ -67,15 +66,10 @@ def load_isaac_episodes(
 
     episodes: list[Episode] = []
     skipped: list[SkippedEpisode] = []
-    unsuccessful: list[str] = []
     for episode_dir in episode_dirs:
         try:
             metadata = read_metadata(episode_dir)
-            success = _success(metadata, episode_dir, success_only)
-            if success_only and not success:
-                unsuccessful.append(episode_dir.name)
-                continue
-            episodes.append(_load_episode(episode_dir, metadata, success))
+            episodes.append(_load_episode(episode_dir, metadata, _success(metadata, episode_dir)))
         except DataError as error:
             if on_error == "raise":
                 raise
@@ -89,11 +83,11 @@ def load_isaac_episodes(
         skipped=skipped,
     )
     if not episodes:
-        counts = f"{len(episode_dirs)} folders: {len(unsuccessful)} unsuccessful, {len(skipped)} skipped"
-        if success_only and unsuccessful:
-            raise DataError(f"{root}: no successful episodes with success_only=True ({counts})")
-        raise DataError(f"{root}: no usable episodes ({counts}: {[s.episode_id for s in skipped]})")
-    return LoadResult(episodes=episodes, skipped=skipped, unsuccessful=unsuccessful)
+        raise DataError(
+            f"{root}: no usable episodes ({len(episode_dirs)} folders, {len(skipped)} skipped: "
+            f"{[s.episode_id for s in skipped]})"
+        )
+    return LoadResult(episodes=episodes, skipped=skipped)
 
 
 def read_metadata(episode_dir: Path) -> dict[str, Any]:
@@ -134,11 +128,9 @@ def episode_instructions(metadata: dict[str, Any], where: str) -> list[str]:
     return instructions
 
 
-def _success(metadata: dict[str, Any], episode_dir: Path, success_only: bool) -> bool | None:
+def _success(metadata: dict[str, Any], episode_dir: Path) -> bool | None:
     where = f"episode {episode_dir.name!r} ({episode_dir / 'metadata.json'})"
     if "success" not in metadata:
-        if success_only:
-            raise DataError(f"{where}: missing key 'success', needed by success_only=True")
         return None
     if not isinstance(metadata["success"], bool):
         raise DataError(f"{where}: 'success' must be true or false, got {metadata['success']!r}")
@@ -234,3 +226,24 @@ def _read_npz(episode_dir: Path, where: str) -> tuple[Path, dict[str, np.ndarray
         Exception
     ) as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ... for truncated or corrupt files
         raise DataError(f"{where}: cannot read {npz_path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def write_isaac_episode(episode: dict[str, Any], folder: Path) -> None:
+    """Write one episode folder in the layout above (`folder` must not exist yet; callers that need
+    atomicity write into a temporary folder and rename it).
+
+    `episode`: `images` (T uint8 [H, W, 3]), `actions` [T, D], `states` [T, S], `timestamps` [T] and
+    `metadata` (a JSON-serialisable dict).
+    """
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True)
+    for t, image in enumerate(episode["images"]):
+        # compress_level=1: PNG writing would otherwise cost more than rendering the frame.
+        Image.fromarray(image).save(images_dir / f"frame_{t:06d}.png", compress_level=1)
+    np.savez(
+        folder / "episode_data.npz",
+        actions=episode["actions"],
+        states=episode["states"],
+        timestamps=episode["timestamps"],
+    )
+    (folder / "metadata.json").write_text(json.dumps(episode["metadata"], indent=2), encoding="utf-8")

@@ -1,7 +1,7 @@
 """Load pickled teleop demos into `Episode`s.
 
 A pickle file holds a list of demos, each `{"instruction": str, "frames": [frame, ...], "timestamp": ...}`
-with `frame = {"image": uint8 [H, W, 3], "robot_state": [S], "action": [A], "gripper": scalar or [G]}`.
+(optionally `"success": bool`, as `vla.data.recorder` and `vla.sim.episodes` write it) with `frame = {"image": uint8 [H, W, 3], "robot_state": [S], "action": [A], "gripper": scalar or [G]}`.
 Files are read with `vla.data.safe_pickle`, which refuses to run anything a file references.
 """
 
@@ -53,7 +53,8 @@ def load_pickle_demos(
         expected_action_dim, expected_state_dim: required dimensions (e.g. the model's statistics);
             without them every demo must match the most common dimension.
 
-    Episode ids are `<file name>#<demo index>`; `success` is None (the format does not record it).
+    Episode ids are `<file name>#<demo index>`; `success` is the demo's optional `success` key (None
+    when the demo does not record it).
     """
     check_on_error(on_error)
     path = Path(path)
@@ -113,6 +114,9 @@ def _demo_to_episode(
         if key not in demo:
             raise DataError(f"{where}: missing key {key!r}")
     instruction, frames = demo["instruction"], demo["frames"]
+    success = demo.get("success")  # optional key of the format, not a config default
+    if success is not None and not isinstance(success, bool):
+        raise DataError(f"{where}: 'success' must be True or False when present, got {success!r}")
     if not isinstance(instruction, str) or not instruction.strip():
         raise DataError(f"{where}: 'instruction' must be a non-empty string, got {instruction!r}")
     if not isinstance(frames, (list, tuple)):
@@ -171,6 +175,7 @@ def _demo_to_episode(
         actions=as_float_matrix(np.stack(actions[commanded]), key="action", where=where),
         states=as_float_matrix(np.stack(states[observed]), key="robot_state", where=where),
         frames=np.stack(images[observed]),
+        success=success,
         metadata={key: value for key, value in demo.items() if key not in ("instruction", "frames")},
     )
 

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from vla.data.isaac import write_isaac_episode
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
 from vla.sim.config import SampleDataSettings, SimSettings
 from vla.sim.env import AthenaEnv
@@ -86,21 +87,6 @@ def record_episode(env: AthenaEnv, safety: SafetyFilter, task: str, seed: int) -
         "timestamps": np.arange(len(actions), dtype=np.float64) / hz,
         "metadata": metadata,
     }
-
-
-def write_isaac_episode(episode: dict, folder: Path) -> None:
-    images_dir = folder / "images"
-    images_dir.mkdir(parents=True)
-    for t, image in enumerate(episode["images"]):
-        # compress_level=1: PNG writing would otherwise cost more than rendering the frame.
-        Image.fromarray(image).save(images_dir / f"frame_{t:06d}.png", compress_level=1)
-    np.savez(
-        folder / "episode_data.npz",
-        actions=episode["actions"],
-        states=episode["states"],
-        timestamps=episode["timestamps"],
-    )
-    (folder / "metadata.json").write_text(json.dumps(episode["metadata"], indent=2), encoding="utf-8")
 
 
 # One robot (model + GL context) per worker process, built by `_init_worker`.

@@ -1,0 +1,114 @@
+"""Look at the training data before training on it: what a run with the same `data` choices would see.
+
+python scripts/inspect_data.py                                        # the simulated sample data
+python scripts/inspect_data.py data=isaac data.root=DIR data.instructions=annotated
+python scripts/inspect_data.py data=pickle data.root=demos.pkl data.filter.min_length=20
+Prints episodes, steps, instruction counts, per-dimension statistics and the quality-filter report;
+writes frames.png (sample frames) and actions.png (action trajectories per DoF group) to
+outputs/inspect/<date>/<time>/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vla.config import InspectDataConfig, register_configs, to_object  # noqa: E402
+
+register_configs()
+
+
+def run(cfg: InspectDataConfig) -> dict:
+    """Load, filter and annotate as training does; print the summary and write the two PNGs.
+    Returns the counts, the filter report and the PNG paths."""
+    from vla.data.annotate import GROUP_KEYS, check_groups, classify_phases
+    from vla.data.datamodule import prepare_episodes
+    from vla.data.inspect import (
+        action_plot,
+        dimension_names,
+        frame_sheet,
+        instruction_counts,
+        statistics_table,
+    )
+    from vla.data.statistics import compute_statistics
+
+    run_dir = Path(cfg.run_dir)
+    loaded, filtered = prepare_episodes(cfg.data, cfg.paths.cache_dir)
+    episodes = filtered.kept
+    first = episodes[0]
+    check_groups(cfg.data.annotation, first.action_dim)
+    stats = compute_statistics(episodes, mask_dims=cfg.data.mask_dims)
+    steps = sum(episode.num_steps for episode in episodes)
+    lengths = [episode.num_steps for episode in episodes]
+    counts = instruction_counts(episodes)
+    report = filtered.report()
+
+    print(f"\n== data: {cfg.data.name} ({cfg.data.format}), instructions={cfg.data.instructions}")
+    print(f"episodes: {len(episodes)} kept of {len(loaded.episodes)} loaded ({len(loaded.skipped)} skipped)")
+    print(
+        f"steps:    {steps} (per episode min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)})"
+    )
+    print(f"dims:     action {first.action_dim}, state {first.state_dim}")
+    print("\n== quality filter (data.filter)")
+    print("  " + ", ".join(f"{key} {value}" for key, value in report.items()))
+    for drop in filtered.dropped:
+        print(f"  dropped {drop.episode_id}: {drop.rule}: {drop.reason}")
+    for skipped in loaded.skipped:
+        print(f"  skipped by the loader {skipped.episode_id}: {skipped.reason}")
+    print(
+        f"\n== instructions: {len(counts['episodes'])} distinct per episode, {len(counts['steps'])} per step"
+    )
+    for text, n in counts["steps"].most_common(cfg.top_instructions):
+        print(f"  {n:6d} steps  {text}")
+    names = {
+        "action": dimension_names(first, "action", first.action_dim),
+        "state": dimension_names(first, "state", first.state_dim),
+    }
+    print("\n== per-dimension statistics (all kept episodes)")
+    print(statistics_table(stats, names))
+
+    # Sample frames, seeded, over all steps. Raw frames: training-time augmentation is not applied here.
+    rng = np.random.default_rng(cfg.seed)
+    flat = [(e, t) for e, episode in enumerate(episodes) for t in range(episode.num_steps)]
+    chosen = sorted(rng.choice(len(flat), size=min(cfg.sheet_frames, len(flat)), replace=False))
+    frames, captions = [], []
+    for index in chosen:
+        e, t = flat[index]
+        episode = episodes[e]
+        text = episode.instruction if episode.step_instructions is None else episode.step_instructions[t]
+        frames.append(episode.frame(t))
+        captions.append(f"{episode.episode_id} t={t}\n{text[:38]}")
+    frames_png = frame_sheet(
+        frames, captions, run_dir / "frames.png", f"{cfg.data.name}: sample frames (raw)"
+    )
+    picked = sorted(rng.choice(len(episodes), size=min(cfg.plot_episodes, len(episodes)), replace=False))
+    groups = {key.removesuffix("_dims"): getattr(cfg.data.annotation, key) for key in GROUP_KEYS}
+    plotted = [episodes[i] for i in picked]
+    phases = [classify_phases(episode.actions, cfg.data.annotation) for episode in plotted]
+    actions_png = action_plot(plotted, groups, run_dir / "actions.png", phases)
+    print(f"\nframes:  {frames_png}\nactions: {actions_png}")
+    return {
+        "episodes": len(episodes),
+        "steps": steps,
+        "loaded": len(loaded.episodes),
+        "skipped": len(loaded.skipped),
+        "filter": report,
+        "instructions": dict(counts["steps"]),
+        "frames_png": str(frames_png),
+        "actions_png": str(actions_png),
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="inspect_data")
+def main(cfg: DictConfig) -> None:
+    run(to_object(cfg, InspectDataConfig))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""scripts/inspect_data.py on a tiny generated dataset: the printed summary, the report and both PNGs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_factories import make_isaac_dataset, write_isaac_episode
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from tests.conftest import ROOT
+from vla.config import ConfigError, InspectDataConfig, register_configs, to_object
+
+register_configs()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inspect_data")
+    make_isaac_dataset(root, n_episodes=4, steps=8)
+    write_isaac_episode(root / "episode_004", steps=3, seed=4)  # dropped by the default min_length=5
+    return root
+
+
+def config(run_dir: Path, overrides: list[str]) -> InspectDataConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("inspect_data", overrides=[*overrides, f"run_dir={run_dir}"])
+    return to_object(cfg, InspectDataConfig)
+
+
+def run(run_dir: Path, overrides: list[str]) -> dict:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import inspect_data
+
+    return inspect_data.run(config(run_dir, overrides))
+
+
+def test_inspect_reports_counts_filter_and_writes_both_pngs(tmp_path, dataset, capsys):
+    result = run(tmp_path, ["data=isaac", f"data.root={dataset}", "sheet_frames=6", "plot_episodes=2"])
+    out = capsys.readouterr().out
+
+    assert result["episodes"] == 4 and result["steps"] == 32 and result["loaded"] == 5
+    assert result["filter"]["dropped/too_short"] == 1 and result["filter"]["kept"] == 4
+    assert "dropped episode_004: too_short: 3 steps < data.filter.min_length=5" in out
+    # make_isaac_dataset's instruction is "pick up the cube {seed}": one per episode, 8 steps each.
+    assert result["instructions"] == {f"pick up the cube {i}": 8 for i in range(4)}
+    rows = [line.split() for line in out.splitlines() if line.startswith(("action ", "state "))]
+    assert len(rows) == 23 + 47  # one table row per action and state dimension
+    assert rows[0][:2] == ["action", "a0"] and rows[-1][:2] == ["state", "s46"] and len(rows[0]) == 8
+    for key in ("frames_png", "actions_png"):
+        path = Path(result[key])
+        assert path.parent == tmp_path
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+
+def test_annotated_instructions_are_counted_per_step(tmp_path, dataset):
+    result = run(tmp_path, ["data=isaac", f"data.root={dataset}", "data.instructions=annotated"])
+    from vla.data.annotate import TEMPLATES
+
+    assert sum(result["instructions"].values()) == 32
+    # The factory's actions are random normals: every group moves at every step, so all are "combined".
+    combined = {t.format(task=f"pick up the cube {i}") for t in TEMPLATES["combined"] for i in range(4)}
+    assert set(result["instructions"]) <= combined
+
+
+def test_groups_that_do_not_fit_the_actions_fail(tmp_path, dataset):
+    with pytest.raises(ConfigError, match="data.annotation.torso_dims"):
+        run(tmp_path, ["data=isaac", f"data.root={dataset}", "data.annotation.torso_dims=[20,21,40]"])
+
+
+def test_cli_writes_into_outputs_inspect(tmp_path, dataset):
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "inspect_data.py"),
+        "data=isaac",
+        f"data.root={dataset}",
+        f"paths.output_dir={tmp_path}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [run_dir] = (tmp_path / "inspect").glob("*/*")
+    assert (run_dir / "frames.png").is_file() and (run_dir / "actions.png").is_file()
