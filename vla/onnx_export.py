@@ -29,7 +29,6 @@ from transformers.cache_utils import DynamicCache
 from vla.action_tokenizer import ActionTokenizer, action_stats, unnormalize
 from vla.checkpoint import _atomic_folder, commit_folder
 from vla.configuration import OpenVLAConfig
-from vla.data.statistics import load_statistics
 from vla.modeling import ActionPrediction, OpenVLA, stop_at_eos
 from vla.processing import ImageLike, OpenVLAProcessor, build_prompt
 
@@ -213,8 +212,8 @@ class OnnxPolicy:
                 raise FileNotFoundError(f"{path}: missing (run scripts/export.py first)")
         self.config = OpenVLAConfig.from_json_file(model_dir / "config.json")
         stats_file = model_dir / "dataset_statistics.json"
-        if stats_file.is_file():
-            self.config.norm_stats = load_statistics(stats_file)
+        if stats_file.is_file():  # as OpenVLA.from_pretrained: a fine-tune's statistics win
+            self.config.norm_stats = json.loads(stats_file.read_text())
         self.processor = OpenVLAProcessor.from_pretrained(model_dir, self.config)
         self.action_tokenizer = ActionTokenizer(self.config.vocab_size, self.config.n_action_bins)
         self.meta = json.loads((onnx_dir / POLICY_FILE).read_text())
