@@ -121,7 +121,9 @@ def time_backend(policy: Any, samples: HeldOut, warmup: int, actions: int) -> li
     return latencies
 
 
-def bench_backend(name: str, export_dir: Path, samples: HeldOut, cfg: BenchmarkConfig) -> tuple[BackendResult, np.ndarray | None]:
+def bench_backend(
+    name: str, export_dir: Path, samples: HeldOut, cfg: BenchmarkConfig
+) -> tuple[BackendResult, np.ndarray | None]:
     result = BackendResult(name)
     gc.collect()
     tracked = _reset_peak_rss()
@@ -164,7 +166,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         results.append(result)
         if toks is not None:
             tokens[name] = toks
-        print(f"{name:11s} {result.status:>3s}" + (f"  p50 {result.p50_ms:.1f} ms, {result.tokens_per_s:.0f} tokens/s" if result.p50_ms else ""))
+        print(
+            f"{name:11s} {result.status:>3s}"
+            + (f"  p50 {result.p50_ms:.1f} ms, {result.tokens_per_s:.0f} tokens/s" if result.p50_ms else "")
+        )
     reference = next((r for r in results if r.backend == "torch_fp32" and r.p50_ms), None)
     for r in results:
         if reference is not None and r.backend in tokens:
@@ -203,7 +208,9 @@ def markdown_table(report: dict[str, Any]) -> str:
             lines.append(f"| {r['backend']} | {r['status']} |  |  |  |  |  |  |  |  |  |")
             continue
         speed = _fmt(r["speedup_vs_torch_fp32"], ".2f")
-        agree = _fmt(None if r["agreement_with_torch_fp32"] is None else 100 * r["agreement_with_torch_fp32"], ".1f")
+        agree = _fmt(
+            None if r["agreement_with_torch_fp32"] is None else 100 * r["agreement_with_torch_fp32"], ".1f"
+        )
         lines.append(
             f"| {r['backend']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['tokens_per_s']:.0f} "
             f"| {r['actions_per_s']:.1f} | {speed}x | {agree}% | {_fmt(r['peak_rss_delta_mb'], '.0f')} "
@@ -245,7 +252,10 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """benchmark.json, benchmark.md and benchmark_latency.png (each written to a temp file, renamed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("benchmark.json", json.dumps(report, indent=2) + "\n"), ("benchmark.md", markdown_table(report))):
+    for name, text in (
+        ("benchmark.json", json.dumps(report, indent=2) + "\n"),
+        ("benchmark.md", markdown_table(report)),
+    ):
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_dir / name)
@@ -268,7 +278,16 @@ def log_to_wandb(cfg: BenchmarkConfig, report: dict[str, Any], paths: list[Path]
         tags=list(cfg.logger.tags),
         config=asdict(cfg),
     )
-    keys = ["p50_ms", "p95_ms", "p99_ms", "tokens_per_s", "actions_per_s", "agreement_with_torch_fp32", "peak_rss_delta_mb", "size_on_disk_mb"]
+    keys = [
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "tokens_per_s",
+        "actions_per_s",
+        "agreement_with_torch_fp32",
+        "peak_rss_delta_mb",
+        "size_on_disk_mb",
+    ]
     rows = [[r["backend"], r["status"], *[r[k] for k in keys]] for r in report["results"]]
     run.log({"benchmark/table": wandb.Table(columns=["backend", "status", *keys], data=rows),
              "benchmark/latency": wandb.Image(str(paths[2]))})  # fmt: skip

@@ -218,7 +218,6 @@ class PredictConfig:
     use_cache: bool = True  # KV cache during decoding
 
 
-
 @dataclass
 class ExportConfig:
     """`scripts/export.py`: merge a training run's adapters, export to ONNX, check parity.
@@ -243,7 +242,9 @@ class ExportConfig:
         if self.held_out < 1:
             raise ConfigError(f"held_out={self.held_out} must be >= 1")
         if self.int8 and not self.onnx:
-            raise ConfigError("int8=true needs onnx=true (the int8 graphs are quantized from the ONNX export)")
+            raise ConfigError(
+                "int8=true needs onnx=true (the int8 graphs are quantized from the ONNX export)"
+            )
 
 
 BACKENDS = ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8", "tensorrt")
@@ -267,6 +268,7 @@ class BenchmarkConfig:
             _choice("backends", backend, BACKENDS)
         if self.actions < 1 or self.warmup < 0:
             raise ConfigError(f"actions={self.actions} must be >= 1 and warmup={self.warmup} >= 0")
+
 
 GROUPS = {
     "model": ModelConfig,

@@ -150,7 +150,10 @@ def adapter_and_merged(run_dir: Path, train_cfg: TrainConfig) -> tuple[nn.Module
 
 def action_tokens(policy: Any, samples: HeldOut) -> np.ndarray:
     """Action tokens [N, n_tokens] for each held-out frame, one frame per call (batch 1, as deployed)."""
-    rows = [policy.predict([img], [text]).token_ids.reshape(1, -1) for img, text in zip(samples.images, samples.instructions)]
+    rows = [
+        policy.predict([img], [text]).token_ids.reshape(1, -1)
+        for img, text in zip(samples.images, samples.instructions)
+    ]
     return np.concatenate(rows)
 
 
@@ -190,7 +193,11 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     train_cfg = load_train_config(run_dir)
     samples = held_out_samples(train_cfg, cfg.held_out, cfg.samples_from, cfg.data_root)
     reference, merged = adapter_and_merged(run_dir, train_cfg)
-    report: dict[str, Any] = {"run": str(run_dir), "held_out": len(samples.images), "samples_from": cfg.samples_from}
+    report: dict[str, Any] = {
+        "run": str(run_dir),
+        "held_out": len(samples.images),
+        "samples_from": cfg.samples_from,
+    }
     key = train_cfg.data.dataset_key
     if key not in merged.norm_stats:
         raise ExportError(f"{run_dir / 'dataset_statistics.json'}: no statistics under {key!r}")
@@ -218,7 +225,9 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         print(f"ONNX float32 vs PyTorch float32: identical action tokens on {len(samples.images)} held-out "
               f"samples; max abs logit difference {diff:.2e} (tolerance {cfg.logits_atol:.0e})")  # fmt: skip
         if diff > cfg.logits_atol:
-            raise ExportError(f"ONNX logits differ from PyTorch by {diff:.2e} > logits_atol={cfg.logits_atol}")
+            raise ExportError(
+                f"ONNX logits differ from PyTorch by {diff:.2e} > logits_atol={cfg.logits_atol}"
+            )
         report["onnx"] = {"dir": str(onnx_dir), "tokens_identical": True, "max_abs_logit_diff": diff}
         if cfg.int8:
             quantize_int8(onnx_dir)

@@ -174,16 +174,18 @@ def quantize_int8(folder: str | Path) -> list[Path]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor to the root logger
-    for name in (PREFIX_FILE, DECODE_FILE):
-        target = folder / name.replace(".onnx", f"{INT8_SUFFIX}.onnx")
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            quantize_dynamic(str(folder / name), str(tmp), weight_type=QuantType.QInt8)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(target)
-    root.setLevel(level)
+    try:
+        for name in (PREFIX_FILE, DECODE_FILE):
+            target = folder / name.replace(".onnx", f"{INT8_SUFFIX}.onnx")
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                quantize_dynamic(str(folder / name), str(tmp), weight_type=QuantType.QInt8)
+                tmp.replace(target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(target)
+    finally:
+        root.setLevel(level)
     return written
 
 
@@ -277,7 +279,9 @@ class OnnxPolicy:
         ]
         rows = [ids if ids[-1] == empty else [*ids, empty] for ids in prompts]
         pixels = pixel_values.float().numpy()
-        groups = [list(range(len(rows)))] if len({len(r) for r in rows}) == 1 else [[i] for i in range(len(rows))]
+        groups = (
+            [list(range(len(rows)))] if len({len(r) for r in rows}) == 1 else [[i] for i in range(len(rows))]
+        )
         token_ids = np.zeros((len(rows), n_dims * chunk), np.int64)
         all_logits: list[np.ndarray] = [np.empty(0)] * len(rows)
         for group in groups:
