@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv
+.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -48,3 +48,9 @@ predict: setup ## One action from a checkpoint: make predict ARGS="checkpoint=DI
 
 bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
 	$(PY) scripts/bench_kv_cache.py $(ARGS)
+
+export: setup ## Merge a run's adapters, export ONNX (KV cache), check parity: make export ARGS="run=<run folder>"
+	$(PY) scripts/export.py $(ARGS)
+
+bench: setup ## Latency, tokens/s, memory per runtime vs the 8 tokens/s target: make bench ARGS="checkpoint=<export folder>"
+	$(PY) scripts/benchmark.py $(ARGS)

@@ -312,6 +312,58 @@ class InspectDataConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
 
 
+@dataclass
+class ExportConfig:
+    """`scripts/export.py`: merge a training run's adapters, export to ONNX, check parity.
+
+    The model, adapter, quantization and data settings are the run's own (its saved config.yaml)."""
+
+    run: str = MISSING  # training run folder (config.yaml + adapter/ or model/)
+    out_dir: str = MISSING  # set by Hydra: outputs/export/<date>/<time>; or any folder
+    held_out: int = 8  # held-out frames for the merge and ONNX parity checks
+    samples_from: str = "val"  # val: frames of the run's validation episodes | random: noise images
+    data_root: str | None = None  # the run's data.root, if the data has moved since training
+    onnx: bool = True  # export prefix.onnx + decode.onnx (KV cache) and check parity
+    int8: bool = True  # also onnxruntime dynamic int8 graphs; report token agreement with float32
+    tensorrt: bool = True  # build TensorRT engines when `tensorrt` imports (skipped otherwise)
+    opset: int = 17
+    logits_atol: float = 1e-4  # ONNX vs PyTorch float32 logits: max abs difference allowed
+    threads: int = 0  # onnxruntime intra-op threads for the checks (0: its default)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # outputs/export/... lives under paths.output_dir
+
+    def __post_init__(self) -> None:
+        _choice("samples_from", self.samples_from, ("val", "random"))
+        if self.held_out < 1:
+            raise ConfigError(f"held_out={self.held_out} must be >= 1")
+        if self.int8 and not self.onnx:
+            raise ConfigError(
+                "int8=true needs onnx=true (the int8 graphs are quantized from the ONNX export)"
+            )
+
+
+BACKENDS = ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8", "tensorrt")
+
+
+@dataclass
+class BenchmarkConfig:
+    """`scripts/benchmark.py`: per-action latency of each runtime on an export folder's held-out frames."""
+
+    checkpoint: str = MISSING  # an export folder written by scripts/export.py (model/, onnx/, heldout.npz)
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))  # tensorrt: only where it imports
+    warmup: int = 3  # untimed actions per backend
+    actions: int = 20  # timed actions per backend (held-out frames, cycled)
+    threads: int = 0  # torch and onnxruntime intra-op threads (0: the number of CPU cores)
+    target_tokens_per_s: float = 8.0  # pass/fail per backend (the seed's Jetson Orin target)
+    out_dir: str | None = None  # where the reports go (default: the checkpoint folder)
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(name="none"))
+
+    def __post_init__(self) -> None:
+        for backend in self.backends:
+            _choice("backends", backend, BACKENDS)
+        if self.actions < 1 or self.warmup < 0:
+            raise ConfigError(f"actions={self.actions} must be >= 1 and warmup={self.warmup} >= 0")
+
+
 GROUPS = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -333,6 +385,8 @@ def register_configs() -> None:
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="inspect_data_schema", node=InspectDataConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="benchmark_schema", node=BenchmarkConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 

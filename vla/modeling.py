@@ -61,6 +61,18 @@ class ActionPrediction:
     input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
 
 
+def stop_at_eos(rows: list[list[int]], token_ids: np.ndarray, eos: int) -> np.ndarray:
+    """HF `generate` stops a row at `</s>`; OpenVLA then takes the last D ids of the whole
+    sequence, prompt included. Reproduce that per row (shared with the onnxruntime policy)."""
+    n = token_ids.shape[1]
+    out = token_ids.copy()
+    for i, row in enumerate(token_ids):
+        hits = np.flatnonzero(row == eos)
+        if hits.size and hits[0] < n - 1:
+            out[i] = np.asarray(rows[i] + row[: hits[0] + 1].tolist())[-n:]
+    return out
+
+
 class OpenVLA(nn.Module):
     def __init__(self, config: OpenVLAConfig):
         super().__init__()
@@ -251,16 +263,7 @@ class OpenVLA(nn.Module):
         return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows)
 
     def _stop_at_eos(self, rows: list[list[int]], token_ids: np.ndarray) -> np.ndarray:
-        """HF `generate` stops a row at `</s>`; OpenVLA then takes the last D ids of the whole
-        sequence, prompt included. Reproduce that per row."""
-        eos = self.language_model.config.eos_token_id
-        n = token_ids.shape[1]
-        out = token_ids.copy()
-        for i, row in enumerate(token_ids):
-            hits = np.flatnonzero(row == eos)
-            if hits.size and hits[0] < n - 1:
-                out[i] = np.asarray(rows[i] + row[: hits[0] + 1].tolist())[-n:]
-        return out
+        return stop_at_eos(rows, token_ids, self.language_model.config.eos_token_id)
 
     def predict(
         self,

@@ -1,0 +1,46 @@
+"""Export a training run: merged OpenVLA folder, ONNX graphs with a KV cache, parity checks.
+
+python scripts/export.py run=outputs/train/<date>/<time>             # -> outputs/export/<date>/<time>/
+python scripts/export.py run=RUN out_dir=exports/athena int8=false
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vla.config import ExportConfig, register_configs, to_object  # noqa: E402
+
+register_configs()
+log = logging.getLogger("export")
+
+
+def run(cfg: ExportConfig) -> dict:
+    """Merge and export `cfg.run` into `cfg.out_dir`; returns the report written to export.json."""
+    from vla.export import export_run
+
+    report = export_run(cfg)
+    out = Path(cfg.out_dir)
+    print(f"\nexport folder: {out}")
+    print(f"merged model:  {report['model_dir']}  (norm_stats keys {report['norm_stats_keys']})")
+    if "onnx" in report:
+        print(f"onnx graphs:   {report['onnx']['dir']}")
+    print(f"report:        {out / 'export.json'}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    report = run(to_object(cfg, ExportConfig))
+    print(json.dumps({k: v for k, v in report.items() if k != "onnx"} | {"onnx": report.get("onnx")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Export: merged weights equal base + adapter (LoRA, DoRA, QLoRA), merged tokens equal the adapter
+model's, ONNX parity, int8 agreement, a self-contained folder, and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_factories import ACTION_DIM, make_isaac_dataset
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+from vla.config import ConfigError, ExportConfig, TrainConfig, register_configs, to_object
+
+register_configs()
+Q_PROJ = "language_model.model.layers.0.self_attn.q_proj"
+LORA = {"lora": ["lora=efficient", "lora.r=8", "lora.alpha=16"],
+        "dora": ["lora=efficient", "lora.r=8", "lora.alpha=16", "lora.use_dora=true"],
+        "qlora": ["lora=efficient", "lora.r=8", "lora.alpha=16", "quantization=nf4"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def isaac_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("isaac")
+    make_isaac_dataset(root, n_episodes=4, steps=6)
+    return root
+
+
+def train_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", "model.architecture.image_size=56", *overrides,
+                                          f"run_dir={run_dir}"])  # fmt: skip
+    return to_object(cfg, TrainConfig)
+
+
+def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> TrainConfig:
+    """What train.py leaves behind, without the optimizer: base_model/, statistics, config and an
+    adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op."""
+    from vla.adapters import apply_adapter, build_base_model
+    from vla.checkpoint import quantize_language_model
+    from vla.data.datamodule import VLADataModule
+    from vla.data.statistics import save_statistics
+    from vla.runs import save_run_config, save_trained
+
+    cfg = train_config(run_dir, ["data=isaac", f"data.root={isaac_root}", *overrides])
+    save_run_config(run_dir, cfg)
+    stats = VLADataModule(cfg.data).prepare()
+    save_statistics(run_dir / "dataset_statistics.json", stats)
+    base = build_base_model(cfg.model, type(cfg.quantization)(), stats)
+    base.save_pretrained(run_dir / "base_model")
+    if cfg.quantization.method:
+        quantize_language_model(base, cfg.quantization.method, compute_dtype=torch.float32)
+    model = apply_adapter(base, cfg.lora)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.5 * torch.rand(p.shape, generator=gen))
+    save_trained(model, run_dir, full=False)
+    return cfg
+
+
+def export_config(run_dir: Path, out: Path, **kwargs) -> ExportConfig:
+    return ExportConfig(run=str(run_dir), out_dir=str(out), **{"held_out": 4, **kwargs})
+
+
+def expected_merged_q_proj(run_dir: Path, kind: str, cfg: TrainConfig) -> torch.Tensor:
+    """Base + adapter for layer 0's q_proj, computed here from the saved files (PEFT's formulas:
+    W + (alpha / r) B A; DoRA rescales each output row of that to the learned magnitude)."""
+    import bitsandbytes as bnb
+
+    w = load_file(str(run_dir / "base_model" / "model.safetensors"))[f"{Q_PROJ}.weight"]
+    if kind == "qlora":  # the adapter was trained against the NF4-rounded weights
+        packed, state = bnb.functional.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        w = bnb.functional.dequantize_4bit(packed, state)
+    adapter = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    prefix = f"base_model.model.{Q_PROJ}"
+    a, b = adapter[f"{prefix}.lora_A.weight"], adapter[f"{prefix}.lora_B.weight"]
+    merged = w + (cfg.lora.alpha / cfg.lora.r) * b @ a
+    if kind == "dora":
+        magnitude = adapter[f"{prefix}.lora_magnitude_vector"]
+        merged = merged * (magnitude / merged.norm(dim=1))[:, None]
+    return merged
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "qlora"])
+def test_merge_equals_base_plus_adapter(tmp_path, isaac_root, kind):
+    from vla.export import action_tokens, adapter_and_merged, held_out_samples
+    from vla.modeling import OpenVLA
+
+    cfg = make_run(tmp_path, isaac_root, LORA[kind])
+    reference, merged = adapter_and_merged(tmp_path, cfg)
+    got = merged.state_dict()[f"{Q_PROJ}.weight"]
+    torch.testing.assert_close(got, expected_merged_q_proj(tmp_path, kind, cfg), rtol=1e-5, atol=1e-5)
+    assert not any("lora" in name for name in merged.state_dict())  # unloaded: a plain OpenVLA
+
+    samples = held_out_samples(cfg, 6, "val", None)
+    adapter_tokens = action_tokens(reference, samples)
+    np.testing.assert_array_equal(action_tokens(merged, samples), adapter_tokens)
+    # The adapter changes the actions, so a merge that dropped it could not pass the check above.
+    base_tokens = action_tokens(OpenVLA.from_pretrained(tmp_path / "base_model"), samples)
+    assert (base_tokens != adapter_tokens).any()
+
+
+def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
+    from vla.export import HeldOut, action_tokens, export_run
+    from vla.modeling import OpenVLA
+    from vla.onnx_export import OnnxPolicy
+
+    run_dir, out = tmp_path / "run", tmp_path / "export"
+    make_run(run_dir, isaac_root, LORA["lora"])
+    report = export_run(export_config(run_dir, out))
+    assert report["merge"].startswith("merged tokens identical")
+    assert report["onnx"]["tokens_identical"] and report["onnx"]["max_abs_logit_diff"] < 1e-4
+    assert 0.0 <= report["onnx"]["int8_token_agreement"] <= 1.0
+    assert json.loads((out / "export.json").read_text())["onnx"] == report["onnx"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    stats = json.loads((run_dir / "dataset_statistics.json").read_text())
+    assert config["norm_stats"] == stats and "athena_isaac" in config["norm_stats"]
+    assert config["constrain_action_decoding"] is True
+
+    samples = HeldOut.load(out / "heldout.npz")
+    before = action_tokens(OpenVLA.from_pretrained(out / "model"), samples)
+    shutil.rmtree(run_dir)  # nothing of the run may be needed any more
+    model = OpenVLA.from_pretrained(out / "model")
+    pred = model.predict(samples.images[:1], samples.instructions[:1])
+    assert pred.actions.shape == (1, ACTION_DIM) and np.isfinite(pred.actions).all()
+    np.testing.assert_array_equal(action_tokens(model, samples), before)
+    np.testing.assert_array_equal(action_tokens(OnnxPolicy(out / "model", out / "onnx"), samples), before)
+
+
+def test_merge_mismatch_stops_the_export(tmp_path, isaac_root, monkeypatch):
+    import vla.export as export
+    from vla.modeling import OpenVLA
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, isaac_root, LORA["lora"])
+    real = export.adapter_and_merged
+
+    def merged_without_adapter(run, cfg):
+        reference, merged = real(run, cfg)
+        plain = OpenVLA.from_pretrained(run / "base_model")
+        plain.config.norm_stats = merged.config.norm_stats
+        return reference, plain
+
+    monkeypatch.setattr(export, "adapter_and_merged", merged_without_adapter)
+    with pytest.raises(export.ExportError, match="merged vs adapter model: action tokens differ"):
+        export.export_run(export_config(run_dir, tmp_path / "out", onnx=False, int8=False))
+    assert not (tmp_path / "out" / "model").exists()
+
+
+@pytest.mark.parametrize("where", ["weights", "onnx"])
+def test_interrupted_export_leaves_nothing_complete_looking(tmp_path, isaac_root, monkeypatch, where):
+    import huggingface_hub
+
+    from vla.export import export_run
+
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    make_run(run_dir, isaac_root, LORA["lora"])
+    if where == "weights":
+        real = huggingface_hub.save_torch_state_dict
+
+        def crash(state, folder, **kwargs):
+            real(state, folder, **kwargs)  # the weights are written, then the process "dies"
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(huggingface_hub, "save_torch_state_dict", crash)
+    else:
+        real = torch.onnx.export
+
+        def crash(model, args, path, **kwargs):
+            real(model, args, path, **kwargs)
+            if Path(path).name == "decode.onnx":
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(torch.onnx, "export", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(export_config(run_dir, out, int8=False))
+    assert not (out / "export.json").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+    assert (out / "model").exists() == (where == "onnx")  # only finished folders are in place
+    assert not (out / "onnx").exists()
+
+
+def test_onnx_kv_cache_parity_on_random_model(tmp_path):
+    """Prompts of different lengths in one batch, constrained and free decoding: the onnxruntime
+    policy gives PyTorch's tokens, and its logits match an uncached PyTorch pass to 1e-4."""
+    from vla.onnx_export import OnnxPolicy, export_onnx
+    from vla.processing import build_prompt
+    from vla.tiny import TinyArchitecture, build_tiny_model
+
+    action = {k: [0.0] * 5 for k in ("mean", "std", "min", "max")}
+    action.update(q01=[-1.0] * 5, q99=[1.0] * 5, mask=[True] * 5)
+    model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats={"d": {"action": action}}).eval()
+    model.config.extra["constrain_action_decoding"] = True
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(model, tmp_path / "onnx")
+    policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(3)]
+    texts = ["reach the red ball with the left hand", "turn", "lift the right knee"]
+    for constrain in (True, False):
+        expected = model.predict(images, texts, constrain=constrain)
+        got = policy.predict(images, texts, constrain=constrain)
+        np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+        np.testing.assert_allclose(got.actions, expected.actions)
+        assert got.input_ids == expected.input_ids
+    inputs = model.processor(images[:1], [build_prompt(texts[0])])
+    pred, logits = policy.predict_action(**inputs, return_logits=True)
+    ids = torch.tensor([[*pred.input_ids[0], *pred.token_ids[0, :-1].tolist()]])
+    with torch.no_grad():
+        ref = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -5:].numpy()
+    assert np.abs(ref - logits[0]).max() < 1e-4
+
+
+def test_export_config_is_checked():
+    with pytest.raises(ConfigError, match="samples_from='test' is not valid; choose one of"):
+        ExportConfig(run="r", out_dir="o", samples_from="test")
+    with pytest.raises(ConfigError, match="int8=true needs onnx=true"):
+        ExportConfig(run="r", out_dir="o", onnx=False)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=["run=some/run", "out_dir=x", "held_out=3"])
+    assert to_object(cfg, ExportConfig).held_out == 3
