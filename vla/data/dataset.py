@@ -3,6 +3,13 @@
 A sample is step t of an episode. Its token sequence is the one OpenVLA trains on,
 `<s> In: What action should the robot take to {instruction}?\\nOut: ▁ <action tokens> </s>`, with the
 loss only on the action tokens and `</s>` (OpenVLA masks everything before them).
+
+With action chunks of K steps (`chunk_size`) the action tokens are those of steps t..t+K-1, K*D tokens.
+Near the episode end the chunk is padded by repeating the last action; the padded steps' labels are
+IGNORE_INDEX, so they carry no loss, and `</s>` still follows the last token. K=1 is OpenVLA's sample.
+
+Pixels: the frame at the model's input size (from the image cache, or decoded and resized here), then
+the training augmentation (train split) or the model's centre crop (every other split), then normalized.
 """
 
 from __future__ import annotations
@@ -10,17 +17,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vla.action_tokenizer import ActionTokenizer, normalize
+from vla.data.augment import FrameAugment, sample_seed
+from vla.data.cache import FrameCache
 from vla.data.episodes import Episode
 from vla.modeling import IGNORE_INDEX
 from vla.processing import OpenVLAProcessor, build_prompt
 
 
+def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:
+    """The steps whose actions form the chunk at step t (the last step repeated past the episode end),
+    and which of them are real."""
+    steps = [t + k for k in range(chunk_size)]
+    return [min(s, num_steps - 1) for s in steps], [s < num_steps for s in steps]
+
+
 class VLADataset(Dataset):
-    """Every step of every episode, as a training sample."""
+    """Every step of every episode, as a training sample.
+
+    Index it with `i` or with `(epoch, i)` (what the training sampler yields): the augmentation of a
+    sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
+    """
 
     def __init__(
         self,
@@ -28,37 +49,84 @@ class VLADataset(Dataset):
         processor: OpenVLAProcessor,
         action_tokenizer: ActionTokenizer,
         action_stats: dict[str, Any],
+        *,
+        chunk_size: int = 1,
+        frames: FrameCache | None = None,
+        augment: FrameAugment | None = None,
+        seed: int = 0,
     ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.episodes = list(episodes)
+        if frames is not None and len(frames) != len(self.episodes):
+            raise ValueError(f"frame cache holds {len(frames)} episodes for {len(self.episodes)} episodes")
         self.processor = processor
+        self.transform = processor.image_transform
         self.action_tokenizer = action_tokenizer
+        self.chunk_size = chunk_size
+        self.frames = frames
+        self.augment = augment
+        self.seed = seed
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.num_steps)]
-        # Tokenize each episode's actions and prompt once.
+        # Tokenize each episode's actions once, and each distinct instruction once.
         self.action_tokens = [
             action_tokenizer.encode(normalize(ep.actions, action_stats)) for ep in self.episodes
         ]
-        tokenizer = processor.tokenizer
-        empty, eos = processor.empty_token_id, tokenizer.eos_token_id
-        self.prompt_ids = []
+        self.empty = processor.empty_token_id
+        self.eos = processor.tokenizer.eos_token_id
+        self.prompt_ids: dict[str, list[int]] = {}
         for ep in self.episodes:
-            ids = tokenizer(build_prompt(ep.instruction))["input_ids"]
-            self.prompt_ids.append([*ids, empty] if ids[-1] != empty else ids)
-        self.eos = eos
+            for instruction in {ep.instruction, *(self.step_instructions(ep) or [])}:
+                self._prompt(instruction)
+
+    @staticmethod
+    def step_instructions(episode: Episode) -> list[str] | None:
+        # Per-step instructions (language annotation) arrive with the data-quality branch.
+        return getattr(episode, "step_instructions", None)
+
+    def _prompt(self, instruction: str) -> list[int]:
+        if instruction not in self.prompt_ids:
+            ids = self.processor.tokenizer(build_prompt(instruction))["input_ids"]
+            self.prompt_ids[instruction] = [*ids, self.empty] if ids[-1] != self.empty else ids
+        return self.prompt_ids[instruction]
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def instruction(self, e: int, t: int) -> str:
+        per_step = self.step_instructions(self.episodes[e])
+        return per_step[t] if per_step is not None else self.episodes[e].instruction
+
+    def frame(self, e: int, t: int) -> np.ndarray:
+        """Frame t of episode e, uint8 at the model's input size, before augmentation."""
+        if self.frames is not None:
+            return self.frames[e][t]
+        return self.transform.resize(self.episodes[e].frame(t))
+
+    def pixel_values(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
+        frame = self.frame(e, t)
+        if self.augment is not None:
+            # One frame per sample: the chunk's shared augmentation parameters hold trivially.
+            frame = self.augment([frame], sample_seed(self.seed, epoch, i))[0]
+        else:
+            frame = self.transform.center_crop(frame)
+        return self.transform.to_tensor(frame)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         e, t = self.index[i]
-        episode = self.episodes[e]
-        prompt = self.prompt_ids[e]
-        actions = self.action_tokens[e][t].tolist()
-        ids = [*prompt, *actions, self.eos]
-        labels = [IGNORE_INDEX] * len(prompt) + [*actions, self.eos]
+        prompt = self._prompt(self.instruction(e, t))
+        tokens = self.action_tokens[e]
+        steps, real = chunk_steps(t, len(tokens), self.chunk_size)
+        actions, targets = [], []
+        for step, is_real in zip(steps, real):
+            ids = tokens[step].tolist()
+            actions += ids
+            targets += ids if is_real else [IGNORE_INDEX] * len(ids)
         return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "pixel_values": self.processor.image_transform(episode.frame(t)),
+            "input_ids": torch.tensor([*prompt, *actions, self.eos]),
+            "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + [*targets, self.eos]),
+            "pixel_values": self.pixel_values(e, t, epoch, i),
             "episode": e,
             "step": t,
         }
