@@ -137,7 +137,9 @@ def test_in_memory_episodes_are_resized_in_memory(tmp_path):
     episodes = load_pickle_demos(tmp_path / "demos.pkl").episodes
     frames = build(episodes, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "frames").iterdir())  # nothing written to disk
-    expected = np.asarray(Image.fromarray(episodes[1].frames[1]).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    expected = np.asarray(
+        Image.fromarray(episodes[1].frames[1]).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    )
     np.testing.assert_array_equal(frames[1][1], expected)
 
 

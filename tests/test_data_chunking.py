@@ -120,8 +120,11 @@ def test_chunk_size_one_is_the_openvla_sample(tiny, tmp_path, cached):
         for t in range(episode.num_steps):
             sample, expected = data[i], reference_sample(tiny, episode, t, stats)
             assert (sample["episode"], sample["step"]) == (e, t)
-            for key in ("input_ids", "labels", "pixel_values"):
+            for key in ("input_ids", "labels"):
                 assert torch.equal(sample[key], expected[key]), key
+            # What the model sees: the training step normalizes the batch's uint8 images.
+            seen = tiny.processor.image_transform.normalize_batch(sample["images"][None])[0]
+            assert torch.equal(seen, expected["pixel_values"])
             i += 1
 
 
@@ -178,7 +181,9 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
     assert all(logged[f"val/l1_dof/{i}"] == 0.0 for i in range(D))
     record = module.val_records[0]
     # The plots get each sample's first chunk step: steps 2, 3, 4 of the episode.
-    np.testing.assert_allclose(record["true"][:, 0], [STEP_VALUES[2], STEP_VALUES[3], STEP_VALUES[4]], atol=0.01)
+    np.testing.assert_allclose(
+        record["true"][:, 0], [STEP_VALUES[2], STEP_VALUES[3], STEP_VALUES[4]], atol=0.01
+    )
     assert record["pred"].shape == (3, D)
     assert len(record["abs_err"]) == 3 + 2 + 1  # real chunk steps of samples at t = 2, 3, 4
 

@@ -258,6 +258,26 @@ class PredictConfig:
     use_cache: bool = True  # KV cache during decoding
 
 
+@dataclass
+class BenchDataConfig:
+    """`scripts/bench_data.py`: loader samples/s (cold, cached) against the training step's consumption."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train_steps: int = 10  # timed optimizer steps of the model, after `warmup_steps` untimed ones
+    warmup_steps: int = 2
+    max_samples: int | None = None  # cap the timed epochs (None: the whole train split)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_steps < 1 or self.warmup_steps < 0:
+            raise ConfigError("train_steps must be >= 1 and warmup_steps >= 0")
+
+
 GROUPS = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -275,6 +295,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="bench_data_schema", node=BenchDataConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 

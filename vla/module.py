@@ -40,9 +40,11 @@ class VLAModule(L.LightningModule):
         return unwrap(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor]):
+        """Loss and logits of a collated batch; its uint8 `images` are normalized here, on the device."""
+        pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
         return self.model(
             input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"],
+            pixel_values=pixel_values,
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
         )

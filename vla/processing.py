@@ -90,12 +90,21 @@ class ImageTransform:
     def to_tensor(self, image: np.ndarray) -> torch.Tensor:
         """uint8 [size, size, 3] -> normalized float32 [3 * n_towers, size, size]."""
         # torch.tensor copies: the frame may be a read-only view of the memory-mapped image cache.
-        x = torch.tensor(image, dtype=torch.uint8).permute(2, 0, 1).float().div(255)
-        return torch.cat([self.normalize(x, i) for i in range(len(self.means))], dim=0)
+        return self.normalize_batch(torch.tensor(image, dtype=torch.uint8)[None])[0]
+
+    def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> float32 [B, 3 * n_towers, H, W], on the images' device.
+
+        Training batches carry uint8 frames and are normalized here, in the training step (on the
+        GPU when there is one): 4x (one tower) to 8x (two towers) fewer bytes through the loader and
+        to the device than normalized float pixels, and no per-sample arithmetic in the loader."""
+        x = images.permute(0, 3, 1, 2).float().div(255)
+        return torch.cat([self.normalize(x, i) for i in range(len(self.means))], dim=1)
 
     def normalize(self, x: torch.Tensor, tower: int) -> torch.Tensor:
-        mean = torch.tensor(self.means[tower], dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.stds[tower], dtype=torch.float32).view(3, 1, 1)
+        """[..., 3, H, W] in [0, 1] -> (x - mean) / std of `tower`."""
+        mean = torch.tensor(self.means[tower], dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.stds[tower], dtype=torch.float32, device=x.device).view(3, 1, 1)
         return (x - mean) / std
 
     def preprocessor_config(self, fused: bool) -> dict:

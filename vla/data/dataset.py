@@ -9,7 +9,9 @@ Near the episode end the chunk is padded by repeating the last action; the padde
 IGNORE_INDEX, so they carry no loss, and `</s>` still follows the last token. K=1 is OpenVLA's sample.
 
 Pixels: the frame at the model's input size (from the image cache, or decoded and resized here), then
-the training augmentation (train split) or the model's centre crop (every other split), then normalized.
+the training augmentation (train split) or the model's centre crop (every other split). Samples carry
+it as uint8 `images` [H, W, 3]; the training step normalizes whole batches
+(`ImageTransform.normalize_batch`, what `VLAModule.forward` does), so loading does no float arithmetic.
 """
 
 from __future__ import annotations
@@ -103,14 +105,16 @@ class VLADataset(Dataset):
             return self.frames[e][t]
         return self.transform.resize(self.episodes[e].frame(t))
 
-    def pixel_values(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
+    def image(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
+        """uint8 [H, W, 3]: augmented (train split) or centre-cropped as the model's processor does."""
         frame = self.frame(e, t)
         if self.augment is not None:
             # One frame per sample: the chunk's shared augmentation parameters hold trivially.
             frame = self.augment([frame], sample_seed(self.seed, epoch, i))[0]
         else:
             frame = self.transform.center_crop(frame)
-        return self.transform.to_tensor(frame)
+        # A copy: the frame may be a read-only view of the memory-mapped cache.
+        return torch.tensor(frame, dtype=torch.uint8)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
@@ -126,14 +130,14 @@ class VLADataset(Dataset):
         return {
             "input_ids": torch.tensor([*prompt, *actions, self.eos]),
             "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + [*targets, self.eos]),
-            "pixel_values": self.pixel_values(e, t, epoch, i),
+            "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
         }
 
 
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample; padding is masked and carries no loss."""
+    """Right-pad to the longest sample; padding is masked and carries no loss. `images` stay uint8."""
     n = max(len(s["input_ids"]) for s in samples)
     ids = torch.full((len(samples), n), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), n), IGNORE_INDEX, dtype=torch.long)
@@ -145,7 +149,7 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
         "input_ids": ids,
         "labels": labels,
         "attention_mask": mask,
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "images": torch.stack([s["images"] for s in samples]),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),
     }
