@@ -76,7 +76,7 @@ class VLADataset(Dataset):
         ]
         self.empty = processor.empty_token_id
         self.eos = processor.tokenizer.eos_token_id
-        self.prompt_ids: dict[str, list[int]] = {}
+        self.prompt_ids: dict[str, np.ndarray] = {}
         for ep in self.episodes:
             for instruction in {ep.instruction, *(self.step_instructions(ep) or [])}:
                 self._prompt(instruction)
@@ -86,10 +86,11 @@ class VLADataset(Dataset):
         # Per-step instructions (language annotation) arrive with the data-quality branch.
         return getattr(episode, "step_instructions", None)
 
-    def _prompt(self, instruction: str) -> list[int]:
+    def _prompt(self, instruction: str) -> np.ndarray:
         if instruction not in self.prompt_ids:
             ids = self.processor.tokenizer(build_prompt(instruction))["input_ids"]
-            self.prompt_ids[instruction] = [*ids, self.empty] if ids[-1] != self.empty else ids
+            ids = [*ids, self.empty] if ids[-1] != self.empty else ids
+            self.prompt_ids[instruction] = np.array(ids, dtype=np.int64)
         return self.prompt_ids[instruction]
 
     def __len__(self) -> int:
@@ -113,23 +114,22 @@ class VLADataset(Dataset):
             frame = self.augment([frame], sample_seed(self.seed, epoch, i))[0]
         else:
             frame = self.transform.center_crop(frame)
-        # A copy: the frame may be a read-only view of the memory-mapped cache.
-        return torch.tensor(frame, dtype=torch.uint8)
+        # A numpy copy (the frame may be a read-only view of the memory-mapped cache): torch.tensor on a
+        # memmap takes a slow generic path.
+        return torch.from_numpy(np.array(frame, dtype=np.uint8))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         e, t = self.index[i]
         prompt = self._prompt(self.instruction(e, t))
-        tokens = self.action_tokens[e]
+        tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
-        actions, targets = [], []
-        for step, is_real in zip(steps, real):
-            ids = tokens[step].tolist()
-            actions += ids
-            targets += ids if is_real else [IGNORE_INDEX] * len(ids)
+        actions = tokens[steps].reshape(-1)
+        targets = np.where(np.repeat(real, tokens.shape[1]), actions, IGNORE_INDEX)
+        eos = np.array([self.eos], dtype=np.int64)
         return {
-            "input_ids": torch.tensor([*prompt, *actions, self.eos]),
-            "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + [*targets, self.eos]),
+            "input_ids": torch.from_numpy(np.concatenate([prompt, actions, eos])),
+            "labels": torch.from_numpy(np.concatenate([np.full_like(prompt, IGNORE_INDEX), targets, eos])),
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
@@ -137,19 +137,21 @@ class VLADataset(Dataset):
 
 
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample; padding is masked and carries no loss. `images` stay uint8."""
+    """Right-pad to the longest sample; padding is masked and carries no loss. `images` stay uint8.
+
+    Built with numpy: per-sample torch indexing costs more than loading a cached sample."""
     n = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), n), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), n), dtype=torch.long)
+    ids = np.full((len(samples), n), pad_id, dtype=np.int64)
+    labels = np.full((len(samples), n), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(samples), n), dtype=np.int64)
     for i, s in enumerate(samples):
         k = len(s["input_ids"])
-        ids[i, :k], labels[i, :k], mask[i, :k] = s["input_ids"], s["labels"], 1
+        ids[i, :k], labels[i, :k], mask[i, :k] = s["input_ids"].numpy(), s["labels"].numpy(), 1
     return {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": mask,
-        "images": torch.stack([s["images"] for s in samples]),
+        "input_ids": torch.from_numpy(ids),
+        "labels": torch.from_numpy(labels),
+        "attention_mask": torch.from_numpy(mask),
+        "images": torch.from_numpy(np.stack([s["images"].numpy() for s in samples])),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),
     }
