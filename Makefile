@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data evaluate predict bench-kv
+.PHONY: help setup train test test-full lint format sim-data evaluate predict bench-kv bench-data
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -45,3 +45,6 @@ predict: setup ## One action from a checkpoint: make predict ARGS="checkpoint=DI
 
 bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
 	$(PY) scripts/bench_kv_cache.py $(ARGS)
+
+bench-data: setup ## Loader samples/s (cold vs cached epoch) against the training step's consumption
+	$(PY) scripts/bench_data.py $(ARGS)
