@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench
+.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench bench-data
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -54,3 +54,6 @@ export: setup ## Merge a run's adapters, export ONNX (KV cache), check parity: m
 
 bench: setup ## Latency, tokens/s, memory per runtime vs the 8 tokens/s target: make bench ARGS="checkpoint=<export folder>"
 	$(PY) scripts/benchmark.py $(ARGS)
+
+bench-data: setup ## Loader samples/s (cold vs cached epoch) against the training step's consumption
+	$(PY) scripts/bench_data.py $(ARGS)

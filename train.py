@@ -69,12 +69,12 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     save_run_config(run_dir, cfg)
 
-    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir)
+    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)
     stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.model.pretrained, cfg.data.dataset_key))
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
-    base = build_base_model(cfg.model, quant, stats)
+    base = build_base_model(cfg.model, quant, stats, cfg.data.chunk_size, cfg.augment.crop_scale)
     if not cfg.model.pretrained:
         base.save_pretrained(run_dir / "base_model")
         if cfg.quantization.method:

@@ -90,12 +90,16 @@ def test_pickle_demos_train(tmp_path):
     assert np.isfinite(metrics["val/loss"]) and len(stats["athena_teleop"]["action"]["q01"]) > 0
 
 
-def test_resume_is_exact(tmp_path, isaac_root):
+@pytest.mark.parametrize(
+    "pipeline", [[], ["augment=openvla", "data.chunk_size=2"]], ids=["plain", "augmented_chunked"]
+)
+def test_resume_is_exact(tmp_path, isaac_root, pipeline):
     """2 steps, stop, resume to 4 == 4 steps in one go: same batches, optimizer and schedule state.
-    (lora=full: no dropout, so no random state outside the checkpoint.)"""
+    (lora=full: no dropout, so no random state outside the checkpoint; augmentation is seeded per
+    (seed, epoch, sample), so a resumed epoch sees the same pixels.)"""
     from safetensors.torch import load_file
 
-    data = ["data=isaac", f"data.root={isaac_root}", "lora=full", "trainer.val_check_interval=2"]
+    data = ["data=isaac", f"data.root={isaac_root}", "lora=full", "trainer.val_check_interval=2", *pipeline]
     train(tmp_path / "whole", [*data, "trainer.max_steps=4"])
     train(tmp_path / "first", [*data, "trainer.max_steps=2"])
     train(tmp_path / "resumed", [*data, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])

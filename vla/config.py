@@ -171,8 +171,10 @@ class DataConfig:
     join_gripper: bool = True  # pickle: action = action ++ gripper
     next_action: bool = True  # pickle: pair frame i with frame i+1's action
     batch_size: int = 8
-    num_workers: int = 0
-    pin_memory: bool = False
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    chunk_size: int = 1  # K future actions per sample (K*D action tokens); 1 is OpenVLA
+    cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     # Training instruction of each step. metadata: the episode's instruction; annotated: a phrasing of it
@@ -184,6 +186,10 @@ class DataConfig:
         _choice("data.format", self.format, ("sample", "isaac", "pickle"))
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         _choice("data.instructions", self.instructions, ("metadata", "annotated", "both"))
+        if self.chunk_size < 1:
+            raise ConfigError(f"data.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"
@@ -192,9 +198,43 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Image augmentation of the training split (albumentations presets arrive with the data issue)."""
+    """Image augmentation of the training split (albumentations), applied in this order: random
+    resized crop, brightness, contrast, saturation, hue, Gaussian blur, Gaussian noise. An operation
+    whose probability is 0 or whose range is the identity is left out. Validation, evaluation and
+    prediction see un-augmented frames, centre-cropped to `crop_scale` when it is below 1."""
 
     name: str = "none"
+    crop_scale: float = 1.0  # area of the random square-ish crop, resized back (OpenVLA: 0.9); 1: none
+    crop_ratio: float = 1.0  # aspect ratio (width / height) of that crop (OpenVLA: 1)
+    brightness: float = 0.0  # additive shift, uniform in [-b, b] of the full range (OpenVLA: 0.2)
+    brightness_p: float = 1.0
+    contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor around the mean grey
+    contrast_p: float = 1.0
+    saturation: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor (1: unchanged)
+    saturation_p: float = 1.0
+    hue: float = 0.0  # shift, uniform in [-h, h] of the hue circle (OpenVLA: 0.05)
+    hue_p: float = 1.0
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])  # Gaussian blur sigma range
+    blur_p: float = 0.0
+    noise_std: list[float] = field(default_factory=lambda: [0.01, 0.05])  # Gaussian noise std range
+    noise_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"augment.crop_scale={self.crop_scale} must be in (0, 1] (1: no crop)")
+        if self.crop_ratio <= 0.0:
+            raise ConfigError(f"augment.crop_ratio={self.crop_ratio} must be > 0")
+        if not 0.0 <= self.brightness <= 1.0 or not 0.0 <= self.hue <= 0.5:
+            raise ConfigError(
+                f"augment.brightness={self.brightness} must be in [0, 1] and augment.hue={self.hue} in [0, 0.5]"
+            )
+        for key in ("brightness_p", "contrast_p", "saturation_p", "hue_p", "blur_p", "noise_p"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"augment.{key}={getattr(self, key)} must be a probability in [0, 1]")
+        for key in ("contrast", "saturation", "blur_sigma", "noise_std"):
+            low_high = getattr(self, key)
+            if len(low_high) != 2 or not 0.0 <= low_high[0] <= low_high[1]:
+                raise ConfigError(f"augment.{key}={low_high} must be [low, high] with 0 <= low <= high")
 
 
 @dataclass
@@ -364,6 +404,26 @@ class BenchmarkConfig:
             raise ConfigError(f"actions={self.actions} must be >= 1 and warmup={self.warmup} >= 0")
 
 
+@dataclass
+class BenchDataConfig:
+    """`scripts/bench_data.py`: loader samples/s (cold, cached) against the training step's consumption."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train_steps: int = 10  # timed optimizer steps of the model, after `warmup_steps` untimed ones
+    warmup_steps: int = 2
+    max_samples: int | None = None  # cap the timed epochs (None: the whole train split)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_steps < 1 or self.warmup_steps < 0:
+            raise ConfigError("train_steps must be >= 1 and warmup_steps >= 0")
+
+
 GROUPS = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -387,6 +447,7 @@ def register_configs() -> None:
     cs.store(name="inspect_data_schema", node=InspectDataConfig)
     cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="benchmark_schema", node=BenchmarkConfig)
+    cs.store(name="bench_data_schema", node=BenchDataConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 

@@ -14,6 +14,7 @@ from torch import nn
 from vla.action_tokenizer import unnormalize
 from vla.adapters import unwrap
 from vla.config import OptimConfig
+from vla.modeling import IGNORE_INDEX
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -41,9 +42,11 @@ class VLAModule(L.LightningModule):
         return unwrap(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor]):
+        """Loss and logits of a collated batch; its uint8 `images` are normalized here, on the device."""
+        pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
         return self.model(
             input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"],
+            pixel_values=pixel_values,
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
         )
@@ -58,35 +61,49 @@ class VLAModule(L.LightningModule):
         self._tick = now
         return out.loss
 
-    def _action_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Predictions and targets at the action-token positions (the label row minus </s>)."""
+    def _action_chunks(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicted and true action-token ids [B, K, D] and which chunk steps are real [B, K].
+
+        Each row's K*D action tokens sit right before its `</s>` (the last label that is not
+        IGNORE_INDEX). Padded chunk steps have IGNORE_INDEX labels; their true ids come from the
+        input ids (the repeated last action), and `valid` leaves them out of every metric.
+        """
+        labels = batch["labels"]
+        k, d = self.vla.action_chunk_size, len(self.action_stats["q01"])
         n_patches = logits.shape[1] - labels.shape[1]
         # Text token j is predicted at multimodal position n_patches + j - 1.
-        text_logits = logits[:, n_patches : n_patches + labels.shape[1] - 1]
-        targets = labels[:, 1:]
-        tok = self.vla.action_tokenizer
-        is_action = (targets >= tok.first_action_token) & (targets <= tok.last_action_token)
-        return text_logits.argmax(-1), targets, is_action
+        pred = logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1].argmax(-1)
+        has_label = (labels != IGNORE_INDEX).long()
+        eos = labels.shape[1] - 1 - has_label.flip(1).argmax(1)  # position of each row's </s>
+        span = eos[:, None] - k * d + torch.arange(k * d, device=labels.device)
+        pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
+        true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
+        valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()
+        return pred_ids, true_ids, valid
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
         n = batch["input_ids"].shape[0]
         self.log("val/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)
-        pred, target, is_action = self._action_logits(out.logits, batch["labels"])
-        d = int(is_action[0].sum())
-        pred_ids = pred[is_action].view(n, d).cpu().numpy()
-        true_ids = target[is_action].view(n, d).cpu().numpy()
+        pred_ids, true_ids, valid = self._action_chunks(out.logits, batch)
         tok = self.vla.action_tokenizer
-        acc = float((pred_ids == true_ids).mean())
         pred_norm, true_norm = tok.decode(pred_ids), tok.decode(true_ids)
+        # Means over the real chunk steps only (padding repeats the last action and has no loss).
+        acc = float((pred_ids == true_ids)[valid].mean())
+        l1 = float(np.abs(pred_norm - true_norm)[valid].mean())
         self.log("val/action_token_acc", acc, batch_size=n, sync_dist=True)
-        self.log("val/action_l1", float(np.abs(pred_norm - true_norm).mean()), batch_size=n, sync_dist=True)
+        self.log("val/action_l1", l1, batch_size=n, sync_dist=True)
+        pred, true = unnormalize(pred_norm, self.action_stats), unnormalize(true_norm, self.action_stats)
         self.val_records.append(
             {
                 "episode": batch["episode"].cpu().numpy(),
                 "step": batch["step"].cpu().numpy(),
-                "pred": unnormalize(pred_norm, self.action_stats),
-                "true": unnormalize(true_norm, self.action_stats),
+                # The plots show the action each sample is for: the chunk's first step.
+                "pred": pred[:, 0],
+                "true": true[:, 0],
+                "abs_err": np.abs(pred - true)[valid],  # [real chunk steps, D], robot units
             }
         )
 
@@ -96,7 +113,7 @@ class VLAModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.val_records:
             return
-        err = np.abs(np.concatenate([r["pred"] - r["true"] for r in self.val_records]))
+        err = np.concatenate([r["abs_err"] for r in self.val_records])
         for i, value in enumerate(err.mean(axis=0)):
             self.log(f"val/l1_dof/{i}", float(value), sync_dist=True)
 

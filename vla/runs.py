@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
+from vla.adapters import record_training_layout
 from vla.checkpoint import commit_folder
 from vla.configuration import CheckpointError, OpenVLAConfig
 from vla.data.statistics import load_statistics
@@ -90,6 +91,8 @@ def load_run(run_dir: str | Path, merge: bool = True) -> OpenVLA:
     model = peft_model.merge_and_unload() if merge else peft_model
     base.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
     base.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
+    # A pretrained base's own config.json does not know how this run trained it.
+    record_training_layout(base, int(cfg.data.chunk_size), float(cfg.augment.crop_scale))
     return model.eval()
 
 

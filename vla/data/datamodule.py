@@ -1,5 +1,9 @@
 """The Lightning DataModule: load episodes (sample, Isaac or pickle), quality filter, language annotation,
-split, statistics, loaders."""
+split, statistics, loaders.
+
+Frames come from the image cache (`vla.data.cache`, built in `setup` with `data.cache_images`); the
+train split is augmented (`augment` group), the validation split centre-cropped when training crops.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from vla.config import DataConfig
+from vla.config import AugmentConfig, ConfigError, DataConfig
 from vla.data.annotate import annotate_episodes
+from vla.data.augment import make_augment
+from vla.data.cache import build_frame_cache
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError, Episode, LoadResult
 from vla.data.isaac import load_isaac_episodes
@@ -64,8 +70,11 @@ def prepare_episodes(
     return result, filtered._replace(kept=kept)
 
 
-class ShuffleSampler(Sampler[int]):
-    """Shuffles with (seed, epoch), and can start an epoch part-way: what exact resume needs."""
+class ShuffleSampler(Sampler[tuple[int, int]]):
+    """Shuffles with (seed, epoch), and can start an epoch part-way: what exact resume needs.
+
+    Yields `(epoch, index)`: the dataset seeds each sample's augmentation from it, so the pixels of a
+    resumed epoch are the ones the uninterrupted run saw (even in persistent workers)."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed = n, seed
@@ -81,7 +90,7 @@ class ShuffleSampler(Sampler[int]):
             self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
         ).tolist()
         skip, self.skip = self.skip, 0
-        return iter(order[skip:])
+        return iter([(self.epoch, i) for i in order[skip:]])
 
 
 class ResumableLoader(DataLoader):
@@ -104,10 +113,18 @@ class ResumableLoader(DataLoader):
 class VLADataModule(L.LightningDataModule):
     """Episode-level train/val split; statistics from the train split only."""
 
-    def __init__(self, cfg: DataConfig, cache_dir: str | Path = ".cache/athena_vla"):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        cache_dir: str | Path = ".cache/athena_vla",
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.cfg = cfg
         self.cache_dir = cache_dir
+        self.augment = augment or AugmentConfig()
+        self.seed = seed  # of the training augmentation
         self.train_episodes: list[Episode] = []
         self.val_episodes: list[Episode] = []
         self.statistics: dict[str, Any] | None = None
@@ -156,14 +173,31 @@ class VLADataModule(L.LightningDataModule):
         if self.model is None:
             raise RuntimeError("VLADataModule.attach(model) must be called before training")
         stats = self.statistics[self.cfg.dataset_key]["action"]
+        transform = self.model.processor.image_transform
+        # Validation (and later prediction) must centre-crop what training randomly crops.
+        layout = (self.model.action_chunk_size, transform.center_crop_scale)
+        if layout != (self.cfg.chunk_size, self.augment.crop_scale):
+            raise ConfigError(
+                f"the model predicts {layout[0]}-step chunks and centre-crops area {layout[1]}, but "
+                f"data.chunk_size={self.cfg.chunk_size} and augment.crop_scale={self.augment.crop_scale}; "
+                "build it with vla.adapters.build_base_model(..., chunk_size=, center_crop_scale=)"
+            )
+        episodes = [*self.train_episodes, *self.val_episodes]
+        n_train = len(self.train_episodes)
+        train_frames = val_frames = None
+        if self.cfg.cache_images:
+            frames = build_frame_cache(episodes, transform.resize, transform.size, self.cache_dir)
+            train_frames, val_frames = frames.subset(0, n_train), frames.subset(n_train, len(episodes))
         make = functools.partial(
             VLADataset,
             processor=self.model.processor,
             action_tokenizer=self.model.action_tokenizer,
             action_stats=stats,
+            chunk_size=self.cfg.chunk_size,
         )
-        self.train_set = make(self.train_episodes)
-        self.val_set = make(self.val_episodes)
+        augment = make_augment(self.augment, transform.size)
+        self.train_set = make(self.train_episodes, frames=train_frames, augment=augment, seed=self.seed)
+        self.val_set = make(self.val_episodes, frames=val_frames)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         pad = self.model.processor.tokenizer.pad_token_id

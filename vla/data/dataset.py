@@ -3,6 +3,15 @@
 A sample is step t of an episode. Its token sequence is the one OpenVLA trains on,
 `<s> In: What action should the robot take to {instruction}?\\nOut: ▁ <action tokens> </s>`, with the
 loss only on the action tokens and `</s>` (OpenVLA masks everything before them).
+
+With action chunks of K steps (`chunk_size`) the action tokens are those of steps t..t+K-1, K*D tokens.
+Near the episode end the chunk is padded by repeating the last action; the padded steps' labels are
+IGNORE_INDEX, so they carry no loss, and `</s>` still follows the last token. K=1 is OpenVLA's sample.
+
+Pixels: the frame at the model's input size (from the image cache, or decoded and resized here), then
+the training augmentation (train split) or the model's centre crop (every other split). Samples carry
+it as uint8 `images` [H, W, 3]; the training step normalizes whole batches
+(`ImageTransform.normalize_batch`, what `VLAModule.forward` does), so loading does no float arithmetic.
 """
 
 from __future__ import annotations
@@ -10,17 +19,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vla.action_tokenizer import ActionTokenizer, normalize
+from vla.data.augment import FrameAugment, sample_seed
+from vla.data.cache import FrameCache
 from vla.data.episodes import Episode
 from vla.modeling import IGNORE_INDEX
 from vla.processing import OpenVLAProcessor, build_prompt
 
 
+def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:
+    """The steps whose actions form the chunk at step t (the last step repeated past the episode end),
+    and which of them are real."""
+    steps = [t + k for k in range(chunk_size)]
+    return [min(s, num_steps - 1) for s in steps], [s < num_steps for s in steps]
+
+
 class VLADataset(Dataset):
-    """Every step of every episode, as a training sample."""
+    """Every step of every episode, as a training sample.
+
+    Index it with `i` or with `(epoch, i)` (what the training sampler yields): the augmentation of a
+    sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
+    """
 
     def __init__(
         self,
@@ -28,56 +51,102 @@ class VLADataset(Dataset):
         processor: OpenVLAProcessor,
         action_tokenizer: ActionTokenizer,
         action_stats: dict[str, Any],
+        *,
+        chunk_size: int = 1,
+        frames: FrameCache | None = None,
+        augment: FrameAugment | None = None,
+        seed: int = 0,
     ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.episodes = list(episodes)
+        if frames is not None and len(frames) != len(self.episodes):
+            raise ValueError(f"frame cache holds {len(frames)} episodes for {len(self.episodes)} episodes")
         self.processor = processor
+        self.transform = processor.image_transform
         self.action_tokenizer = action_tokenizer
+        self.chunk_size = chunk_size
+        self.frames = frames
+        self.augment = augment
+        self.seed = seed
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.num_steps)]
-        # Tokenize each episode's actions and prompt once.
+        # Tokenize each episode's actions once, and each distinct instruction once.
         self.action_tokens = [
             action_tokenizer.encode(normalize(ep.actions, action_stats)) for ep in self.episodes
         ]
-        tokenizer = processor.tokenizer
-        empty, eos = processor.empty_token_id, tokenizer.eos_token_id
-        self.prompt_ids = []
+        self.empty = processor.empty_token_id
+        self.eos = processor.tokenizer.eos_token_id
+        self.prompt_ids: dict[str, np.ndarray] = {}
         for ep in self.episodes:
-            ids = tokenizer(build_prompt(ep.instruction))["input_ids"]
-            self.prompt_ids.append([*ids, empty] if ids[-1] != empty else ids)
-        self.eos = eos
+            for instruction in {ep.instruction, *(ep.step_instructions or [])}:
+                self._prompt(instruction)
+
+    def _prompt(self, instruction: str) -> np.ndarray:
+        if instruction not in self.prompt_ids:
+            ids = self.processor.tokenizer(build_prompt(instruction))["input_ids"]
+            ids = [*ids, self.empty] if ids[-1] != self.empty else ids
+            self.prompt_ids[instruction] = np.array(ids, dtype=np.int64)
+        return self.prompt_ids[instruction]
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def instruction(self, e: int, t: int) -> str:
+        per_step = self.episodes[e].step_instructions
+        return per_step[t] if per_step is not None else self.episodes[e].instruction
+
+    def frame(self, e: int, t: int) -> np.ndarray:
+        """Frame t of episode e, uint8 at the model's input size, before augmentation."""
+        if self.frames is not None:
+            return self.frames[e][t]
+        return self.transform.resize(self.episodes[e].frame(t))
+
+    def image(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
+        """uint8 [H, W, 3]: augmented (train split) or centre-cropped as the model's processor does."""
+        frame = self.frame(e, t)
+        if self.augment is not None:
+            # One frame per sample: the chunk's shared augmentation parameters hold trivially.
+            frame = self.augment([frame], sample_seed(self.seed, epoch, i))[0]
+        else:
+            frame = self.transform.center_crop(frame)
+        # A numpy copy (the frame may be a read-only view of the memory-mapped cache): torch.tensor on a
+        # memmap takes a slow generic path.
+        return torch.from_numpy(np.array(frame, dtype=np.uint8))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         e, t = self.index[i]
-        episode = self.episodes[e]
-        prompt = self.prompt_ids[e]
-        actions = self.action_tokens[e][t].tolist()
-        ids = [*prompt, *actions, self.eos]
-        labels = [IGNORE_INDEX] * len(prompt) + [*actions, self.eos]
+        prompt = self._prompt(self.instruction(e, t))
+        tokens = self.action_tokens[e]  # int64 [T, D]
+        steps, real = chunk_steps(t, len(tokens), self.chunk_size)
+        actions = tokens[steps].reshape(-1)
+        targets = np.where(np.repeat(real, tokens.shape[1]), actions, IGNORE_INDEX)
+        eos = np.array([self.eos], dtype=np.int64)
         return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "pixel_values": self.processor.image_transform(episode.frame(t)),
+            "input_ids": torch.from_numpy(np.concatenate([prompt, actions, eos])),
+            "labels": torch.from_numpy(np.concatenate([np.full_like(prompt, IGNORE_INDEX), targets, eos])),
+            "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
         }
 
 
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample; padding is masked and carries no loss."""
+    """Right-pad to the longest sample; padding is masked and carries no loss. `images` stay uint8.
+
+    Built with numpy: per-sample torch indexing costs more than loading a cached sample."""
     n = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), n), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), n), dtype=torch.long)
+    ids = np.full((len(samples), n), pad_id, dtype=np.int64)
+    labels = np.full((len(samples), n), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(samples), n), dtype=np.int64)
     for i, s in enumerate(samples):
         k = len(s["input_ids"])
-        ids[i, :k], labels[i, :k], mask[i, :k] = s["input_ids"], s["labels"], 1
+        ids[i, :k], labels[i, :k], mask[i, :k] = s["input_ids"].numpy(), s["labels"].numpy(), 1
     return {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": mask,
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "input_ids": torch.from_numpy(ids),
+        "labels": torch.from_numpy(labels),
+        "attention_mask": torch.from_numpy(mask),
+        "images": torch.from_numpy(np.stack([s["images"].numpy() for s in samples])),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),
     }
