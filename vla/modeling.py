@@ -235,9 +235,10 @@ class OpenVLA(nn.Module):
         """OpenVLA's `predict_action` for a batch of any size.
 
         Each row's prompt gets the '▁' token appended unless it already ends with it; greedy decoding
-        produces one token per action dimension (K * D for chunked models). `constrain=True` restricts decoding to the 256 action
-        tokens (default: the checkpoint's `constrain_action_decoding`, set for models trained here);
-        without it a non-action token decodes to an extreme bin and `</s>` stops early, as in OpenVLA.
+        produces one token per action dimension (K * D for chunked models). `constrain=True` restricts
+        decoding to the 256 action tokens (default: the checkpoint's `constrain_action_decoding`, set for
+        models trained here); without it a non-action token decodes to an extreme bin and `</s>` stops
+        early, as in OpenVLA.
         """
         _, stats = action_stats(self.norm_stats, unnorm_key)
         n_dims, chunk = len(stats["q01"]), self.action_chunk_size
