@@ -94,7 +94,7 @@ def test_sheet_shows_the_training_samples_after_augmentation(tmp_path, dataset, 
     augmentation and seed, drawn through the DataModule that train.py uses."""
     import vla.data.inspect as inspect_module
     from vla.adapters import build_base_model
-    from vla.config import ModelConfig, QuantizationConfig
+    from vla.config import QuantizationConfig
     from vla.data.datamodule import VLADataModule
 
     shown: dict[str, list[np.ndarray]] = {}
@@ -145,11 +145,13 @@ def test_sheet_captions_carry_the_step_instruction(tmp_path, dataset, monkeypatc
         return real_sheet(frames, captions, path, title)
 
     monkeypatch.setattr(inspect_module, "frame_sheet", capture)
-    result = run(tmp_path, ["data=isaac", f"data.root={dataset}", "data.instructions=annotated", "sheet_frames=3"])
+    result = run(
+        tmp_path, ["data=isaac", f"data.root={dataset}", "data.instructions=annotated", "sheet_frames=3"]
+    )
     assert len(seen) == 3
     for caption, (episode_id, t, _) in zip(seen, result["sheet"]):
         first, *text = caption.split("\n")
         assert first == f"{episode_id} t={t}"
-        # Every step of the factory's random actions is "combined" (test_annotated_instructions_are_...).
+        # Every step of the factory's random actions is "combined" (as in the test above).
         task = f"pick up the cube {int(episode_id[-3:])}"
         assert " ".join(text) in {template.format(task=task) for template in TEMPLATES["combined"]}
