@@ -3,14 +3,17 @@
 python scripts/inspect_data.py                                        # the simulated sample data
 python scripts/inspect_data.py data=isaac data.root=DIR data.instructions=annotated
 python scripts/inspect_data.py data=pickle data.root=demos.pkl data.filter.min_length=20
+python scripts/inspect_data.py augment=openvla                         # the sheet as augment=openvla trains
 Prints episodes, steps, instruction counts, per-dimension statistics and the quality-filter report;
-writes frames.png (sample frames) and actions.png (action trajectories per DoF group) to
+writes frames.png (train-split samples at the model's input size after the training augmentation,
+labelled with each step's instruction) and actions.png (action trajectories per DoF group) to
 outputs/inspect/<date>/<time>/.
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import hydra
@@ -26,9 +29,12 @@ register_configs()
 
 def run(cfg: InspectDataConfig) -> dict:
     """Load, filter and annotate as training does; print the summary and write the two PNGs.
-    Returns the counts, the filter report and the PNG paths."""
+    Returns the counts, the filter report, the samples on the sheet and the PNG paths."""
+    from vla.adapters import base_image_transform
     from vla.data.annotate import GROUP_KEYS, check_groups, classify_phases
+    from vla.data.augment import make_augment
     from vla.data.datamodule import prepare_episodes
+    from vla.data.dataset import SampleImages
     from vla.data.inspect import (
         action_plot,
         dimension_names,
@@ -36,7 +42,7 @@ def run(cfg: InspectDataConfig) -> dict:
         instruction_counts,
         statistics_table,
     )
-    from vla.data.statistics import compute_statistics
+    from vla.data.statistics import compute_statistics, split_episodes
 
     run_dir = Path(cfg.run_dir)
     loaded, filtered = prepare_episodes(cfg.data, cfg.paths.cache_dir)
@@ -49,7 +55,10 @@ def run(cfg: InspectDataConfig) -> dict:
     counts = instruction_counts(episodes)
     report = filtered.report()
 
-    print(f"\n== data: {cfg.data.name} ({cfg.data.format}), instructions={cfg.data.instructions}")
+    print(
+        f"\n== data: {cfg.data.name} ({cfg.data.format}), instructions={cfg.data.instructions}, "
+        f"augment={cfg.augment.name}"
+    )
     print(f"episodes: {len(episodes)} kept of {len(loaded.episodes)} loaded ({len(loaded.skipped)} skipped)")
     print(
         f"steps:    {steps} (per episode min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)})"
@@ -73,20 +82,28 @@ def run(cfg: InspectDataConfig) -> dict:
     print("\n== per-dimension statistics (all kept episodes)")
     print(statistics_table(stats, names))
 
-    # Sample frames, seeded, over all steps. Raw frames: training-time augmentation is not applied here.
+    # Train-split samples as training sees them: at the model's input size, augmented by the `augment`
+    # group with the pixels train.py (same seed) gives these samples in its first epoch.
+    train_episodes, _ = split_episodes(episodes, cfg.data.val_fraction, cfg.data.split_seed)
+    transform = base_image_transform(cfg.model, cfg.augment.crop_scale)
+    augment = make_augment(cfg.augment, transform.size)
+    images = SampleImages(train_episodes, transform, augment=augment, seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    flat = [(e, t) for e, episode in enumerate(episodes) for t in range(episode.num_steps)]
+    flat = [(e, t) for e, episode in enumerate(train_episodes) for t in range(episode.num_steps)]
     chosen = sorted(rng.choice(len(flat), size=min(cfg.sheet_frames, len(flat)), replace=False))
-    frames, captions = [], []
-    for index in chosen:
+    frames, captions, shown = [], [], []
+    for index in map(int, chosen):
         e, t = flat[index]
-        episode = episodes[e]
-        text = episode.instruction if episode.step_instructions is None else episode.step_instructions[t]
-        frames.append(episode.frame(t))
-        captions.append(f"{episode.episode_id} t={t}\n{text[:38]}")
-    frames_png = frame_sheet(
-        frames, captions, run_dir / "frames.png", f"{cfg.data.name}: sample frames (raw)"
+        episode = train_episodes[e]
+        frames.append(images(e, t, epoch=0, index=index))
+        text = "\n".join(textwrap.wrap(episode.instruction_at(t), 34)[:3])
+        captions.append(f"{episode.episode_id} t={t}\n{text}")
+        shown.append((episode.episode_id, t, index))
+    title = (
+        f"{cfg.data.name}: train samples, augment={cfg.augment.name}, {transform.size} px "
+        f"(seed {cfg.seed}, epoch 0)"
     )
+    frames_png = frame_sheet(frames, captions, run_dir / "frames.png", title)
     picked = sorted(rng.choice(len(episodes), size=min(cfg.plot_episodes, len(episodes)), replace=False))
     groups = {key.removesuffix("_dims"): getattr(cfg.data.annotation, key) for key in GROUP_KEYS}
     plotted = [episodes[i] for i in picked]
@@ -100,6 +117,7 @@ def run(cfg: InspectDataConfig) -> dict:
         "skipped": len(loaded.skipped),
         "filter": report,
         "instructions": dict(counts["steps"]),
+        "sheet": shown,  # (episode id, step, train-sample index) of each frame in frames.png
         "frames_png": str(frames_png),
         "actions_png": str(actions_png),
     }

@@ -172,3 +172,51 @@ def test_datamodule_annotates_the_episodes(tmp_path):
     module.prepare()
     for ep in module.train_episodes + module.val_episodes:
         assert len(ep.step_instructions) == 8 and all(ep.instruction in text for text in ep.step_instructions)
+
+
+def _walk_then_hold(episode_dir: Path) -> None:
+    """Replace a factory episode's actions: the legs move 0.05 rad/step for 10 steps, then nothing does."""
+    data = dict(np.load(episode_dir / "episode_data.npz"))
+    data["actions"] = ramp(len(data["actions"]), LEGS, 0.05, stop=10)
+    np.savez(episode_dir / "episode_data.npz", **data)
+
+
+@pytest.mark.parametrize("mode", ["metadata", "annotated"])
+def test_training_prompts_carry_the_step_instruction(tmp_path, mode):
+    """data.instructions reaches the token ids the model trains on, step by step."""
+    from vla.tiny import TinyArchitecture, build_tiny_model
+
+    for episode_dir in make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=20):
+        _walk_then_hold(episode_dir)
+    cfg = DataConfig(format="isaac", root=str(tmp_path / "data"), instructions=mode, val_fraction=0.3)
+    module = VLADataModule(cfg, cache_dir=tmp_path / "cache")
+    stats = module.prepare()
+    model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats=stats)
+    module.attach(model)
+    module.setup("fit")
+    tokenizer = model.processor.tokenizer
+    empty = tokenizer.convert_tokens_to_ids("\u2581")
+
+    def prompt_ids(instruction: str) -> list[int]:
+        # OpenVLA's prompt, written out here; the bare "▁" before the actions as in OpenVLA's predict.
+        ids = tokenizer(f"In: What action should the robot take to {instruction.lower()}?\nOut:")["input_ids"]
+        return ids if ids[-1] == empty else [*ids, empty]
+
+    action_dim = module.train_episodes[0].action_dim
+    checked = {"walking": 0, "idle": 0}
+    for i in range(len(module.train_set)):
+        sample = module.train_set[i]
+        prompt = sample["input_ids"][: -(action_dim + 1)].tolist()  # then D action tokens and </s>
+        task = module.train_episodes[sample["episode"]].instruction
+        assert task.startswith("pick up the cube")  # the factory's metadata instruction
+        if mode == "metadata":
+            assert prompt == prompt_ids(task)
+            continue
+        # Steps 2-7: the legs clearly move (the 5-step window lies inside the motion); 14 on: still.
+        phase = "walking" if 2 <= sample["step"] <= 7 else "idle" if sample["step"] >= 14 else None
+        if phase is not None:
+            assert prompt in [prompt_ids(t.format(task=task)) for t in TEMPLATES[phase]]
+            assert prompt != prompt_ids(task)
+            checked[phase] += 1
+    if mode == "annotated":
+        assert checked == {"walking": 2 * 6, "idle": 2 * 6}  # two train episodes

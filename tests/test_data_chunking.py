@@ -188,6 +188,7 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
     assert len(record["abs_err"]) == 3 + 2 + 1  # real chunk steps of samples at t = 2, 3, 4
 
 
+@pytest.mark.slow  # ~30 s (simulated episodes); the fast chunk training path: test_data_recorder
 def test_chunked_training_run_predicts_chunks_and_runs_in_the_simulator(tmp_path):
     """train.py with data.chunk_size=4 and augment=openvla -> load_run -> [B, 4, 23] -> evaluate_policy."""
     from test_train import train

@@ -192,3 +192,20 @@ def test_recorded_demos_train(tmp_path, format):
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     data_row = next(row for row in rows if row.get("data/kept"))
     assert float(data_row["data/kept"]) == 3 and float(data_row["data/dropped/too_short"]) == 0
+
+
+def test_recorded_pickle_trains_with_chunks_and_augmentation(tmp_path):
+    """Recorder -> pickle -> train.py with data.chunk_size=2 and augment=seed -> a run that predicts
+    2-step chunks of the recorded robot's 23 action dimensions (22 joints + gripper)."""
+    from test_train import train
+
+    from vla.runs import load_run
+
+    path = record_demos(n_demos=3, frames=8).save(tmp_path / "demos.pkl", format="pickle")
+    overrides = ["data=pickle", f"data.root={path}", "data.chunk_size=2", "augment=seed"]  # 2 steps (FAST)
+    metrics = train(tmp_path / "run", overrides)
+    assert np.isfinite(metrics["val/loss"]) and np.isfinite(metrics["train/loss"])
+    model = load_run(tmp_path / "run")
+    assert model.action_chunk_size == 2
+    pred = model.predict([np.zeros((4, 4, 3), np.uint8)], ["wave hand 0"])
+    assert pred.actions.shape == (1, 2, JOINTS + 1)

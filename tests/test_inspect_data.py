@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from data_factories import make_isaac_dataset, write_isaac_episode
 from hydra import compose, initialize_config_dir
@@ -86,3 +87,71 @@ def test_cli_writes_into_outputs_inspect(tmp_path, dataset):
     assert done.returncode == 0, done.stderr[-2000:]
     [run_dir] = (tmp_path / "inspect").glob("*/*")
     assert (run_dir / "frames.png").is_file() and (run_dir / "actions.png").is_file()
+
+
+def test_sheet_shows_the_training_samples_after_augmentation(tmp_path, dataset, monkeypatch):
+    """The sheet's frames are the pixels training gives those samples: same split, model input size,
+    augmentation and seed, drawn through the DataModule that train.py uses."""
+    import vla.data.inspect as inspect_module
+    from vla.adapters import build_base_model
+    from vla.config import QuantizationConfig
+    from vla.data.datamodule import VLADataModule
+
+    shown: dict[str, list[np.ndarray]] = {}
+    real_sheet = inspect_module.frame_sheet
+
+    def capture(frames, captions, path, title):
+        shown[path.parent.name] = [np.array(frame) for frame in frames]
+        return real_sheet(frames, captions, path, title)
+
+    monkeypatch.setattr(inspect_module, "frame_sheet", capture)
+    common = ["data=isaac", f"data.root={dataset}", "sheet_frames=4", "model.architecture.image_size=56"]
+    plain = run(tmp_path / "none", [*common, "augment=none"])
+    cfg = config(tmp_path / "openvla", [*common, "augment=openvla", f"paths.cache_dir={tmp_path / 'cache'}"])
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import inspect_data
+
+    augmented = inspect_data.run(cfg)
+
+    assert plain["sheet"] == augmented["sheet"]  # the same samples, so only the augmentation differs
+    for frame, raw in zip(shown["openvla"], shown["none"]):
+        assert frame.dtype == np.uint8 and frame.shape == raw.shape == (56, 56, 3)
+        assert np.abs(frame.astype(int) - raw.astype(int)).mean() > 1.0
+    for key in ("frames_png", "actions_png"):
+        assert Path(plain[key]).is_file() and Path(augmented[key]).is_file()
+    with Image.open(plain["frames_png"]) as a, Image.open(augmented["frames_png"]) as b:
+        assert a.size == b.size and np.asarray(a).tobytes() != np.asarray(b).tobytes()
+
+    # Training's own path: DataModule split, frame cache, VLADataset, training sampler keys (epoch 0, i).
+    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)
+    stats = datamodule.prepare()
+    datamodule.attach(build_base_model(cfg.model, QuantizationConfig(), stats, 1, cfg.augment.crop_scale))
+    datamodule.setup("fit")
+    for (episode_id, t, index), frame in zip(augmented["sheet"], shown["openvla"]):
+        sample = datamodule.train_set[(0, index)]
+        assert datamodule.train_episodes[sample["episode"]].episode_id == episode_id and sample["step"] == t
+        np.testing.assert_array_equal(sample["images"].numpy(), frame)
+
+
+def test_sheet_captions_carry_the_step_instruction(tmp_path, dataset, monkeypatch):
+    import vla.data.inspect as inspect_module
+    from vla.data.annotate import TEMPLATES
+
+    seen: list[str] = []
+    real_sheet = inspect_module.frame_sheet
+
+    def capture(frames, captions, path, title):
+        seen.extend(captions)
+        return real_sheet(frames, captions, path, title)
+
+    monkeypatch.setattr(inspect_module, "frame_sheet", capture)
+    result = run(
+        tmp_path, ["data=isaac", f"data.root={dataset}", "data.instructions=annotated", "sheet_frames=3"]
+    )
+    assert len(seen) == 3
+    for caption, (episode_id, t, _) in zip(seen, result["sheet"]):
+        first, *text = caption.split("\n")
+        assert first == f"{episode_id} t={t}"
+        # Every step of the factory's random actions is "combined" (as in the test above).
+        task = f"pick up the cube {int(episode_id[-3:])}"
+        assert " ".join(text) in {template.format(task=task) for template in TEMPLATES["combined"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_factories import make_isaac_dataset, make_pickle_demos
+from data_factories import make_isaac_dataset, make_pickle_demos, write_isaac_episode
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -169,6 +169,35 @@ def test_bad_episode_is_named_and_skip_reports_it(tmp_path):
         train(tmp_path / "run1", ["data=isaac", f"data.root={root}"])
     metrics = train(tmp_path / "run2", ["data=isaac", f"data.root={root}", "data.on_error=skip"])
     assert np.isfinite(metrics["val/loss"])
+
+
+def test_filter_counts_reach_the_logger_and_the_log(tmp_path, caplog):
+    """Each rule's drops are counted into the run's logger (CSV here; W&B gets the same log_metrics
+    call) at step 0, and the filter's summary and every drop with its reason are logged."""
+    import csv
+    import logging
+
+    root = tmp_path / "data"
+    make_isaac_dataset(root, n_episodes=4, steps=6)
+    write_isaac_episode(root / "episode_004", steps=3, seed=4)  # too_short: 3 < min_length 5
+    write_isaac_episode(root / "episode_005", steps=6, seed=5)
+    data = dict(np.load(root / "episode_005" / "episode_data.npz"))
+    data["states"][:] = 0.25  # static: the robot never moves
+    np.savez(root / "episode_005" / "episode_data.npz", **data)
+
+    with caplog.at_level(logging.INFO, logger="vla.data.quality"):
+        train(tmp_path / "run", ["data=isaac", f"data.root={root}", "logger=csv"])
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    [counts] = [row for row in rows if row.get("data/kept")]
+    expected = {"episodes": 6, "kept": 4, "dropped": 2, "dropped/too_short": 1, "dropped/static": 1}
+    expected.update({f"dropped/{rule}": 0 for rule in ("non_finite", "unsuccessful", "too_long")})
+    assert {key: float(counts[f"data/{key}"]) for key in expected} == expected
+    assert float(counts["data/skipped"]) == 0 and float(counts["step"]) == 0
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "vla.data.quality"]
+    assert (logging.INFO, "quality filter: kept 4 of 6 episodes (non_finite 0, unsuccessful 0, "
+            "too_short 1, too_long 0, static 1)") in messages  # fmt: skip
+    assert any("episode_004 (too_short): 3 steps" in m for _, m in messages)
+    assert any("episode_005 (static): mean state variance 0" in m for _, m in messages)
 
 
 def test_malicious_pickle_never_runs(tmp_path):

@@ -13,10 +13,12 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
-from vla.checkpoint import DTYPES, quantize_language_model
+from vla.checkpoint import DTYPES, quantize_language_model, resolve_checkpoint
 from vla.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig
+from vla.configuration import OpenVLAConfig
 from vla.modeling import OpenVLA
-from vla.tiny import build_tiny_model
+from vla.processing import ImageTransform
+from vla.tiny import build_tiny_model, tiny_config
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,19 @@ def build_base_model(
     model.config.extra["constrain_action_decoding"] = model_cfg.constrain_action_decoding
     record_training_layout(model, chunk_size, center_crop_scale)
     return model
+
+
+def base_image_transform(model_cfg: ModelConfig, center_crop_scale: float = 1.0) -> ImageTransform:
+    """The image preprocessing of the model `build_base_model` builds, without building it (for
+    `scripts/inspect_data.py`): the pretrained checkpoint's config.json, or the tiny architecture."""
+    if model_cfg.pretrained:
+        folder = resolve_checkpoint(model_cfg.pretrained)
+        transform = ImageTransform.from_config(OpenVLAConfig.from_json_file(folder / "config.json"), folder)
+    else:
+        # The vocabulary size shapes only the language model's part of the config.
+        transform = ImageTransform.from_config(tiny_config(model_cfg.architecture, vocab_size=0))
+    transform.center_crop_scale = center_crop_scale  # as record_training_layout
+    return transform
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> None:

@@ -336,15 +336,20 @@ class PredictConfig:
 
 @dataclass
 class InspectDataConfig:
-    """`scripts/inspect_data.py`: what the training data looks like after loading, filter and annotation."""
+    """`scripts/inspect_data.py`: what the training data looks like after loading, filter and annotation,
+    and what the model sees of it after augmentation."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # its input size: the frames' size in the sheet
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # applied to the sheet as in training
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = MISSING  # set by Hydra: outputs/inspect/<date>/<time>
-    sheet_frames: int = 16  # frames in the sample sheet, drawn at random (seeded) over all steps
+    sheet_frames: int = 16  # frames in the sample sheet, drawn at random (seeded) over the train split
     plot_episodes: int = 3  # episodes in the action-trajectory plot
     top_instructions: int = 10  # most frequent instructions printed
-    seed: int = 0  # which frames and episodes are shown
+    # Which frames and episodes are shown, and the training seed whose augmentation the sheet shows
+    # (train.py's `seed`: the sheet's frames are the ones those training samples see in epoch 0).
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for key in ("sheet_frames", "plot_episodes", "top_instructions"):

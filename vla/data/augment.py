@@ -68,10 +68,7 @@ def build_pipeline(cfg: AugmentConfig, size: int) -> A.Compose | None:
 class FrameAugment:
     """Augments the frames of one sample with shared random parameters, seeded per call."""
 
-    def __init__(self, cfg: AugmentConfig, size: int):
-        pipeline = build_pipeline(cfg, size)
-        if pipeline is None:
-            raise ValueError(f"augment={cfg.name} does nothing; use make_augment, which returns None for it")
+    def __init__(self, pipeline: A.Compose, size: int):
         self.pipeline = pipeline
         self.size = size
 
@@ -89,4 +86,5 @@ class FrameAugment:
 
 def make_augment(cfg: AugmentConfig, size: int) -> FrameAugment | None:
     """The training augmentation for `size`-pixel frames, or None for `augment=none`."""
-    return FrameAugment(cfg, size) if build_pipeline(cfg, size) is not None else None
+    pipeline = build_pipeline(cfg, size)
+    return FrameAugment(pipeline, size) if pipeline is not None else None

@@ -111,7 +111,19 @@ class ResumableLoader(DataLoader):
 
 
 class VLADataModule(L.LightningDataModule):
-    """Episode-level train/val split; statistics from the train split only."""
+    """One DataModule for every data format (`data.format`): sample, Isaac or pickle.
+
+    1. `prepare()`: load, quality-filter (`filter_report` holds the counts train.py logs), annotate,
+       split by episode (`data.val_fraction`, `data.split_seed`) and compute the action/proprio
+       statistics from the train split only; called before the model exists, which embeds them.
+    2. `attach(model)`: the model whose processor and action tokenizer build the samples.
+    3. `setup()` (Lightning): the frame cache, then the train set (augmented by `augment`, seeded by
+       `seed`, the run's seed) and the validation set (centre-cropped when training crops), both with
+       `data.chunk_size`-step action chunks.
+
+    The train loader shuffles resumably (`ShuffleSampler`, `ResumableLoader`): a resumed run sees the
+    rest of the interrupted epoch, with the same pixels.
+    """
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from vla.data.augment import FrameAugment, sample_seed
 from vla.data.cache import FrameCache
 from vla.data.episodes import Episode
 from vla.modeling import IGNORE_INDEX
-from vla.processing import OpenVLAProcessor, build_prompt
+from vla.processing import ImageTransform, OpenVLAProcessor, build_prompt
 
 
 def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:
@@ -36,6 +36,47 @@ def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], lis
     and which of them are real."""
     steps = [t + k for k in range(chunk_size)]
     return [min(s, num_steps - 1) for s in steps], [s < num_steps for s in steps]
+
+
+class SampleImages:
+    """The pixels of each training sample, as uint8 [H, W, 3] at the model's input size.
+
+    Frame t of episode e (from the frame cache, or decoded and resized here), then the training
+    augmentation seeded from (seed, epoch, index), or the model's centre crop when there is none.
+    `VLADataset` draws its images from here, and so does `scripts/inspect_data.py`'s sample sheet: what
+    the sheet shows is what training sample `index` of `epoch` saw.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        transform: ImageTransform,
+        *,
+        frames: FrameCache | None = None,
+        augment: FrameAugment | None = None,
+        seed: int = 0,
+    ):
+        if frames is not None and len(frames) != len(episodes):
+            raise ValueError(f"frame cache holds {len(frames)} episodes for {len(episodes)} episodes")
+        self.episodes = list(episodes)
+        self.transform = transform
+        self.frames = frames
+        self.augment = augment
+        self.seed = seed
+
+    def frame(self, e: int, t: int) -> np.ndarray:
+        """Frame t of episode e, uint8 at the model's input size, before augmentation."""
+        if self.frames is not None:
+            return self.frames[e][t]
+        return self.transform.resize(self.episodes[e].frame(t))
+
+    def __call__(self, e: int, t: int, epoch: int, index: int) -> np.ndarray:
+        """Augmented (seeded by this sample) or centre-cropped as the model's processor does."""
+        frame = self.frame(e, t)
+        if self.augment is not None:
+            # One frame per sample: the chunk's shared augmentation parameters hold trivially.
+            return self.augment([frame], sample_seed(self.seed, epoch, index))[0]
+        return self.transform.center_crop(frame)
 
 
 class VLADataset(Dataset):
@@ -60,15 +101,12 @@ class VLADataset(Dataset):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.episodes = list(episodes)
-        if frames is not None and len(frames) != len(self.episodes):
-            raise ValueError(f"frame cache holds {len(frames)} episodes for {len(self.episodes)} episodes")
         self.processor = processor
-        self.transform = processor.image_transform
         self.action_tokenizer = action_tokenizer
         self.chunk_size = chunk_size
-        self.frames = frames
-        self.augment = augment
-        self.seed = seed
+        self.images = SampleImages(
+            self.episodes, processor.image_transform, frames=frames, augment=augment, seed=seed
+        )
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.num_steps)]
         # Tokenize each episode's actions once, and each distinct instruction once.
         self.action_tokens = [
@@ -91,32 +129,16 @@ class VLADataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def instruction(self, e: int, t: int) -> str:
-        per_step = self.episodes[e].step_instructions
-        return per_step[t] if per_step is not None else self.episodes[e].instruction
-
-    def frame(self, e: int, t: int) -> np.ndarray:
-        """Frame t of episode e, uint8 at the model's input size, before augmentation."""
-        if self.frames is not None:
-            return self.frames[e][t]
-        return self.transform.resize(self.episodes[e].frame(t))
-
     def image(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
-        """uint8 [H, W, 3]: augmented (train split) or centre-cropped as the model's processor does."""
-        frame = self.frame(e, t)
-        if self.augment is not None:
-            # One frame per sample: the chunk's shared augmentation parameters hold trivially.
-            frame = self.augment([frame], sample_seed(self.seed, epoch, i))[0]
-        else:
-            frame = self.transform.center_crop(frame)
+        """uint8 [H, W, 3] of sample i in `epoch` (`SampleImages`)."""
         # A numpy copy (the frame may be a read-only view of the memory-mapped cache): torch.tensor on a
         # memmap takes a slow generic path.
-        return torch.from_numpy(np.array(frame, dtype=np.uint8))
+        return torch.from_numpy(np.array(self.images(e, t, epoch, i), dtype=np.uint8))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         e, t = self.index[i]
-        prompt = self._prompt(self.instruction(e, t))
+        prompt = self._prompt(self.episodes[e].instruction_at(t))
         tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
         actions = tokens[steps].reshape(-1)

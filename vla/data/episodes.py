@@ -114,6 +114,10 @@ class Episode:
     def state_dim(self) -> int:
         return self.states.shape[1]
 
+    def instruction_at(self, t: int) -> str:
+        """The instruction step t trains on: its annotation when there is one, else `instruction`."""
+        return self.instruction if self.step_instructions is None else self.step_instructions[t]
+
     def frame(self, t: int) -> np.ndarray:
         """Frame t as uint8 [H, W, 3] RGB. In-memory frames are returned as a view: do not modify it."""
         if not 0 <= t < self.num_steps:

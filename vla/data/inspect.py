@@ -19,12 +19,7 @@ from vla.data.statistics import DatasetStatistics  # noqa: E402
 def instruction_counts(episodes: list[Episode]) -> dict[str, Counter]:
     """Episodes per instruction, and training steps per instruction (per-step ones when annotated)."""
     per_episode = Counter(episode.instruction for episode in episodes)
-    per_step: Counter = Counter()
-    for episode in episodes:
-        if episode.step_instructions is None:
-            per_step[episode.instruction] += episode.num_steps
-        else:
-            per_step.update(episode.step_instructions)
+    per_step = Counter(episode.instruction_at(t) for episode in episodes for t in range(episode.num_steps))
     return {"episodes": per_episode, "steps": per_step}
 
 
