@@ -108,6 +108,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
                 sample.tasks,
                 cfg.callbacks.sim_eval_episodes,
                 sample.image_size,
+                sample.control_hz,
                 cfg.callbacks.sim_eval_every_n_val,
             )
         )

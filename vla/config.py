@@ -83,6 +83,9 @@ class SampleDataConfig:
     episodes_per_task: int = 8
     image_size: int = 112
     seed: int = 0
+    # Actions per second of the generated episodes and of the closed-loop checks during training
+    # (the simulator's physics runs at 500 Hz, so it must divide 500). OpenVLA's Bridge data is 5 Hz.
+    control_hz: int = 25
 
 
 @dataclass

@@ -39,7 +39,8 @@ def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
     settings = SampleDataSettings(
         tasks=list(cfg.sample.tasks), episodes_per_task=cfg.sample.episodes_per_task, seed=cfg.sample.seed
     )
-    return ensure_sample_dataset(settings, SimSettings(image_size=cfg.sample.image_size), cache_dir=cache_dir)
+    sim = SimSettings(image_size=cfg.sample.image_size, control_hz=cfg.sample.control_hz)
+    return ensure_sample_dataset(settings, sim, cache_dir=cache_dir)
 
 
 def load_episodes(
