@@ -54,7 +54,9 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[Tra
     save_run_config(run_dir, cfg)
     stats = VLADataModule(cfg.data).prepare()
     save_statistics(run_dir / "dataset_statistics.json", stats)
-    base = build_base_model(cfg.model, type(cfg.quantization)(), stats)
+    base = build_base_model(
+        cfg.model, type(cfg.quantization)(), stats, cfg.data.chunk_size, cfg.augment.crop_scale
+    )
     base.save_pretrained(run_dir / "base_model")
     if cfg.quantization.method:  # as train.py: compute dtype = the base's dtype
         quantize_language_model(base, cfg.quantization.method, compute_dtype=DTYPES[cfg.model.dtype])

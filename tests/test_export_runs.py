@@ -151,11 +151,12 @@ def test_bf16_qlora_export_checks_against_the_model_as_trained(tmp_path, isaac_r
     assert config["torch_dtype"] == "float32"
 
 
-def test_chunked_centre_crop_run_exports_like_the_run(tmp_path):
-    """data.chunk_size=4 augment=openvla: the exported folder (merged model and ONNX) predicts [B, 4, D]
-    chunks with the run's tokens, its config.json carries the chunk size, the centre crop and the
-    statistics, and the crop is applied (frame borders outside it do not matter). The base is given as
-    model.pretrained= from a folder whose config.json knows nothing of the run, like a hub base."""
+def test_chunked_centre_crop_run_exports_like_the_run(tmp_path, isaac_root):
+    """A run trained (2 steps) with data.chunk_size=4 augment=openvla: the exported folder (merged model
+    and ONNX) predicts [B, 4, D] chunks with the run's tokens, its config.json carries the chunk size,
+    the centre crop and the statistics, and the crop is applied (frame borders outside it do not
+    matter). The base is given as model.pretrained= from a folder whose config.json knows nothing of
+    the run, like a hub base."""
     from test_train import train
 
     from vla.export import HeldOut, action_tokens, export_run, held_out_samples
@@ -164,8 +165,7 @@ def test_chunked_centre_crop_run_exports_like_the_run(tmp_path):
     from vla.runs import load_run, load_train_config
 
     run_dir, out, base = tmp_path / "run", tmp_path / "out", tmp_path / "base"
-    make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
-    data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    data = ["data=isaac", f"data.root={isaac_root}", f"paths.cache_dir={tmp_path / 'cache'}"]
     train(run_dir, [*data, "data.chunk_size=4", "augment=openvla"])
     samples = held_out_samples(load_train_config(run_dir), 4, "val")
     expected = action_tokens(load_run(run_dir, merge=False), samples)  # the adapter model, as trained
