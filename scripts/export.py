@@ -2,6 +2,7 @@
 
 python scripts/export.py run=outputs/train/<date>/<time>             # -> outputs/export/<date>/<time>/
 python scripts/export.py run=RUN out_dir=exports/athena int8=false
+python scripts/export.py run=RUN model.pretrained=/local/openvla-7b data.root=/data/athena  # moved since
 """
 
 from __future__ import annotations

@@ -40,11 +40,12 @@ def train_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     return to_object(cfg, TrainConfig)
 
 
-def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> TrainConfig:
+def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[TrainConfig, torch.nn.Module]:
     """What train.py leaves behind, without the optimizer: base_model/, statistics, config and an
-    adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op."""
+    adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op.
+    Also returns the PEFT model itself, as training held it in memory (eval mode)."""
     from vla.adapters import apply_adapter, build_base_model
-    from vla.checkpoint import quantize_language_model
+    from vla.checkpoint import DTYPES, quantize_language_model
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
     from vla.runs import save_run_config, save_trained
@@ -53,10 +54,12 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> TrainConf
     save_run_config(run_dir, cfg)
     stats = VLADataModule(cfg.data).prepare()
     save_statistics(run_dir / "dataset_statistics.json", stats)
-    base = build_base_model(cfg.model, type(cfg.quantization)(), stats)
+    base = build_base_model(
+        cfg.model, type(cfg.quantization)(), stats, cfg.data.chunk_size, cfg.augment.crop_scale
+    )
     base.save_pretrained(run_dir / "base_model")
-    if cfg.quantization.method:
-        quantize_language_model(base, cfg.quantization.method, compute_dtype=torch.float32)
+    if cfg.quantization.method:  # as train.py: compute dtype = the base's dtype
+        quantize_language_model(base, cfg.quantization.method, compute_dtype=DTYPES[cfg.model.dtype])
     model = apply_adapter(base, cfg.lora)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -66,7 +69,7 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> TrainConf
             elif "lora_magnitude_vector" in name:
                 p.mul_(1 + 0.5 * torch.rand(p.shape, generator=gen))
     save_trained(model, run_dir, full=False)
-    return cfg
+    return cfg, model.eval()
 
 
 def export_config(run_dir: Path, out: Path, **kwargs) -> ExportConfig:
@@ -94,16 +97,17 @@ def expected_merged_q_proj(run_dir: Path, kind: str, cfg: TrainConfig) -> torch.
 
 @pytest.mark.parametrize("kind", ["lora", "dora", "qlora"])
 def test_merge_equals_base_plus_adapter(tmp_path, isaac_root, kind):
-    from vla.export import action_tokens, adapter_and_merged, held_out_samples
+    from vla.export import action_tokens, held_out_samples
     from vla.modeling import OpenVLA
+    from vla.runs import load_trained
 
-    cfg = make_run(tmp_path, isaac_root, LORA[kind])
-    reference, merged = adapter_and_merged(tmp_path, cfg)
+    cfg, _ = make_run(tmp_path, isaac_root, LORA[kind])
+    reference, merged = load_trained(tmp_path, cfg, merge=False), load_trained(tmp_path, cfg, merge=True)
     got = merged.state_dict()[f"{Q_PROJ}.weight"]
     torch.testing.assert_close(got, expected_merged_q_proj(tmp_path, kind, cfg), rtol=1e-5, atol=1e-5)
     assert not any("lora" in name for name in merged.state_dict())  # unloaded: a plain OpenVLA
 
-    samples = held_out_samples(cfg, 6, "val", None)
+    samples = held_out_samples(cfg, 6, "val")
     adapter_tokens = action_tokens(reference, samples)
     np.testing.assert_array_equal(action_tokens(merged, samples), adapter_tokens)
     # The adapter changes the actions, so a merge that dropped it could not pass the check above.
@@ -144,15 +148,16 @@ def test_merge_mismatch_stops_the_export(tmp_path, isaac_root, monkeypatch):
 
     run_dir = tmp_path / "run"
     make_run(run_dir, isaac_root, LORA["lora"])
-    real = export.adapter_and_merged
+    real = export.load_trained
 
-    def merged_without_adapter(run, cfg):
-        reference, merged = real(run, cfg)
+    def merged_without_adapter(run, cfg, merge):
+        if not merge:
+            return real(run, cfg, merge)
         plain = OpenVLA.from_pretrained(run / "base_model")
-        plain.config.norm_stats = merged.config.norm_stats
-        return reference, plain
+        plain.config.norm_stats = real(run, cfg, merge).config.norm_stats
+        return plain
 
-    monkeypatch.setattr(export, "adapter_and_merged", merged_without_adapter)
+    monkeypatch.setattr(export, "load_trained", merged_without_adapter)
     with pytest.raises(export.ExportError, match="merged vs adapter model: action tokens differ"):
         export.export_run(export_config(run_dir, tmp_path / "out", onnx=False, int8=False))
     assert not (tmp_path / "out" / "model").exists()

@@ -139,6 +139,32 @@ def quantize_language_model(
     model.quantization = method
 
 
+def dequantize_language_model(model: OpenVLA) -> None:
+    """Undo `quantize_language_model`: each bitsandbytes layer becomes an nn.Linear holding exactly the
+    weights the quantized layer computes with (NF4 codes x block scales, or int8 rows x row scales),
+    in the dtype its matmuls ran in (the compute dtype for NF4)."""
+    import bitsandbytes as bnb
+
+    decoder = model.language_model.model
+    for name, module in list(decoder.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            dtype = module.compute_dtype or torch.float32
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            weight = module.weight.CB.float() * module.weight.SCB.float()[:, None] / 127
+            dtype = module.bias.dtype if module.bias is not None else torch.float32
+        else:
+            continue
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        linear.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+        if module.bias is not None:
+            linear.bias = nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
+        parent, child = name.rsplit(".", 1)
+        setattr(decoder.get_submodule(parent), child, linear)
+    model.is_loaded_in_4bit = model.is_loaded_in_8bit = False
+    model.quantization = None
+
+
 def load_pretrained(
     path_or_id: str | Path,
     dtype: str | torch.dtype | None = None,

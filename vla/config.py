@@ -360,17 +360,28 @@ class InspectDataConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
 
 
+# Groups of the run's saved config that `scripts/export.py` takes key overrides for (model.pretrained=...).
+RUN_OVERRIDE_GROUPS = ("model", "lora", "quantization", "data")
+
+
 @dataclass
 class ExportConfig:
     """`scripts/export.py`: merge a training run's adapters, export to ONNX, check parity.
 
-    The model, adapter, quantization and data settings are the run's own (its saved config.yaml)."""
+    The model, adapter, quantization and data settings are the run's own (its saved config.yaml);
+    `model.* lora.* quantization.* data.*` keys given here are merged on top of them and checked
+    against the same schema (TrainConfig), e.g. `model.pretrained=DIR` when the base lives elsewhere
+    now, `data.root=DIR` when the data moved. Keys that define the saved adapter (lora.r, alpha,
+    target_modules, use_dora, kind; quantization.method; data.chunk_size) cannot be changed."""
 
     run: str = MISSING  # training run folder (config.yaml + adapter/ or model/)
     out_dir: str = MISSING  # set by Hydra: outputs/export/<date>/<time>; or any folder
     held_out: int = 8  # held-out frames for the merge and ONNX parity checks
     samples_from: str = "val"  # val: frames of the run's validation episodes | random: noise images
-    data_root: str | None = None  # the run's data.root, if the data has moved since training
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the run's model.* keys
+    lora: dict[str, Any] = field(default_factory=dict)  # overrides of lora.* (only harmless ones pass)
+    quantization: dict[str, Any] = field(default_factory=dict)  # overrides of quantization.*
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of data.* (data.root=DIR)
     onnx: bool = True  # export prefix.onnx + decode.onnx (KV cache) and check parity
     int8: bool = True  # also onnxruntime dynamic int8 graphs; report token agreement with float32
     tensorrt: bool = True  # build TensorRT engines when `tensorrt` imports (skipped otherwise)
@@ -445,6 +456,16 @@ GROUPS = {
 }
 
 
+def _export_schema() -> DictConfig:
+    """ExportConfig with its override groups open, so that `model.pretrained=DIR` needs no `+`: Hydra
+    would refuse a key the empty dict does not have. The keys are checked against TrainConfig when
+    the run's config is loaded (`vla.runs.load_train_config`)."""
+    node = OmegaConf.structured(ExportConfig)
+    for group in RUN_OVERRIDE_GROUPS:
+        OmegaConf.set_struct(node[group], False)
+    return node
+
+
 def register_configs() -> None:
     # `${name_suffix:${run_name}}` in run folders: "_<run_name>" when the run is named, else nothing.
     if not OmegaConf.has_resolver("name_suffix"):
@@ -453,7 +474,7 @@ def register_configs() -> None:
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="inspect_data_schema", node=InspectDataConfig)
-    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="export_schema", node=_export_schema())
     cs.store(name="benchmark_schema", node=BenchmarkConfig)
     cs.store(name="bench_data_schema", node=BenchDataConfig)
     for group, node in GROUPS.items():

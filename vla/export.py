@@ -8,6 +8,21 @@
 
 Every folder is written into a temporary sibling and renamed into place: an interrupted export leaves
 no folder that looks complete.
+
+The model, adapter, quantization and data settings come from the run's config.yaml; `model.*`,
+`data.*` (and harmless `lora.*`/`quantization.*`) keys given to scripts/export.py are merged on top
+(`vla.runs.load_train_config`). Both models come from `vla.runs.load_trained`, the loader `load_run`
+uses too: the merged-vs-adapter check compares the merged model with the model as trained (for
+QLoRA: base quantized in model.dtype, PEFT's k-bit preparation upcasting every other weight to
+float32, adapter on top). Dtypes of the merged model:
+- LoRA/DoRA on a base in model.dtype: merged in model.dtype (bf16 merges round W + BA to bf16).
+- QLoRA (nf4/int8): float32. The decoder's linear weights are the dequantized values training's
+  matmuls used (NF4 x scales, rounded to the compute dtype model.dtype) plus the adapter's delta; all
+  other weights were float32 in training already. For model.dtype=bfloat16/float16 one difference
+  remains: training ran the quantized matmuls on activations cast to that dtype, the merged model
+  runs them in float32. The token check shows whether that changes an action token.
+Overriding model.dtype changes the base of both models: the check then is not against the model as
+trained, and the export says so.
 """
 
 from __future__ import annotations
@@ -22,15 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
-from vla.checkpoint import DTYPES, quantize_language_model
-from vla.config import ExportConfig, TrainConfig, to_object
-from vla.configuration import CheckpointError
-from vla.data.statistics import load_statistics
+from vla.config import RUN_OVERRIDE_GROUPS, ExportConfig, TrainConfig
 from vla.modeling import OpenVLA
 from vla.processing import build_prompt
+from vla.runs import load_train_config, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +72,7 @@ class HeldOut:
             return cls([data[f"image_{i}"] for i in range(len(instructions))], instructions)
 
 
-def load_train_config(run_dir: Path) -> TrainConfig:
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise CheckpointError(f"{run_dir}: not a training run (no config.yaml)")
-    return to_object(OmegaConf.load(config_file), TrainConfig)
-
-
-def held_out_samples(train_cfg: TrainConfig, n: int, source: str, data_root: str | None) -> HeldOut:
+def held_out_samples(train_cfg: TrainConfig, n: int, source: str) -> HeldOut:
     """`n` frames spread evenly over the run's validation episodes (the same split as training), or
     `n` random images with the sample tasks' instructions (`source="random"`, when the data is gone)."""
     if source == "random":
@@ -78,74 +82,11 @@ def held_out_samples(train_cfg: TrainConfig, n: int, source: str, data_root: str
         return HeldOut(images, ["reach the red ball with the left hand"] * n)
     from vla.data.datamodule import VLADataModule
 
-    data_cfg = train_cfg.data
-    if data_root is not None:
-        data_cfg.root = data_root
-    datamodule = VLADataModule(data_cfg, cache_dir=train_cfg.paths.cache_dir)
+    datamodule = VLADataModule(train_cfg.data, cache_dir=train_cfg.paths.cache_dir)
     datamodule.prepare()
     steps = [(ep, t) for ep in datamodule.val_episodes for t in range(ep.num_steps)]
     picks = np.unique(np.linspace(0, len(steps) - 1, n).round().astype(int))
     return HeldOut([steps[i][0].frame(steps[i][1]) for i in picks], [steps[i][0].instruction for i in picks])
-
-
-def dequantize_language_model(model: OpenVLA) -> None:
-    """Undo `quantize_language_model`: each bitsandbytes layer becomes an nn.Linear holding exactly the
-    weights the quantized layer computes with (NF4 codes x block scales, or int8 rows x row scales)."""
-    import bitsandbytes as bnb
-
-    decoder = model.language_model.model
-    for name, module in list(decoder.named_modules()):
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-            dtype = module.compute_dtype or torch.float32
-        elif isinstance(module, bnb.nn.Linear8bitLt):
-            weight = module.weight.CB.float() * module.weight.SCB.float()[:, None] / 127
-            dtype = module.bias.dtype if module.bias is not None else torch.float32
-        else:
-            continue
-        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        linear.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-        if module.bias is not None:
-            linear.bias = nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
-        parent, child = name.rsplit(".", 1)
-        setattr(decoder.get_submodule(parent), child, linear)
-    model.is_loaded_in_4bit = model.is_loaded_in_8bit = False
-    model.quantization = None
-
-
-def _load_base(train_cfg: TrainConfig, run_dir: Path, quantized: bool) -> OpenVLA:
-    source = run_dir / "base_model" if (run_dir / "base_model").is_dir() else train_cfg.model.pretrained
-    if source is None:
-        raise CheckpointError(f"{run_dir}: no base_model/ and the run's model.pretrained is null")
-    dtype = DTYPES[train_cfg.model.dtype]
-    base = OpenVLA.from_pretrained(source, dtype=dtype)
-    method = train_cfg.quantization.method
-    if quantized and method:
-        quantize_language_model(base, method, compute_dtype=dtype)
-    base.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
-    base.config.extra["constrain_action_decoding"] = bool(train_cfg.model.constrain_action_decoding)
-    return base
-
-
-def adapter_and_merged(run_dir: Path, train_cfg: TrainConfig) -> tuple[nn.Module, OpenVLA]:
-    """The model as it was trained (base, quantized like in training, + PEFT adapter) and the merged
-    model. For QLoRA the base is quantized the same way, then dequantized, then merged: the merged
-    weights are the ones the adapter was trained against."""
-    from peft import PeftModel
-
-    if (run_dir / "model" / "config.json").is_file():  # lora=full: nothing to merge
-        model = OpenVLA.from_pretrained(run_dir / "model")
-        model.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
-        return model, model
-    if not (run_dir / "adapter").is_dir():
-        raise CheckpointError(f"{run_dir}: neither adapter/ nor model/ (did the training run finish?)")
-    adapter = str(run_dir / "adapter")
-    reference = PeftModel.from_pretrained(_load_base(train_cfg, run_dir, quantized=True), adapter).eval()
-    base = _load_base(train_cfg, run_dir, quantized=True)
-    if train_cfg.quantization.method:
-        dequantize_language_model(base)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    return reference, merged.eval()
 
 
 def action_tokens(policy: Any, samples: HeldOut) -> np.ndarray:
@@ -190,11 +131,20 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     run_dir, out = Path(cfg.run), Path(cfg.out_dir)
-    train_cfg = load_train_config(run_dir)
-    samples = held_out_samples(train_cfg, cfg.held_out, cfg.samples_from, cfg.data_root)
-    reference, merged = adapter_and_merged(run_dir, train_cfg)
+    overrides = {group: getattr(cfg, group) for group in RUN_OVERRIDE_GROUPS}
+    train_cfg = load_train_config(run_dir, overrides)
+    trained_dtype = load_train_config(run_dir).model.dtype
+    if train_cfg.model.dtype != trained_dtype:
+        print(f"model.dtype={train_cfg.model.dtype} (the run trained with {trained_dtype}): the merge "
+              f"check compares against the adapter on a {train_cfg.model.dtype} base, not the model as trained")  # fmt: skip
+    samples = held_out_samples(train_cfg, cfg.held_out, cfg.samples_from)
+    full = (run_dir / "model" / "config.json").is_file()  # lora=full: nothing to merge
+    # One model at a time (a 7B base twice would not fit): the model as trained first, then merged.
+    adapter_tokens = None if full else action_tokens(load_trained(run_dir, train_cfg, merge=False), samples)
+    merged = load_trained(run_dir, train_cfg, merge=True)
     report: dict[str, Any] = {
         "run": str(run_dir),
+        "overrides": {group: values for group, values in overrides.items() if values},
         "held_out": len(samples.images),
         "samples_from": cfg.samples_from,
     }
@@ -203,12 +153,11 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         raise ExportError(f"{run_dir / 'dataset_statistics.json'}: no statistics under {key!r}")
 
     merged_tokens = action_tokens(merged, samples)
-    if reference is not merged:
-        check_same_tokens(action_tokens(reference, samples), merged_tokens, "merged vs adapter model")
+    if adapter_tokens is not None:
+        check_same_tokens(adapter_tokens, merged_tokens, "merged vs adapter model")
         report["merge"] = "merged tokens identical to the adapter model's"
     else:
         report["merge"] = "lora=full: no adapter to merge"
-    del reference
     model_dir = merged.save_pretrained(out / "model")
     reloaded = OpenVLA.from_pretrained(model_dir)
     check_same_tokens(merged_tokens, action_tokens(reloaded, samples), f"{model_dir} reloaded vs merged")

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
 from vla.adapters import record_training_layout
-from vla.checkpoint import commit_folder
+from vla.checkpoint import DTYPES, commit_folder, dequantize_language_model, quantize_language_model
+from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
 from vla.configuration import CheckpointError, OpenVLAConfig
 from vla.data.statistics import load_statistics
 from vla.modeling import OpenVLA
@@ -74,26 +77,116 @@ def load_model(path: str | Path) -> OpenVLA:
     return OpenVLA.from_pretrained(path)
 
 
-def load_run(run_dir: str | Path, merge: bool = True) -> OpenVLA:
-    """A training run folder -> OpenVLA with the fine-tune's statistics (adapters merged by default)."""
+def load_run(run_dir: str | Path, merge: bool = True) -> nn.Module:
+    """A training run folder -> OpenVLA with the fine-tune's statistics (adapters merged by default;
+    `merge=False`: the PEFT model as trained). See `load_trained`."""
     run_dir = Path(run_dir)
-    if (run_dir / "model" / "config.json").is_file():
-        return OpenVLA.from_pretrained(run_dir / "model")
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file() or not (run_dir / "adapter").is_dir():
-        raise CheckpointError(f"{run_dir}: not a training run (no config.yaml with adapter/ or model/)")
-    cfg = OmegaConf.load(config_file)
-    base_dir = run_dir / "base_model" if (run_dir / "base_model").is_dir() else cfg.model.pretrained
-    base = OpenVLA.from_pretrained(base_dir)
-    from peft import PeftModel
+    return load_trained(run_dir, load_train_config(run_dir), merge)
 
-    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-    model = peft_model.merge_and_unload() if merge else peft_model
-    base.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
-    base.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
+
+# Keys that define the saved adapter and the token layout it learned: PEFT reads r, alpha and the
+# targets from adapter/adapter_config.json, so a changed value would be ignored or fail deep in PEFT;
+# another quantization or chunk size would be another model than the one the adapter was trained on.
+LOCKED_KEYS = {
+    "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
+    "quantization": ("method",),
+    "data": ("chunk_size",),
+}
+
+
+def load_train_config(run_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
+    """The run's saved config.yaml, with `overrides` ({"model": {"pretrained": DIR}, "data": {...}})
+    merged on top and checked by the same schema (TrainConfig): an unknown key fails naming it and
+    its group's keys; a key of LOCKED_KEYS fails saying what the run was trained with."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise CheckpointError(f"{run_dir}: not a training run (no config.yaml)")
+    saved = OmegaConf.load(config_file)
+    trained = to_object(saved, TrainConfig)
+    overrides = {group: values for group, values in (overrides or {}).items() if values}
+    if not overrides:
+        return trained
+    for group in overrides:
+        if group not in RUN_OVERRIDE_GROUPS:
+            raise ConfigError(
+                f"{group}: only keys of {list(RUN_OVERRIDE_GROUPS)} of the run can be overridden"
+            )
+    try:
+        cfg = to_object(OmegaConf.merge(saved, overrides), TrainConfig)
+    except OmegaConfBaseException as err:
+        key = err.full_key or "?"
+        parent = OmegaConf.select(OmegaConf.structured(TrainConfig), key.rpartition(".")[0])
+        valid = f"; valid keys there: {sorted(parent)}" if isinstance(parent, DictConfig) else ""
+        reason = str(err.msg).splitlines()[0]  # the rest repeats the key and the types
+        raise ConfigError(f"{key}: {reason} (overriding {config_file}){valid}") from None
+    for group, keys in LOCKED_KEYS.items():
+        for key in keys:
+            was, now = getattr(getattr(trained, group), key), getattr(getattr(cfg, group), key)
+            if was != now:
+                raise ConfigError(
+                    f"{group}.{key}={now!r}: the adapter in {run_dir} was trained with "
+                    f"{group}.{key}={was!r} ({config_file}); it cannot change after training (leave it out)"
+                )
+    return cfg
+
+
+def _load_base(run_dir: Path, cfg: TrainConfig) -> OpenVLA:
+    """The base in model.dtype: model.pretrained when set (a hub id or folder at training time, or
+    the place it lives now), else the tiny base the run saved in <run>/base_model/."""
+    source: str | Path | None = cfg.model.pretrained
+    if source is None:
+        source = run_dir / "base_model"
+        if not source.is_dir():
+            raise CheckpointError(
+                f"{source}: missing, and the run's model.pretrained is null; if the base model was "
+                f"moved, pass model.pretrained=<its folder>"
+            )
+    return OpenVLA.from_pretrained(source, dtype=DTYPES[cfg.model.dtype])
+
+
+def _attach_run_settings(model: OpenVLA, run_dir: Path, cfg: TrainConfig) -> None:
+    model.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
+    model.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
     # A pretrained base's own config.json does not know how this run trained it.
-    record_training_layout(base, int(cfg.data.chunk_size), float(cfg.augment.crop_scale))
-    return model.eval()
+    record_training_layout(model, cfg.data.chunk_size, cfg.augment.crop_scale)
+
+
+def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:
+    """The run's model, with the fine-tune's statistics and training layout (chunks, centre crop).
+
+    merge=False, the model as trained: the base in model.dtype, for QLoRA quantized the same way
+    (bitsandbytes, compute dtype model.dtype) and prepared as training's `apply_adapter` did with
+    PEFT's `prepare_model_for_kbit_training` (it upcasts every bf16/fp16 weight that is not quantized
+    to float32: vision towers, projector, embeddings, norms, lm_head), then the PEFT adapter.
+
+    merge=True, the adapter merged into the weights it was trained against. Without quantization:
+    the base in model.dtype, merged in that dtype. With quantization: the quantized layers are
+    dequantized to the values their matmuls used (rounded to the compute dtype, as bitsandbytes does)
+    and the whole model becomes float32, since the rest of it was float32 in training. What still
+    differs from training for a bf16/fp16 QLoRA run: the merged decoder layers multiply float32
+    activations, where training cast activations to the compute dtype for the quantized matmul and
+    ran the adapter beside it in float32; the export checks the merged tokens against merge=False.
+
+    A lora=full run's model/ is returned as saved (nothing to merge).
+    """
+    if (run_dir / "model" / "config.json").is_file():
+        model = OpenVLA.from_pretrained(run_dir / "model")
+        _attach_run_settings(model, run_dir, cfg)
+        return model
+    if not (run_dir / "adapter").is_dir():
+        raise CheckpointError(f"{run_dir}: not a training run (no config.yaml with adapter/ or model/)")
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    base = _load_base(run_dir, cfg)
+    _attach_run_settings(base, run_dir, cfg)
+    if cfg.quantization.method:
+        quantize_language_model(base, cfg.quantization.method, compute_dtype=DTYPES[cfg.model.dtype])
+        prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        if merge:
+            dequantize_language_model(base)
+            base.float()
+    peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    return (peft_model.merge_and_unload() if merge else peft_model).eval()
 
 
 class RunArtifacts(L.Callback):
