@@ -3,6 +3,8 @@
 python scripts/evaluate.py checkpoint=outputs/train/<date>/<time> [episodes_per_task=20] [wandb=true]
 python scripts/evaluate.py checkpoint=null episodes_per_task=50 sim.image_size=64   # baselines only
 Writes eval.json, eval.md and gifs/<policy>/<task>.gif to the run folder (or output_dir).
+A training run on data=sample evaluates at the camera size and action rate it was trained at, unless
+sim.image_size / sim.control_hz are given on the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,8 +54,25 @@ def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     return report
 
 
+def match_training_run(cfg: DictConfig, overridden: set[str]) -> None:
+    """A run trained on the simulator's sample data is evaluated with its camera size and action rate
+    (a policy trained at 5 Hz executes nonsense at 25 Hz), except where the command line says otherwise."""
+    run_config = Path(str(cfg.checkpoint)) / "config.yaml" if cfg.checkpoint is not None else None
+    if run_config is None or not run_config.is_file():
+        return
+    data = OmegaConf.load(run_config).get("data", {})
+    if data.get("format") != "sample":
+        return
+    for key in ("image_size", "control_hz"):
+        if f"sim.{key}" not in overridden and key in data.sample and cfg.sim[key] != data.sample[key]:
+            print(f"sim.{key}={data.sample[key]} (as the run was trained)")
+            cfg.sim[key] = data.sample[key]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    overridden = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    match_training_run(cfg, overridden)
     config = to_settings(cfg, EvaluateConfig)
     out_dir = Path(config.output_dir or HydraConfig.get().runtime.output_dir)
     report = run(config, out_dir)

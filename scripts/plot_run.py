@@ -1,4 +1,5 @@
-"""Validation curves of a training run logged with logger=csv: val/loss, val/action_l1, val/success_rate.
+"""Curves of a training run logged with logger=csv: val/loss (with train/loss, averaged between
+validations, so overfitting shows), val/action_l1, val/success_rate.
 
 python scripts/plot_run.py outputs/train/<date>/<time> [--out curves.png]
 """
@@ -15,19 +16,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = ("val/loss", "val/action_l1", "val/success_rate")
+EXTRA = ("train/loss",)  # drawn in the val/loss panel
 
 
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     path = run / "csv" / "metrics.csv"
     if not path.is_file():
         raise SystemExit(f"{path}: not found (train with logger=csv)")
-    curves: dict[str, list[tuple[int, float]]] = {name: [] for name in CURVES}
+    curves: dict[str, list[tuple[int, float]]] = {name: [] for name in CURVES + EXTRA}
     with path.open() as f:
         for row in csv.DictReader(f):
-            for name in CURVES:
+            for name in CURVES + EXTRA:
                 if row.get(name):
                     curves[name].append((int(row["step"]) + 1, float(row[name])))
     return curves
+
+
+def averaged_between(points: list[tuple[int, float]], ends: list[int]) -> list[tuple[int, float]]:
+    """The mean of `points` over each interval (previous end, end], placed at the end."""
+    out, start = [], 0
+    for end in ends:
+        values = [v for step, v in points if start < step <= end]
+        if values:
+            out.append((end, sum(values) / len(values)))
+        start = end
+    return out
 
 
 def main() -> None:
@@ -42,7 +55,11 @@ def main() -> None:
     for ax, name in zip(axes, CURVES):
         points = curves[name]
         if points:
-            ax.plot(*zip(*points), marker="o")
+            ax.plot(*zip(*points), marker="o", label=name)
+        if name == "val/loss" and points and curves["train/loss"]:
+            train = averaged_between(curves["train/loss"], [step for step, _ in points])
+            ax.plot(*zip(*train), marker="s", linestyle="--", label="train/loss (mean since last val)")
+            ax.legend(fontsize=7)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -170,3 +170,23 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
     bad = compose("make_sample_data", overrides=["+sim.safty.enabled=false"])
     with pytest.raises(ConfigKeyError, match="safty"):
         to_settings(bad, MakeSampleDataConfig)
+
+
+def test_data_sample_control_hz_reaches_the_generated_episodes(tmp_path):
+    """`data.sample.control_hz=5` (Bridge's rate) records episodes at 5 actions per second: the same
+    scene and the same timed expert motion as at 25 Hz, in about a fifth of the steps."""
+    from vla.config import DataConfig, SampleDataConfig
+    from vla.data.datamodule import sample_dataset_root
+
+    def steps_and_fps(hz: int) -> tuple[int, int]:
+        sample = SampleDataConfig(tasks=["raise_arm"], episodes_per_task=1, image_size=64, control_hz=hz)
+        root = sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / f"cache{hz}")
+        (episode,) = [p for p in root.iterdir() if p.is_dir()]
+        metadata = json.loads((episode / "metadata.json").read_text())
+        n = len(np.load(episode / "episode_data.npz")["actions"])
+        return n, metadata["fps"]
+
+    steps25, fps25 = steps_and_fps(25)
+    steps5, fps5 = steps_and_fps(5)
+    assert (fps25, fps5) == (25, 5)
+    assert 3.5 < steps25 / steps5 < 6.5, (steps25, steps5)

@@ -34,8 +34,13 @@ def test_expert_succeeds_and_random_fails(robot):
     expert = evaluate_policy("expert", settings(), robot=robot)
     assert expert["success_rate"] == 1.0 and expert["episodes"] == 12
     assert sum(expert["interventions"].values()) == 0
+    # Each episode's final hand-to-ball distance is reported; the expert's are inside the success radius.
+    from vla.sim.tasks import REACH_RADIUS
+
+    assert max(expert["per_task"]["reach_ball"]["final_values"]) <= REACH_RADIUS
     random = evaluate_policy("random", settings(), robot=robot)
     assert random["success_rate"] == 0.0
+    assert len(random["per_task"]["reach_ball"]["final_values"]) == 3
     assert random["interventions"]["speed"] > 0  # random targets jump: the filter works for its living
 
 

@@ -268,6 +268,31 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
     assert (tmp_path / "eval" / "gifs" / "model" / "turn_torso.gif").is_file()
 
 
+def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path):
+    """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz),
+    unless the command line names the rate; runs on other data keep the evaluation config."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def evaluation(data: dict, overridden: set[str]) -> tuple[int, int]:
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml({"data": data}))
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path}", "sim.image_size=224"])
+        script.match_training_run(cfg, overridden)
+        return cfg.sim.image_size, cfg.sim.control_hz
+
+    sample = {"format": "sample", "sample": {"image_size": 112, "control_hz": 5}}
+    assert evaluation(sample, set()) == (112, 5)
+    assert evaluation(sample, {"sim.control_hz", "sim.image_size"}) == (224, 25)
+    assert evaluation({"format": "isaac", "root": "/data"}, set()) == (224, 25)
+
+
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 def test_gradient_checkpointing_trains(tmp_path, isaac_root, quant):
     metrics = train(tmp_path, ["data=isaac", f"data.root={isaac_root}", "lora=efficient", f"quantization={quant}",

@@ -86,6 +86,12 @@ class SampleDataConfig:
     # Actions per second of the generated episodes and of the closed-loop checks during training
     # (the simulator's physics runs at 500 Hz, so it must divide 500). OpenVLA's Bridge data is 5 Hz.
     control_hz: int = 25
+    workers: int = 1  # rendering processes when the dataset is generated (the content does not depend on it)
+
+    def __post_init__(self) -> None:
+        for key in ("episodes_per_task", "workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.sample.{key}={getattr(self, key)}: must be at least 1")
 
 
 @dataclass

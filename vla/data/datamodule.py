@@ -40,7 +40,7 @@ def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
         tasks=list(cfg.sample.tasks), episodes_per_task=cfg.sample.episodes_per_task, seed=cfg.sample.seed
     )
     sim = SimSettings(image_size=cfg.sample.image_size, control_hz=cfg.sample.control_hz)
-    return ensure_sample_dataset(settings, sim, cache_dir=cache_dir)
+    return ensure_sample_dataset(settings, sim, cache_dir=cache_dir, workers=cfg.sample.workers)
 
 
 def load_episodes(

@@ -69,8 +69,8 @@ def evaluate_policy(
         gif_dir: write `<task>.gif` there, with the first `settings.gif_episodes` rollouts side by side.
 
     Returns {"success_rate", "episodes", "seconds_per_episode", "interventions": {name: count},
-    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "episodes", "seconds_per_episode",
-    "interventions", "failures": [seeds]}}}.
+    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "final_values", "episodes",
+    "seconds_per_episode", "interventions", "failures": [seeds]}}}.
     """
     if isinstance(policy, str) and policy not in ("expert", "random"):
         raise ValueError(f"policy={policy!r}: pass a callable, 'expert' or 'random'")
@@ -134,6 +134,8 @@ def _evaluate_task(
         "successes": int(sum(outcomes)),
         # The task's goal alone (hand at the ball, knee up, ...), ignoring the posture condition.
         "goal_met_rate": float(np.mean([d["goal_met"] for d in details])),
+        # The measured quantity at the end of each episode (reach: hand-to-ball distance in m), by seed.
+        "final_values": [round(d["value"], 4) for d in details],
         "episodes": count,
         "seconds_per_episode": (time.perf_counter() - start) / count,
         "interventions": {k: sum(f.counts[k] for f in filters) for k in INTERVENTIONS},
