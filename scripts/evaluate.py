@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,16 +57,18 @@ def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
 def match_training_run(cfg: DictConfig, overridden: set[str]) -> None:
     """A run trained on the simulator's sample data is evaluated with its camera size and action rate
     (a policy trained at 5 Hz executes nonsense at 25 Hz), except where the command line says otherwise."""
-    run_config = Path(str(cfg.checkpoint)) / "config.yaml" if cfg.checkpoint is not None else None
-    if run_config is None or not run_config.is_file():
-        return
-    data = OmegaConf.load(run_config).get("data", {})
-    if data.get("format") != "sample":
+    if cfg.checkpoint is None or not (Path(str(cfg.checkpoint)) / "config.yaml").is_file():
+        return  # an OpenVLA folder, or baselines only
+    from vla.runs import load_train_config
+
+    data = load_train_config(Path(str(cfg.checkpoint))).data
+    if data.format != "sample":
         return
     for key in ("image_size", "control_hz"):
-        if f"sim.{key}" not in overridden and key in data.sample and cfg.sim[key] != data.sample[key]:
-            print(f"sim.{key}={data.sample[key]} (as the run was trained)")
-            cfg.sim[key] = data.sample[key]
+        trained = getattr(data.sample, key)
+        if f"sim.{key}" not in overridden and cfg.sim[key] != trained:
+            print(f"sim.{key}={trained} (as the run was trained)")
+            cfg.sim[key] = trained
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

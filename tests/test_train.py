@@ -280,7 +280,8 @@ def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path)
     spec.loader.exec_module(script)
 
     def evaluation(data: dict, overridden: set[str]) -> tuple[int, int]:
-        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml({"data": data}))
+        saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"run_dir": str(tmp_path), "data": data})
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))  # as a run saves it
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path}", "sim.image_size=224"])
