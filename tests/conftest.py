@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -15,6 +16,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 REF = ROOT.parent / "shared" / "openvla_ref"
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are entry points, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 from data_factories import make_isaac_dataset
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from vla.config import BenchDataConfig, register_configs, to_object
 
 register_configs()
@@ -30,9 +29,7 @@ def test_bench_data_reports_rates_and_ratios(tmp_path, capsys):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_object(compose("bench_data", overrides=overrides), BenchDataConfig)
-    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "scripts" / "bench_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bench_data")
     result = script.run(cfg)
     rates = ("cold_samples_per_s", "cached_samples_per_s", "trainer_samples_per_s")
     assert all(result[k] > 0 and math.isfinite(result[k]) for k in rates)

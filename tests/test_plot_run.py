@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
-from tests.conftest import ROOT
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts" / "plot_run.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+from tests.conftest import load_script
 
 
 def test_train_loss_is_averaged_over_each_validation_interval():
-    script = load_script()
+    script = load_script("plot_run")
     train = [(1, 4.0), (2, 2.0), (3, 1.0), (4, 3.0), (7, 9.0)]
     # (0, 2]: 4 and 2; (2, 4]: 1 and 3; (4, 6]: nothing, so no point; step 7 is after the last end.
     assert script.averaged_between(train, [2, 4, 6]) == [(2, 3.0), (4, 2.0)]
 
 
 def test_plot_from_a_csv_run(tmp_path, monkeypatch):
-    script = load_script()
+    script = load_script("plot_run")
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(
         "step,train/loss,val/loss,val/action_l1,val/success_rate\n"

@@ -14,6 +14,7 @@ from omegaconf.errors import ConfigKeyError
 from PIL import Image
 
 import vla.sim.episodes as episodes
+from tests.conftest import ROOT, load_script
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES
 from vla.sim.config import (
     EVALUATION_SEED_BASE,
@@ -25,7 +26,6 @@ from vla.sim.config import (
     to_settings,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = SampleDataSettings(episodes_per_task=1, sim=SimSettings(image_size=64))
 
 
@@ -145,13 +145,7 @@ def hydra_conf():
 
 
 def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_sample_data", ROOT / "scripts" / "make_sample_data.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("make_sample_data")
     out = tmp_path / "out"
     cfg = compose(
         "make_sample_data",

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT, load_script
 from vla.sim.athena import HOME_POSE, AthenaRobot
 from vla.sim.config import TASK_NAMES, EvalSettings, EvaluateConfig, SimSettings, to_settings
 from vla.sim.evaluate import check_actions, evaluate_policy, evaluate_with_baselines
 from vla.sim.tasks import EPISODE_SECONDS, PHRASINGS
 
-ROOT = Path(__file__).resolve().parents[1]
 SIM = SimSettings(image_size=64)
 
 
@@ -131,9 +129,7 @@ def test_reports_and_gifs(tmp_path):
 
 
 def test_evaluate_script_runs_baselines(tmp_path):
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate")
     cfg = to_settings(
         {
             "checkpoint": None,

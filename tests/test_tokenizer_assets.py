@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import tokenizers
 from transformers import PreTrainedTokenizerFast
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, load_script
+
 ASSETS = ROOT / "vla" / "assets" / "tokenizer"
 REF_TOKENIZER = ROOT.parent / "shared" / "openvla_ref" / "tiny_ckpt"
 PROMPT = "In: What action should the robot take to {}?\nOut:"
@@ -25,14 +23,7 @@ INSTRUCTIONS = [
 ]
 
 
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location("build_tokenizer", ROOT / "scripts" / "build_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_tokenizer = _load_build_script()
+build_tokenizer = load_script("build_tokenizer")
 V = build_tokenizer.VOCAB_SIZE
 
 

@@ -15,7 +15,7 @@ from data_factories import make_isaac_dataset, make_pickle_demos, write_isaac_ep
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from vla.config import ConfigError, TrainConfig, register_configs, to_object
 from vla.data.episodes import DataError
 
@@ -251,14 +251,10 @@ def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
 
 def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
     """scripts/evaluate.py takes a training run folder (base + adapter) and runs it closed loop."""
-    import importlib.util
-
     from vla.sim.config import EvaluateConfig, to_settings
 
     train(tmp_path / "run", ["data=isaac", f"data.root={isaac_root}"])
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate")
     settings = {"checkpoint": str(tmp_path / "run"), "tasks": ["turn_torso"], "episodes_per_task": 1,
                 "gif_episodes": 1, "baselines": ["random"], "sim": {"image_size": 64}}  # fmt: skip
     report = script.run(to_settings(settings, EvaluateConfig), tmp_path / "eval")
@@ -271,13 +267,9 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
 def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path):
     """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz),
     unless the command line names the rate; runs on other data keep the evaluation config."""
-    import importlib.util
-
     from omegaconf import OmegaConf
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate")
 
     def evaluation(data: dict, overridden: set[str]) -> tuple[int, int]:
         saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"run_dir": str(tmp_path), "data": data})
