@@ -107,8 +107,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
             SimSuccessRate(
                 sample.tasks,
                 cfg.callbacks.sim_eval_episodes,
-                sample.image_size,
-                sample.control_hz,
+                sample.sim_settings(),
                 cfg.callbacks.sim_eval_every_n_val,
             )
         )

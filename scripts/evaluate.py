@@ -3,8 +3,8 @@
 python scripts/evaluate.py checkpoint=outputs/train/<date>/<time> [episodes_per_task=20] [wandb=true]
 python scripts/evaluate.py checkpoint=null episodes_per_task=50 sim.image_size=64   # baselines only
 Writes eval.json, eval.md and gifs/<policy>/<task>.gif to the run folder (or output_dir).
-A training run on data=sample evaluates at the camera size and action rate it was trained at, unless
-sim.image_size / sim.control_hz are given on the command line.
+A training run on data=sample evaluates with the camera, image size and action rate it was trained at,
+unless sim.camera / sim.image_size / sim.control_hz are given on the command line.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
 
 
 def match_training_run(cfg: DictConfig, overridden: set[str]) -> None:
-    """A run trained on the simulator's sample data is evaluated with its camera size and action rate
-    (a policy trained at 5 Hz executes nonsense at 25 Hz), except where the command line says otherwise."""
+    """A run trained on the simulator's sample data is evaluated with its camera, image size and action
+    rate (a policy trained at 5 Hz executes nonsense at 25 Hz), except where the command line says otherwise."""
     if cfg.checkpoint is None or not (Path(str(cfg.checkpoint)) / "config.yaml").is_file():
         return  # an OpenVLA folder, or baselines only
     from vla.runs import load_train_config
@@ -64,7 +64,7 @@ def match_training_run(cfg: DictConfig, overridden: set[str]) -> None:
     data = load_train_config(Path(str(cfg.checkpoint))).data
     if data.format != "sample":
         return
-    for key in ("image_size", "control_hz"):
+    for key in ("camera", "image_size", "control_hz"):
         trained = getattr(data.sample, key)
         if f"sim.{key}" not in overridden and cfg.sim[key] != trained:
             print(f"sim.{key}={trained} (as the run was trained)")

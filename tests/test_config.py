@@ -124,6 +124,7 @@ def test_wrong_type_fails():
         (["data=isaac", "data.root=null"], "data.root is required"),
         (["lora=full", "quantization=nf4"], "lora=full cannot train a quantized base"),
         (["data.on_error=ignore"], "data.on_error='ignore' is not valid"),
+        (["data.sample.camera=top"], "data.sample.camera='top': choose from \\['front', 'upper_body'\\]"),
     ],
 )
 def test_bad_values_fail_with_the_key(overrides, message):

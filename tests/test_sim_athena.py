@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vla.sim.athena import (
+    CAMERA_POSES,
     HOME_POSE,
     JOINT_NAMES,
     NUM_JOINTS,
@@ -15,7 +16,8 @@ from vla.sim.athena import (
     AthenaRobot,
     read_binary_stl,
 )
-from vla.sim.config import SimSettings
+from vla.sim.config import CAMERAS, SimSettings
+from vla.sim.tasks import _BALL_X, _BALL_Y, _BALL_Z
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,39 @@ def test_camera_shows_the_balls_at_small_size(robot):
     red = (image[..., 0] > 150) & (image[..., 1] < 90) & (image[..., 2] < 90)
     assert red.sum() >= 6  # visible at 64 px
     assert ((empty[..., 0] > 150) & (empty[..., 1] < 90) & (empty[..., 2] < 90)).sum() == 0
+
+
+def _red_mask(image: np.ndarray) -> np.ndarray:
+    image = image.astype(int)
+    return (image[..., 0] > 150) & (image[..., 1] < 90) & (image[..., 2] < 90)
+
+
+def test_every_named_camera_exists_and_a_bad_name_fails():
+    assert set(CAMERA_POSES) == set(CAMERAS)
+    with pytest.raises(ValueError, match=r"sim.camera='top': choose from \['front', 'upper_body'\]"):
+        SimSettings(camera="top")
+
+
+def test_upper_body_camera_shows_a_ball_larger_and_every_ball_position_in_frame():
+    """The upper_body camera narrows the view from 55 to 33 degrees at the same distance, so a ball
+    covers (tan 27.5 / tan 16.5)^2 ~ 3.1x the pixels; and a ball at any corner of the reach tasks'
+    ball region lies wholly inside the frame (no red pixel on the border)."""
+    size = 96
+    counts = {}
+    for camera in CAMERAS:
+        with AthenaRobot(SimSettings(image_size=size, camera=camera)) as robot:
+            data = robot.new_data()
+            robot.set_balls(data, {"red": np.array([0.3, 0.0, 1.05])})
+            counts[camera] = _red_mask(robot.render(data)).sum()
+            if camera == "upper_body":
+                for x in _BALL_X:
+                    for y in _BALL_Y:
+                        for z in _BALL_Z:
+                            robot.set_balls(data, {"red": np.array([x, y, z])})
+                            red = _red_mask(robot.render(data))
+                            border = np.concatenate([red[0], red[-1], red[:, 0], red[:, -1]])
+                            assert red.sum() > 0.5 * counts["upper_body"] and not border.any(), (x, y, z)
+    assert 2.2 < counts["upper_body"] / counts["front"] < 4.5, counts
 
 
 def test_stl_reader(tmp_path):

@@ -166,21 +166,28 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
         to_settings(bad, MakeSampleDataConfig)
 
 
-def test_data_sample_control_hz_reaches_the_generated_episodes(tmp_path):
+def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path):
     """`data.sample.control_hz=5` (Bridge's rate) records episodes at 5 actions per second: the same
-    scene and the same timed expert motion as at 25 Hz, in about a fifth of the steps."""
+    scene and the same timed expert motion as at 25 Hz, in about a fifth of the steps;
+    `data.sample.camera` records them from that camera (a separate cache entry)."""
     from vla.config import DataConfig, SampleDataConfig
     from vla.data.datamodule import sample_dataset_root
 
-    def steps_and_fps(hz: int) -> tuple[int, int]:
-        sample = SampleDataConfig(tasks=["raise_arm"], episodes_per_task=1, image_size=64, control_hz=hz)
-        root = sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / f"cache{hz}")
+    def steps_and_fps(hz: int, camera: str = "front") -> tuple[int, int, np.ndarray]:
+        sample = SampleDataConfig(
+            tasks=["raise_arm"], episodes_per_task=1, image_size=64, control_hz=hz, camera=camera
+        )
+        root = sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / "cache")
         (episode,) = [p for p in root.iterdir() if p.is_dir()]
         metadata = json.loads((episode / "metadata.json").read_text())
+        assert metadata["camera"] == camera
         n = len(np.load(episode / "episode_data.npz")["actions"])
-        return n, metadata["fps"]
+        first = np.asarray(Image.open(episode / "images" / "frame_000000.png"))
+        return n, metadata["fps"], first
 
-    steps25, fps25 = steps_and_fps(25)
-    steps5, fps5 = steps_and_fps(5)
+    steps25, fps25, _ = steps_and_fps(25)
+    steps5, fps5, front = steps_and_fps(5)
     assert (fps25, fps5) == (25, 5)
+    *_, upper_body = steps_and_fps(5, "upper_body")
+    assert np.abs(front.astype(int) - upper_body).mean() > 10  # another view of the same scene
     assert 3.5 < steps25 / steps5 < 6.5, (steps25, steps5)

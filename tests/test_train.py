@@ -265,25 +265,26 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
 
 
 def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path):
-    """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz),
-    unless the command line names the rate; runs on other data keep the evaluation config."""
+    """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz)
+    and with its camera, unless the command line names them; runs on other data keep the evaluation
+    config."""
     from omegaconf import OmegaConf
 
     script = load_script("evaluate")
 
-    def evaluation(data: dict, overridden: set[str]) -> tuple[int, int]:
+    def evaluation(data: dict, overridden: set[str]) -> tuple[int, int, str]:
         saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"run_dir": str(tmp_path), "data": data})
         (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))  # as a run saves it
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path}", "sim.image_size=224"])
         script.match_training_run(cfg, overridden)
-        return cfg.sim.image_size, cfg.sim.control_hz
+        return cfg.sim.image_size, cfg.sim.control_hz, cfg.sim.camera
 
-    sample = {"format": "sample", "sample": {"image_size": 112, "control_hz": 5}}
-    assert evaluation(sample, set()) == (112, 5)
-    assert evaluation(sample, {"sim.control_hz", "sim.image_size"}) == (224, 25)
-    assert evaluation({"format": "isaac", "root": "/data"}, set()) == (224, 25)
+    sample = {"format": "sample", "sample": {"image_size": 112, "control_hz": 5, "camera": "upper_body"}}
+    assert evaluation(sample, set()) == (112, 5, "upper_body")
+    assert evaluation(sample, {"sim.control_hz", "sim.image_size", "sim.camera"}) == (224, 25, "front")
+    assert evaluation({"format": "isaac", "root": "/data"}, set()) == (224, 25, "front")
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])

@@ -86,12 +86,26 @@ class SampleDataConfig:
     # Actions per second of the generated episodes and of the closed-loop checks during training
     # (the simulator's physics runs at 500 Hz, so it must divide 500). OpenVLA's Bridge data is 5 Hz.
     control_hz: int = 25
+    # The scene camera: front (the whole robot) or upper_body (the chest and the reach tasks' balls,
+    # which then span ~3x as many pixels: what a small input size needs to place a hand on a ball).
+    camera: str = "front"
     workers: int = 1  # rendering processes when the dataset is generated (the content does not depend on it)
 
     def __post_init__(self) -> None:
         for key in ("episodes_per_task", "workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.sample.{key}={getattr(self, key)}: must be at least 1")
+        from vla.sim.config import CAMERAS
+
+        if self.camera not in CAMERAS:
+            raise ConfigError(f"data.sample.camera={self.camera!r}: choose from {list(CAMERAS)}")
+
+    def sim_settings(self) -> Any:
+        """The simulator settings (vla.sim.config.SimSettings) the episodes are recorded with and the
+        closed-loop checks run at: camera, image size and action rate."""
+        from vla.sim.config import SimSettings
+
+        return SimSettings(image_size=self.image_size, control_hz=self.control_hz, camera=self.camera)
 
 
 @dataclass

@@ -224,16 +224,12 @@ class SimSuccessRate(L.Callback):
     """Every `every_n_val` validations: closed-loop success on held-out simulated episodes, logged as
     `val/success_rate` (and `val/success_rate/<task>`). Only for data=sample (the simulator's tasks)."""
 
-    def __init__(
-        self, tasks: list[str], episodes_per_task: int, image_size: int, control_hz: int, every_n_val: int
-    ):
-        from vla.sim.config import EvalSettings, SimSettings
+    def __init__(self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int):
+        """`sim`: the vla.sim.config.SimSettings the training episodes were recorded with."""
+        from vla.sim.config import EvalSettings
 
         self.settings = EvalSettings(
-            tasks=tasks,
-            episodes_per_task=episodes_per_task,
-            gif_episodes=0,
-            sim=SimSettings(image_size=image_size, control_hz=control_hz),
+            tasks=tasks, episodes_per_task=episodes_per_task, gif_episodes=0, sim=sim
         )
         self.every_n_val = every_n_val
         self.count = 0

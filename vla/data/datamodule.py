@@ -33,14 +33,15 @@ log = logging.getLogger(__name__)
 
 def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
     """The simulated dataset for `data=sample`, generated into the cache the first time."""
-    from vla.sim.config import SampleDataSettings, SimSettings
+    from vla.sim.config import SampleDataSettings
     from vla.sim.episodes import ensure_sample_dataset
 
     settings = SampleDataSettings(
         tasks=list(cfg.sample.tasks), episodes_per_task=cfg.sample.episodes_per_task, seed=cfg.sample.seed
     )
-    sim = SimSettings(image_size=cfg.sample.image_size, control_hz=cfg.sample.control_hz)
-    return ensure_sample_dataset(settings, sim, cache_dir=cache_dir, workers=cfg.sample.workers)
+    return ensure_sample_dataset(
+        settings, cfg.sample.sim_settings(), cache_dir=cache_dir, workers=cfg.sample.workers
+    )
 
 
 def load_episodes(

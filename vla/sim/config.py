@@ -12,6 +12,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 TASK_NAMES = ("reach_ball", "raise_arm", "turn_torso", "lift_knee")
 BASELINES = ("expert", "random")
+# Fixed cameras of the scene (their poses are in vla/sim/athena.py): "front" shows the whole robot;
+# "upper_body" frames the chest and the ball region, so a ball is ~3x as many pixels across.
+CAMERAS = ("front", "upper_body")
 # Episode seeds: generation uses [seed, seed + episodes_per_task) with seed < EVALUATION_SEED_BASE;
 # evaluation uses seeds from EVALUATION_SEED_BASE up, so no evaluated scene was ever trained on.
 EVALUATION_SEED_BASE = 1_000_000
@@ -57,7 +60,8 @@ class SafetySettings:
 class SimSettings:
     """The simulated robot and its camera (`conf/sim/athena.yaml`)."""
 
-    image_size: int = 224  # square RGB frames from the front camera (OpenVLA's input size)
+    image_size: int = 224  # square RGB frames from the camera (OpenVLA's input size)
+    camera: str = "front"  # one of CAMERAS
     control_hz: int = 25  # policy/action rate; physics runs at 500 Hz (the G1 model's 2 ms step)
     # Fraction of mesh triangles removed once into the cache (0 = the wheel's full meshes, ~4x slower
     # to render on the CPU). 0.85 keeps ~60k of 393k triangles, visually the same at 224 px.
@@ -67,6 +71,8 @@ class SimSettings:
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"sim.image_size must be in [16, 1024] pixels, got {self.image_size}")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"sim.camera={self.camera!r}: choose from {list(CAMERAS)}")
         if self.control_hz < 1 or 500 % self.control_hz:
             raise ValueError(f"sim.control_hz must divide the 500 Hz physics rate, got {self.control_hz}")
         if not 0.0 <= self.mesh_reduction < 1.0:

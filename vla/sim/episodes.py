@@ -6,7 +6,7 @@ Folder layout (read by `vla.data.isaac.load_isaac_episodes`), one folder `<task>
                       joint_names, state_names, seed, task, side, color, balls, image_size, ...
     episode_data.npz  actions [T, 23] float32 (joint targets sent at step t), states [T, 47] float32
                       (observed before action t), timestamps [T] float64 (s)
-    images/frame_%06d.png   the front camera before action t
+    images/frame_%06d.png   the camera (sim.camera) before action t
 The optional `demos.pkl` (the seed's teleop pickle) holds the same episodes; see `write_pickle_demos`.
 """
 
@@ -76,6 +76,7 @@ def record_episode(env: AthenaEnv, safety: SafetyFilter, task: str, seed: int) -
         "balls": None if spec.balls is None else {c: p.round(4).tolist() for c, p in spec.balls.items()},
         "success_value": outcome["value"],
         "image_size": env.robot.sim.image_size,
+        "camera": env.robot.sim.camera,
         "num_steps": len(actions),
         "robot": "athena: Unitree G1 (MuJoCo), fixed base, 23-DoF layout of vla.sim.athena",
         "safety_interventions": {k: safety.counts[k] - before[k] for k in safety.counts},

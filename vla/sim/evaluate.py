@@ -2,7 +2,7 @@
 random policy as baselines through the same loop, and reports (eval.json, eval.md, GIFs).
 
 A policy is any callable `policy(images, instructions) -> actions`: `images` a list of B RGB uint8
-[H, W, 3] frames from the front camera, `instructions` B strings, `actions` [B, 23] joint targets or
+[H, W, 3] frames from the camera (sim.camera), `instructions` B strings, `actions` [B, 23] joint targets or
 [B, K, 23] action chunks (all K steps are executed before the policy is asked again, as OpenVLA-OFT
 and LeRobot's ACT do). Actions pass through the safety filter (`vla.sim.safety`) unless
 `sim.safety.enabled` is false; every intervention is counted in the result.
