@@ -60,6 +60,8 @@ def main() -> None:
             train = averaged_between(curves["train/loss"], [step for step, _ in points])
             ax.plot(*zip(*train), marker="s", linestyle="--", label="train/loss (mean since last val)")
             ax.legend(fontsize=7)
+        if name == "val/success_rate":
+            ax.set_ylim(0.0, 1.0)  # a rate: a flat 20% must not fill the panel
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -210,3 +210,29 @@ def test_chunked_training_run_predicts_chunks_and_runs_in_the_simulator(tmp_path
     )
     report = evaluate_policy(lambda images, texts: model.predict(images, texts).actions, settings)
     assert 0.0 <= report["success_rate"] <= 1.0 and report["episodes"] == 1
+
+
+def held_episode(values: list[float]) -> Episode:
+    episode = known_episode()
+    actions = np.repeat(np.array(values, np.float32)[:, None], D, axis=1)
+    steps = len(actions)
+    episode.actions = actions
+    episode.states = np.zeros((steps, 0), np.float32)
+    episode.frames = np.zeros((steps, SIZE, SIZE, 3), np.uint8)
+    return episode
+
+
+def test_drop_idle_leaves_out_steps_whose_chunk_repeats_the_previous_action(tiny):
+    """Actions 0, 0, 0, 0, 0.9, 0.9 with 3-step chunks: step 1's chunk (0, 0, 0) repeats step 0's action,
+    step 2's (0, 0, 0.9) moves, and so do 3 and 4 (each ends on or moves to 0.9 from a 0 before it);
+    step 5's (0.9, padded 0.9 twice) repeats step 4's. Step 0 has no action before it and stays."""
+    values = [0.0, 0.0, 0.0, 0.0, 0.9, 0.9]
+    everything = dataset(tiny, 3, [held_episode(values)])
+    moving = dataset(tiny, 3, [held_episode(values)], drop_idle=True)
+    assert [t for _, t in everything.index] == [0, 1, 2, 3, 4, 5]
+    assert [t for _, t in moving.index] == [0, 2, 3, 4]
+    assert moving.idle_dropped == 2 and len(moving) == 4
+    # With single actions only a step equal to its predecessor is a no-op: 1, 2, 3 and 5.
+    assert [t for _, t in dataset(tiny, 1, [held_episode(values)], drop_idle=True).index] == [0, 4]
+    # The kept samples are the same samples as without the option.
+    assert torch.equal(moving[1]["labels"], everything[2]["labels"])

@@ -197,6 +197,9 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
     chunk_size: int = 1  # K future actions per sample (K*D action tokens); 1 is OpenVLA
+    # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
+    # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
+    drop_idle_frames: bool = False
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)

@@ -79,8 +79,16 @@ class SampleImages:
         return self.transform.center_crop(frame)
 
 
+def is_idle(tokens: np.ndarray, t: int, chunk_size: int) -> bool:
+    """Whether step t of an episode (action tokens [T, D]) is a no-op: every action of its chunk has the
+    tokens of the action before it, so the robot holds still at the model's resolution. Step 0 never is."""
+    steps, _ = chunk_steps(t, len(tokens), chunk_size)
+    return t > 0 and bool((tokens[steps] == tokens[t - 1]).all())
+
+
 class VLADataset(Dataset):
-    """Every step of every episode, as a training sample.
+    """Every step of every episode, as a training sample (with `drop_idle`, all but the no-op steps of
+    `is_idle`, as OpenVLA leaves LIBERO's no-op actions out of fine-tuning).
 
     Index it with `i` or with `(epoch, i)` (what the training sampler yields): the augmentation of a
     sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
@@ -97,6 +105,7 @@ class VLADataset(Dataset):
         frames: FrameCache | None = None,
         augment: FrameAugment | None = None,
         seed: int = 0,
+        drop_idle: bool = False,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -107,11 +116,17 @@ class VLADataset(Dataset):
         self.images = SampleImages(
             self.episodes, processor.image_transform, frames=frames, augment=augment, seed=seed
         )
-        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep.num_steps)]
         # Tokenize each episode's actions once, and each distinct instruction once.
         self.action_tokens = [
             action_tokenizer.encode(normalize(ep.actions, action_stats)) for ep in self.episodes
         ]
+        self.index = [
+            (e, t)
+            for e, ep in enumerate(self.episodes)
+            for t in range(ep.num_steps)
+            if not (drop_idle and is_idle(self.action_tokens[e], t, chunk_size))
+        ]
+        self.idle_dropped = sum(ep.num_steps for ep in self.episodes) - len(self.index)
         self.empty = processor.empty_token_id
         self.eos = processor.tokenizer.eos_token_id
         self.prompt_ids: dict[str, np.ndarray] = {}
