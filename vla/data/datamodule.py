@@ -218,17 +218,13 @@ class VLADataModule(L.LightningDataModule):
             drop_idle=self.cfg.drop_idle_frames,
         )
         if self.cfg.drop_idle_frames:
+            # Never empty: every episode's step 0 stays (it has no action before it to repeat).
             kept = len(self.train_set)
             log.info(
                 "data.drop_idle_frames: %d of %d training steps are no-ops (the chunk holds the previous "
                 "action), left out; %d remain",
                 self.train_set.idle_dropped, kept + self.train_set.idle_dropped, kept,
             )  # fmt: skip
-            if kept == 0:
-                raise ConfigError(
-                    "data.drop_idle_frames=true left no training step: every action of the train split "
-                    "repeats the one before it"
-                )
         self.val_set = make(self.val_episodes, frames=val_frames)
 
     def _loader_kwargs(self) -> dict[str, Any]:
