@@ -98,6 +98,54 @@ def test_a_policy_that_copies_the_expert_through_images_scores_like_it(robot):
     assert evaluate_policy(policy, config, robot=robot)["success_rate"] == 1.0
 
 
+def test_named_ball_rate_tells_the_wrong_ball_from_a_near_miss(robot):
+    """Two failing policies on a held-out scene where the named hand can reach a distractor: one reaches
+    the distractor, one stops 11 cm from the named ball (outside the 8 cm radius) on the side away from
+    the other balls. Both fail; only the first went for the wrong ball."""
+    from dataclasses import replace
+
+    from vla.sim.tasks import REACH_RADIUS, expert_action, sample_episode, solve_reach_ik
+
+    def reachable(spec, point):
+        goal, error = solve_reach_ik(robot, spec.side, point)
+        return goal if error < 0.01 else None
+
+    for seed in range(1_000_000, 1_000_100):
+        spec = sample_episode(robot, "reach_ball", seed)
+        target = spec.balls[spec.color]
+        rivals = [p for c, p in spec.balls.items() if c != spec.color]
+        wrong = next((g for g in (reachable(spec, p) for p in rivals) if g is not None), None)
+        away = target - min(rivals, key=lambda p: np.linalg.norm(p - target))
+        miss_point = target + 0.11 * away / np.linalg.norm(away)
+        miss = reachable(spec, miss_point)
+        # By construction the miss point is outside the radius and still nearest the named ball.
+        if (
+            wrong is not None
+            and miss is not None
+            and min(np.linalg.norm(miss_point - p) for p in rivals) > 0.13
+        ):
+            break
+    else:
+        pytest.fail("no held-out scene with a reachable distractor in 100 seeds")
+
+    def replay(goal):
+        plan, step = replace(spec, goal=goal), [0]
+
+        def policy(images, instructions):
+            chunk = [expert_action(plan, step[0] + k) for k in range(5)]
+            step[0] += 5
+            return np.array([chunk])
+
+        return policy
+
+    config = settings(tasks=["reach_ball"], episodes_per_task=1, seed=seed)
+    to_wrong = evaluate_policy(replay(wrong), config, robot=robot)["per_task"]["reach_ball"]
+    near_miss = evaluate_policy(replay(miss), config, robot=robot)["per_task"]["reach_ball"]
+    assert to_wrong["success_rate"] == 0.0 and to_wrong["named_ball_rate"] == 0.0
+    assert near_miss["success_rate"] == 0.0 and near_miss["named_ball_rate"] == 1.0
+    assert REACH_RADIUS < near_miss["final_values"][0] < 0.13
+
+
 def test_wrong_action_size_names_both_sizes(robot):
     with pytest.raises(ValueError, match=r"7-dimensional actions but the athena robot has 23"):
         evaluate_policy(
@@ -121,6 +169,7 @@ def test_reports_and_gifs(tmp_path):
     assert saved == json.loads(json.dumps(report))
     table = (tmp_path / "eval.md").read_text()
     assert "| lift_knee | 0% (0/2) | 100% (2/2) | 0% (0/2) |" in table and "**overall**" in table
+    assert "named ball" not in table  # no reach_ball here: no named-ball row
     # Two rollouts side by side; Pillow merges identical consecutive frames, so count only moving ones.
     assert iio.imread(tmp_path / "gifs" / "model" / "lift_knee.gif", index=None).shape[1:3] == (64, 128)
     expert_gif = iio.imread(tmp_path / "gifs" / "expert" / "raise_arm.gif", index=None)

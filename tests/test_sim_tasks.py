@@ -40,7 +40,10 @@ def test_task_names_agree():
 def test_expert_succeeds_and_standing_still_fails(env, task):
     for seed in (0, 1, 2):
         env.reset(task, seed)
-        assert run(env, lambda t: env.expert_action())["success"], (task, seed)
+        expert = run(env, lambda t: env.expert_action())
+        assert expert["success"], (task, seed)
+        # Only reach_ball has distractors to tell apart; the expert's hand ends at the named ball.
+        assert expert["named_ball"] is (True if task == "reach_ball" else None)
         env.reset(task, seed)
         result = run(env, lambda t: HOME_POSE)
         assert not result["goal_met"] and result["posture_ok"], (task, seed)
@@ -72,6 +75,8 @@ def test_reaching_a_distractor_fails(env):
             wrong.goal = goal
             result = run(env, lambda t, wrong=wrong: expert_action(wrong, t))
             assert result["value"] > REACH_RADIUS and not result["success"]
+            # The hand is at the distractor (balls are >= 16 cm apart): the policy went for the wrong one.
+            assert result["named_ball"] is False
             checked += 1
     assert checked >= 3
 

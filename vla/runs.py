@@ -222,7 +222,9 @@ class RunArtifacts(L.Callback):
 
 class SimSuccessRate(L.Callback):
     """Every `every_n_val` validations: closed-loop success on held-out simulated episodes, logged as
-    `val/success_rate` (and `val/success_rate/<task>`). Only for data=sample (the simulator's tasks)."""
+    `val/success_rate` (and `val/success_rate/<task>`; for reach_ball also `val/named_ball_rate/reach_ball`,
+    the share of episodes whose hand ends nearest the named ball). Only for data=sample (the simulator's
+    tasks)."""
 
     def __init__(self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int):
         """`sim`: the vla.sim.config.SimSettings the training episodes were recorded with."""
@@ -254,3 +256,5 @@ class SimSuccessRate(L.Callback):
         module.log("val/success_rate", report["success_rate"], rank_zero_only=True)
         for task, result in report["per_task"].items():
             module.log(f"val/success_rate/{task}", result["success_rate"], rank_zero_only=True)
+            if result["named_ball_rate"] is not None:  # grounding: went for the named ball at all
+                module.log(f"val/named_ball_rate/{task}", result["named_ball_rate"], rank_zero_only=True)

@@ -69,8 +69,8 @@ def evaluate_policy(
         gif_dir: write `<task>.gif` there, with the first `settings.gif_episodes` rollouts side by side.
 
     Returns {"success_rate", "episodes", "seconds_per_episode", "interventions": {name: count},
-    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "final_values", "episodes",
-    "seconds_per_episode", "interventions", "failures": [seeds]}}}.
+    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "named_ball_rate", "final_values",
+    "episodes", "seconds_per_episode", "interventions", "failures": [seeds]}}}.
     """
     if isinstance(policy, str) and policy not in ("expert", "random"):
         raise ValueError(f"policy={policy!r}: pass a callable, 'expert' or 'random'")
@@ -134,6 +134,10 @@ def _evaluate_task(
         "successes": int(sum(outcomes)),
         # The task's goal alone (hand at the ball, knee up, ...), ignoring the posture condition.
         "goal_met_rate": float(np.mean([d["goal_met"] for d in details])),
+        # reach_ball: the share of episodes whose hand ends nearest the named ball (picked the right one,
+        # whether or not it got within the radius), which tells grounding failures from imprecise
+        # reaches; None for tasks without distractors.
+        "named_ball_rate": _rate([d["named_ball"] for d in details]),
         # The measured quantity at the end of each episode (reach: hand-to-ball distance in m), by seed.
         "final_values": [round(d["value"], 4) for d in details],
         "episodes": count,
@@ -141,6 +145,11 @@ def _evaluate_task(
         "interventions": {k: sum(f.counts[k] for f in filters) for k in INTERVENTIONS},
         "failures": [seed for seed, ok in zip(seeds, outcomes) if not ok],
     }
+
+
+def _rate(flags: list[bool | None]) -> float | None:
+    """The share of True among the flags, or None when the task defines none."""
+    return None if flags[0] is None else float(np.mean(flags))
 
 
 def _query(policy, envs, specs, need, images, rng) -> np.ndarray:
@@ -222,6 +231,14 @@ def markdown_report(report: dict) -> str:
     lines.append(
         "| **overall** | " + " | ".join(f"**{r['success_rate']:.0%}**" for r in results.values()) + " |"
     )
+    for task in report["tasks"]:  # which failures were the wrong ball, which near misses
+        rates = [r["per_task"][task].get("named_ball_rate") for r in results.values()]
+        if rates[0] is not None:
+            lines.append(
+                f"| {task}: hand ends nearest the named ball | "
+                + " | ".join(f"{v:.0%}" for v in rates)
+                + " |"
+            )
     lines += ["", "Safety interventions (steps changed, summed over all episodes):", ""]
     lines += [
         "| policy | " + " | ".join(INTERVENTIONS) + " | s/episode |",
@@ -244,6 +261,8 @@ def log_to_wandb(report: dict, out_dir: str | Path, prefix: str = "eval") -> Non
         metrics[f"{prefix}/{label}/success_rate"] = r["success_rate"]
         for task, t in r["per_task"].items():
             metrics[f"{prefix}/{label}/success_rate/{task}"] = t["success_rate"]
+            if t.get("named_ball_rate") is not None:
+                metrics[f"{prefix}/{label}/named_ball_rate/{task}"] = t["named_ball_rate"]
     for gif in sorted(Path(out_dir).glob("gifs/*/*.gif")):
         metrics[f"{prefix}/{gif.parent.name}/rollouts/{gif.stem}"] = wandb.Video(str(gif), format="gif")
     wandb.log(metrics)

@@ -210,14 +210,19 @@ def task_dims(spec: EpisodeSpec) -> np.ndarray:
 
 
 def evaluate_success(robot: AthenaRobot, data: mujoco.MjData, spec: EpisodeSpec) -> dict:
-    """{"success": bool, "goal_met": bool, "posture_ok": bool, "value": the task's measured quantity}."""
+    """{"success": bool, "goal_met": bool, "posture_ok": bool, "value": the task's measured quantity,
+    "named_ball": reach_ball: whether the named hand ends nearer the named ball than any other ball
+    (the policy went for the right one, within the success radius or not); None for the other tasks}."""
     q = robot.joint_positions(data)
     others = np.setdiff1d(np.arange(NUM_JOINTS), task_dims(spec))
     posture_ok = bool(np.all(np.abs(q[others] - HOME_POSE[others]) <= POSTURE_TOLERANCE))
     hand = robot.hand_positions(data)[spec.side]
+    named_ball = None
     if spec.task == "reach_ball":
-        value = float(np.linalg.norm(hand - spec.balls[spec.color]))
+        distances = {color: float(np.linalg.norm(hand - ball)) for color, ball in spec.balls.items()}
+        value = distances[spec.color]
         goal_met = value <= REACH_RADIUS
+        named_ball = min(distances, key=distances.get) == spec.color
     elif spec.task == "raise_arm":
         value = float(hand[2])
         goal_met = value >= ABOVE_HEAD_Z
@@ -234,4 +239,5 @@ def evaluate_success(robot: AthenaRobot, data: mujoco.MjData, spec: EpisodeSpec)
         "goal_met": bool(goal_met),
         "posture_ok": posture_ok,
         "value": value,
+        "named_ball": named_ball,
     }
