@@ -236,27 +236,3 @@ def test_drop_idle_leaves_out_steps_whose_chunk_repeats_the_previous_action(tiny
     assert [t for _, t in dataset(tiny, 1, [held_episode(values)], drop_idle=True).index] == [0, 4]
     # The kept samples are the same samples as without the option.
     assert torch.equal(moving[1]["labels"], everything[2]["labels"])
-
-
-def test_oversample_repeats_the_first_steps_of_every_episode(tiny):
-    """data.oversample=(2, 3): steps 0 and 1 of each episode are 3 samples each, the others one; the
-    repeats are the same sample (validation sets are built without it)."""
-    plain = dataset(tiny, 2, [known_episode(), known_episode()])
-    more = dataset(tiny, 2, [known_episode(), known_episode()], oversample=(2, 3))
-    assert [et for et in more.index if et[0] == 0] == [(0, 0)] * 3 + [(0, 1)] * 3 + [(0, 2), (0, 3), (0, 4)]
-    assert len(more) == len(plain) + 2 * 2 * 2 and more.repeats == 8
-    assert torch.equal(more[0]["labels"], plain[0]["labels"])
-    assert torch.equal(more[3]["labels"], plain[1]["labels"])
-    # Combined with drop_idle: only kept steps are repeated (0 stays; 1 and 5 are no-ops).
-    values = [0.0, 0.0, 0.0, 0.0, 0.9, 0.9]
-    both = dataset(tiny, 3, [held_episode(values)], drop_idle=True, oversample=(3, 2))
-    assert [t for _, t in both.index] == [0, 0, 2, 2, 3, 4]
-    assert both.idle_dropped == 2 and both.repeats == 2
-
-
-@pytest.mark.parametrize("key, value", [("first_steps", -1), ("factor", 0)])
-def test_oversample_settings_are_checked(key, value):
-    from vla.config import ConfigError, OversampleConfig
-
-    with pytest.raises(ConfigError, match=f"data.oversample.{key}"):
-        OversampleConfig(**{key: value})

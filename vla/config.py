@@ -179,50 +179,6 @@ class AnnotationConfig:
 
 
 @dataclass
-class OversampleConfig:
-    """Train more often on the first steps of every episode (`data.oversample`): each of an episode's
-    first `first_steps` steps is a training sample `factor` times per epoch (validation is unchanged).
-
-    Where the first frames alone decide the motion (which ball to reach: the robot still stands at
-    home, and only the instruction and the scene tell the target apart) and later frames can be
-    predicted from how far the robot has already gone, most samples teach little about the decision.
-    """
-
-    first_steps: int = 0  # 0: off
-    factor: int = 1
-
-    def __post_init__(self) -> None:
-        if self.first_steps < 0:
-            raise ConfigError(f"data.oversample.first_steps={self.first_steps} must be >= 0 (0: off)")
-        if self.factor < 1:
-            raise ConfigError(f"data.oversample.factor={self.factor} must be >= 1 (1: off)")
-
-
-@dataclass
-class QuestionsConfig:
-    """Co-training on scene questions (`data.questions`), the way RT-2 and OpenVLA's base VLM learn to
-    ground words in pixels from vision-language data next to the robot data.
-
-    Each training episode whose metadata holds `key` (`{object name: [x, y, z]}`, positions at the
-    episode's start, as the simulator's `balls`) adds one sample per object, `repeat` times per epoch:
-    its first frame with the prompt `In: <template with {name}>\nOut:` and, as the answer, the object's
-    coordinates as action-bin tokens (each axis normalized by the train split's 1st/99th percentiles),
-    then `</s>`. The answer depends on the named object only, so no shortcut avoids finding it.
-    Validation, its metrics and prediction are unchanged; `train/loss` includes the answers.
-    """
-
-    key: str | None = None  # metadata key of the object positions; None: off
-    template: str = "where is the {name}?"
-    repeat: int = 1
-
-    def __post_init__(self) -> None:
-        if "{name}" not in self.template:
-            raise ConfigError(f"data.questions.template={self.template!r} must contain {{name}}")
-        if self.repeat < 1:
-            raise ConfigError(f"data.questions.repeat={self.repeat} must be >= 1")
-
-
-@dataclass
 class DataConfig:
     """Where the demonstrations come from and how they are split and batched."""
 
@@ -244,8 +200,6 @@ class DataConfig:
     # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
     # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
     drop_idle_frames: bool = False
-    oversample: OversampleConfig = field(default_factory=OversampleConfig)
-    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)

@@ -216,26 +216,10 @@ class VLADataModule(L.LightningDataModule):
             augment=augment,
             seed=self.seed,
             drop_idle=self.cfg.drop_idle_frames,
-            oversample=(self.cfg.oversample.first_steps, self.cfg.oversample.factor),
-            questions=self.cfg.questions,
         )
-        if self.train_set.questions:
-            log.info(
-                "data.questions: %d scene-question samples (metadata key %r, %d per object per epoch) "
-                "beside %d action samples",
-                len(self.train_set.questions), self.cfg.questions.key, self.cfg.questions.repeat,
-                len(self.train_set.index),
-            )  # fmt: skip
-        if self.cfg.oversample.first_steps and self.cfg.oversample.factor > 1:
-            extra = self.train_set.repeats
-            log.info(
-                "data.oversample: the first %d steps of every episode count %d times: %d of %d action "
-                "samples per epoch are repeats",
-                self.cfg.oversample.first_steps, self.cfg.oversample.factor, extra, len(self.train_set.index),
-            )  # fmt: skip
         if self.cfg.drop_idle_frames:
             # Never empty: every episode's step 0 stays (it has no action before it to repeat).
-            kept = len(self.train_set.index) - self.train_set.repeats
+            kept = len(self.train_set)
             log.info(
                 "data.drop_idle_frames: %d of %d training steps are no-ops (the chunk holds the previous "
                 "action), left out; %d remain",
