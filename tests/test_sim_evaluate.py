@@ -146,6 +146,63 @@ def test_named_ball_rate_tells_the_wrong_ball_from_a_near_miss(robot):
     assert REACH_RADIUS < near_miss["final_values"][0] < 0.13
 
 
+def test_swap_color_tells_a_policy_that_follows_the_colour_word_from_one_that_ignores_it(robot):
+    """The language probe on two held-out scenes whose nearest distractor the named hand can reach: a
+    policy that reaches the ball its instruction names ends at the distractor (named ball 0%), one that
+    goes to the named ball whatever it is told keeps 100%; without the swap both score 100%."""
+    import re
+    from dataclasses import replace
+
+    from vla.sim.athena import BALL_COLORS
+    from vla.sim.tasks import expert_action, sample_episode, solve_reach_ik, swapped_color_instruction
+
+    def color_in(text: str) -> str:
+        (color,) = [c for c in BALL_COLORS if re.search(rf"\b{c}\b", text)]
+        return color
+
+    def usable(seed: int):
+        spec = sample_episode(robot, "reach_ball", seed)
+        told = swapped_color_instruction(spec)
+        rival = color_in(told)
+        distances = {
+            c: np.linalg.norm(p - spec.balls[spec.color]) for c, p in spec.balls.items() if c != spec.color
+        }
+        assert rival == min(distances, key=distances.get)  # the nearest distractor's colour
+        assert told == re.sub(rf"\b{spec.color}\b", rival, spec.instruction)
+        return spec if solve_reach_ik(robot, spec.side, spec.balls[rival])[1] < 0.01 else None
+
+    for first in range(1_000_000, 1_000_200):
+        specs = [usable(first), usable(first + 1)]
+        if all(specs):
+            break
+    else:
+        pytest.fail("no two consecutive held-out scenes with a reachable nearest distractor")
+
+    def reacher(follows_words: bool):
+        steps = [0, 0]
+
+        def policy(images, instructions):
+            chunks = []
+            for i, text in enumerate(instructions):
+                spec = specs[i]
+                color = color_in(text) if follows_words else spec.color
+                plan = replace(spec, goal=solve_reach_ik(robot, spec.side, spec.balls[color])[0])
+                chunks.append([expert_action(plan, steps[i] + k) for k in range(5)])
+                steps[i] += 5
+            return np.array(chunks)
+
+        return policy
+
+    def named(follows_words: bool, swap: bool) -> float:
+        config = settings(tasks=["reach_ball"], episodes_per_task=2, seed=first, swap_color=swap)
+        report = evaluate_policy(reacher(follows_words), config, robot=robot)
+        return report["per_task"]["reach_ball"]["named_ball_rate"]
+
+    assert named(follows_words=True, swap=False) == 1.0 and named(follows_words=False, swap=False) == 1.0
+    assert named(follows_words=True, swap=True) == 0.0
+    assert named(follows_words=False, swap=True) == 1.0
+
+
 def test_wrong_action_size_names_both_sizes(robot):
     with pytest.raises(ValueError, match=r"7-dimensional actions but the athena robot has 23"):
         evaluate_policy(
@@ -170,6 +227,7 @@ def test_reports_and_gifs(tmp_path):
     table = (tmp_path / "eval.md").read_text()
     assert "| lift_knee | 0% (0/2) | 100% (2/2) | 0% (0/2) |" in table and "**overall**" in table
     assert "named ball" not in table  # no reach_ball here: no named-ball row
+    assert saved["swap_color"] is False and "language probe" not in table
     # Two rollouts side by side; Pillow merges identical consecutive frames, so count only moving ones.
     assert iio.imread(tmp_path / "gifs" / "model" / "lift_knee.gif", index=None).shape[1:3] == (64, 128)
     expert_gif = iio.imread(tmp_path / "gifs" / "expert" / "raise_arm.gif", index=None)

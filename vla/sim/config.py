@@ -121,6 +121,11 @@ class EvalSettings:
     seed: int = EVALUATION_SEED_BASE  # first held-out episode seed; must be >= EVALUATION_SEED_BASE
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     gif_episodes: int = 2  # rollouts per task drawn into `<task>.gif` (0: no GIFs)
+    # Language probe: reach_ball's instruction names the colour of the distractor nearest the named ball,
+    # while success and the named-ball rate are still scored against the named ball. A policy that
+    # follows the colour word drops toward 0% named ball; one that ignores it scores as without the swap.
+    # The expert reads its goal from the simulator and is unaffected.
+    swap_color: bool = False
     sim: SimSettings = field(default_factory=SimSettings)
 
     def __post_init__(self) -> None:

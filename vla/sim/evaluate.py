@@ -9,6 +9,7 @@ and LeRobot's ACT do). Actions pass through the safety filter (`vla.sim.safety`)
 
 Episodes of a task run in lockstep, so the policy sees batches of up to `episodes_per_task` frames.
 During training, `evaluate_policy(policy, settings)["success_rate"]` is `val/success_rate`.
+`EvalSettings.swap_color` probes whether a policy follows the colour word of reach_ball's instruction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from vla.sim.athena import NUM_JOINTS, AthenaRobot
 from vla.sim.config import EvalSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import INTERVENTIONS, SafetyFilter
+from vla.sim.tasks import swapped_color_instruction
 
 Policy = Callable[[list[np.ndarray], list[str]], np.ndarray]
 _BORDER = 3  # pixels of green (success) or red (failure) around each GIF panel
@@ -109,6 +111,7 @@ def _evaluate_task(
     envs = [AthenaEnv(robot=robot) for _ in seeds]
     filters = [SafetyFilter(robot, settings.sim.safety, settings.sim.control_hz) for _ in seeds]
     specs = [env.reset(task, seed) for env, seed in zip(envs, seeds)]
+    told = [swapped_color_instruction(s) if settings.swap_color else s.instruction for s in specs]
     for env, safety in zip(envs, filters):
         safety.reset(env.joint_positions())
     rng = np.random.default_rng([settings.seed, task_index])  # the random baseline's stream
@@ -119,7 +122,7 @@ def _evaluate_task(
         images = {i: envs[i].render() for i in range(recorded)}
         need = [i for i, q in enumerate(queues) if not q]
         if need:
-            for i, chunk in zip(need, _query(policy, envs, specs, need, images, rng)):
+            for i, chunk in zip(need, _query(policy, envs, told, need, images, rng)):
                 queues[i].extend(chunk)
         for i, (env, safety) in enumerate(zip(envs, filters)):
             env.step(safety(queues[i].popleft(), env.joint_positions()))
@@ -152,7 +155,7 @@ def _rate(flags: list[bool | None]) -> float | None:
     return None if flags[0] is None else float(np.mean(flags))
 
 
-def _query(policy, envs, specs, need, images, rng) -> np.ndarray:
+def _query(policy, envs, instructions, need, images, rng) -> np.ndarray:
     """Action chunks [len(need), K, 23] for the episodes in `need`."""
     if policy == "expert":  # privileged: reads its plan from the simulator, not the image
         return np.stack([envs[i].expert_action() for i in need])[:, None]
@@ -160,7 +163,7 @@ def _query(policy, envs, specs, need, images, rng) -> np.ndarray:
         limits = envs[0].robot.joint_limits
         return rng.uniform(limits[:, 0], limits[:, 1], size=(len(need), 1, NUM_JOINTS))
     frames = [images[i] if i in images else envs[i].render() for i in need]
-    return check_actions(policy(frames, [specs[i].instruction for i in need]), len(need))
+    return check_actions(policy(frames, [instructions[i] for i in need]), len(need))
 
 
 def _write_gif(path: Path, frames: list[list[np.ndarray]], outcomes: list[bool], fps: int) -> None:
@@ -205,6 +208,7 @@ def evaluate_with_baselines(
         "seeds": [settings.seed, settings.seed + settings.episodes_per_task],
         "image_size": settings.sim.image_size,
         "safety": settings.sim.safety.enabled,
+        "swap_color": settings.swap_color,
         "results": results,
     }
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -219,7 +223,13 @@ def markdown_report(report: dict) -> str:
     lines = [
         f"Closed-loop success on athena ({report['episodes_per_task']} held-out episodes per task, seeds "
         f"{report['seeds'][0]}-{report['seeds'][1] - 1}, {report['image_size']} px, "
-        f"safety {'on' if report['safety'] else 'off'})",
+        f"safety {'on' if report['safety'] else 'off'})"
+        + (
+            "; language probe: reach_ball's instructions name the colour of the distractor nearest the "
+            "named ball (swap_color), success is still scored against the named ball"
+            if report.get("swap_color")
+            else ""
+        ),
         "",
         "| task | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),

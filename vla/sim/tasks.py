@@ -19,6 +19,7 @@ no faster than EXPERT_MAX_SPEED, then hold it, so success is reached well before
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import mujoco
@@ -198,6 +199,18 @@ def expert_action(spec: EpisodeSpec, step: int) -> np.ndarray:
     tau = min(1.0, (step + 1) / spec.move_steps)
     s = tau**3 * (10 - 15 * tau + 6 * tau**2)
     return HOME_POSE + s * (spec.goal - HOME_POSE)
+
+
+def swapped_color_instruction(spec: EpisodeSpec) -> str:
+    """reach_ball's instruction naming the colour of the distractor nearest the named ball instead of the
+    named ball's (a language probe, `EvalSettings.swap_color`); other tasks' instruction unchanged."""
+    if not spec.balls:
+        return spec.instruction
+    named = spec.balls[spec.color]
+    rival = min(
+        (c for c in spec.balls if c != spec.color), key=lambda c: np.linalg.norm(spec.balls[c] - named)
+    )
+    return re.sub(rf"\b{spec.color}\b", rival, spec.instruction)
 
 
 def task_dims(spec: EpisodeSpec) -> np.ndarray:
