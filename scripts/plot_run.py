@@ -1,5 +1,6 @@
 """Curves of a training run logged with logger=csv: val/loss (with train/loss, averaged between
-validations, so overfitting shows), val/action_l1, val/success_rate.
+validations, so overfitting shows), val/action_l1, val/success_rate (with reach_ball's named-ball rate
+when the run logged it: the hand went for the named ball, within the success radius or not).
 
 python scripts/plot_run.py outputs/train/<date>/<time> [--out curves.png]
 """
@@ -16,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = ("val/loss", "val/action_l1", "val/success_rate")
-EXTRA = ("train/loss",)  # drawn in the val/loss panel
+EXTRA = ("train/loss", "val/named_ball_rate/reach_ball")  # drawn in the val/loss and success panels
 
 
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -61,6 +62,10 @@ def main() -> None:
             ax.plot(*zip(*train), marker="s", linestyle="--", label="train/loss (mean since last val)")
             ax.legend(fontsize=7)
         if name == "val/success_rate":
+            named = curves["val/named_ball_rate/reach_ball"]
+            if named:
+                ax.plot(*zip(*named), marker="s", linestyle="--", label="named_ball_rate/reach_ball")
+                ax.legend(fontsize=7)
             ax.set_ylim(0.0, 1.0)  # a rate: a flat 20% must not fill the panel
         ax.set_title(name)
         ax.set_xlabel("step")
