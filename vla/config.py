@@ -270,15 +270,6 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    # Soft targets for action tokens (HL-Gauss, Farebrother et al. 2024): the training target of an action
-    # token is a Gaussian over the action bins centred on the true bin, with this standard deviation in
-    # bins, so a prediction one bin off costs less than one 100 bins off. 0: OpenVLA's one-hot
-    # cross-entropy. Only the training loss changes: val/loss stays one-hot, prediction stays greedy.
-    action_label_sigma: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.action_label_sigma < 0:
-            raise ConfigError(f"optim.action_label_sigma={self.action_label_sigma} must be >= 0 (0: one-hot)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla.action_tokenizer import ActionTokenizer, unnormalize
+from vla.action_tokenizer import unnormalize
 from vla.adapters import unwrap
 from vla.config import OptimConfig
 from vla.modeling import IGNORE_INDEX
@@ -23,36 +23,6 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def soft_action_loss(
-    logits: torch.Tensor, labels: torch.Tensor, action_tokenizer: ActionTokenizer, sigma: float
-) -> torch.Tensor:
-    """Cross-entropy per labelled token, as the model's own loss, except that an action token's target is
-    a Gaussian over the action bins (`optim.action_label_sigma`): bin b gets the normal mass of
-    [b - 0.5, b + 0.5] around the true bin, renormalised over the bins. Other labels (`</s>`) stay one-hot.
-
-    logits: [B, P + T, V] over the multimodal sequence (P image patches); labels: [B, T] text labels.
-    """
-    n_patches = logits.shape[1] - labels.shape[1]
-    # Text token j is predicted at multimodal position n_patches + j - 1 (label 0, <s>, is never scored).
-    predicting = logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1]
-    scored = labels != IGNORE_INDEX
-    log_p = predicting[scored].float().log_softmax(-1)  # [N, V]
-    target = labels[scored]
-    one_hot = -log_p.gather(1, target[:, None])[:, 0]
-    last = action_tokenizer.vocab_size - 1  # bin b is token last - b
-    n_bins = action_tokenizer.n_bins
-    is_action = (target <= last) & (target > last - n_bins)
-    bins = torch.arange(n_bins, device=logits.device, dtype=torch.float32)
-    # Non-action rows (</s>) get bin 0 here so that their unused soft term stays finite (a NaN there
-    # would still reach the gradient through torch.where).
-    true_bin = torch.where(is_action, last - target, 0).float()[:, None]
-    normal = torch.distributions.Normal(0.0, sigma)
-    mass = normal.cdf(bins + 0.5 - true_bin) - normal.cdf(bins - 0.5 - true_bin)  # [N, n_bins]
-    mass = mass / mass.sum(-1, keepdim=True)
-    soft = -(mass * log_p[:, last - bins.long()]).sum(-1)
-    return torch.where(is_action, soft, one_hot).mean()
 
 
 class VLAModule(L.LightningModule):
@@ -84,17 +54,12 @@ class VLAModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         n = batch["input_ids"].shape[0]
-        loss = out.loss
-        if self.optim.action_label_sigma > 0:
-            loss = soft_action_loss(
-                out.logits, batch["labels"], self.vla.action_tokenizer, self.optim.action_label_sigma
-            )
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         now = time.perf_counter()
         if self._tick is not None:
             self.log("train/samples_per_s", n / (now - self._tick), prog_bar=True, batch_size=n)
         self._tick = now
-        return loss
+        return out.loss
 
     def _action_chunks(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
