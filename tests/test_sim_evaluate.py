@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
@@ -102,7 +103,6 @@ def test_named_ball_rate_tells_the_wrong_ball_from_a_near_miss(robot):
     """Two failing policies on a held-out scene where the named hand can reach a distractor: one reaches
     the distractor, one stops 11 cm from the named ball (outside the 8 cm radius) on the side away from
     the other balls. Both fail; only the first went for the wrong ball."""
-    from dataclasses import replace
 
     from vla.sim.tasks import REACH_RADIUS, expert_action, sample_episode, solve_reach_ik
 
@@ -151,7 +151,6 @@ def test_swap_color_tells_a_policy_that_follows_the_colour_word_from_one_that_ig
     policy that reaches the ball its instruction names ends at the distractor (named ball 0%), one that
     goes to the named ball whatever it is told keeps 100%; without the swap both score 100%."""
     import re
-    from dataclasses import replace
 
     from vla.sim.athena import BALL_COLORS
     from vla.sim.tasks import expert_action, sample_episode, solve_reach_ik, swapped_color_instruction
@@ -300,5 +299,13 @@ def test_log_to_wandb_offline(tmp_path, monkeypatch):
     try:
         log_to_wandb(report, tmp_path)
         assert run.summary["eval/expert/success_rate/turn_torso"] == 1.0
+        # The language probe's numbers are not the ordinary evaluation's.
+        config = settings(tasks=["reach_ball"], episodes_per_task=1, gif_episodes=0, baselines=["expert"])
+        probe = evaluate_with_baselines(
+            None, replace(config, swap_color=True), tmp_path / "probe", progress=False
+        )
+        log_to_wandb(probe, tmp_path / "probe")
+        assert run.summary["eval_swap_color/expert/named_ball_rate/reach_ball"] == 1.0
+        assert "eval/expert/named_ball_rate/reach_ball" not in run.summary.keys()
     finally:
         wandb.finish()

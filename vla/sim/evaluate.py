@@ -261,11 +261,14 @@ def markdown_report(report: dict) -> str:
 
 
 def log_to_wandb(report: dict, out_dir: str | Path, prefix: str = "eval") -> None:
-    """Log success rates, the markdown table and the GIFs to the active W&B run (`wandb.init` first)."""
+    """Log success rates, the markdown table and the GIFs to the active W&B run (`wandb.init` first).
+    A `swap_color` report logs under `<prefix>_swap_color/...`, apart from ordinary evaluations."""
     import wandb
 
     if wandb.run is None:
         raise RuntimeError("log_to_wandb needs an active run: call wandb.init(...) first")
+    if report.get("swap_color"):
+        prefix = f"{prefix}_swap_color"
     metrics = {}
     for label, r in report["results"].items():
         metrics[f"{prefix}/{label}/success_rate"] = r["success_rate"]
