@@ -125,6 +125,10 @@ def test_wrong_type_fails():
         (["lora=full", "quantization=nf4"], "lora=full cannot train a quantized base"),
         (["data.on_error=ignore"], "data.on_error='ignore' is not valid"),
         (["data.sample.camera=top"], "data.sample.camera='top': choose from \\['front', 'upper_body'\\]"),
+        (
+            ["model.action_token_init=sine"],
+            "model.action_token_init='sine' is not valid; choose one of \\['ordinal', 'random'\\]",
+        ),
     ],
 )
 def test_bad_values_fail_with_the_key(overrides, message):

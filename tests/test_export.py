@@ -20,9 +20,13 @@ from vla.config import ConfigError, ExportConfig, TrainConfig, register_configs,
 
 register_configs()
 Q_PROJ = "language_model.model.layers.0.self_attn.q_proj"
+# The QLoRA runs' base has random action-token rows: in an untrained model with the default ordinal
+# code, neighbouring bins' logits nearly tie, and the rounding between NF4 inference and the merged
+# float weights flips greedy tokens by a bin (3% of tokens here); these tests check the merge, exactly.
 LORA = {"lora": ["lora=efficient", "lora.r=8", "lora.alpha=16"],
         "dora": ["lora=efficient", "lora.r=8", "lora.alpha=16", "lora.use_dora=true"],
-        "qlora": ["lora=efficient", "lora.r=8", "lora.alpha=16", "quantization=nf4"]}  # fmt: skip
+        "qlora": ["lora=efficient", "lora.r=8", "lora.alpha=16", "quantization=nf4",
+                  "model.action_token_init=random"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

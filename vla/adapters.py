@@ -47,7 +47,12 @@ def build_base_model(
         model = OpenVLA.from_pretrained(model_cfg.pretrained, dtype=dtype, quantization=quant.method)
         model.config.norm_stats = norm_stats
     else:
-        model = build_tiny_model(model_cfg.architecture, norm_stats=norm_stats, seed=model_cfg.init_seed)
+        model = build_tiny_model(
+            model_cfg.architecture,
+            norm_stats=norm_stats,
+            seed=model_cfg.init_seed,
+            action_token_init=model_cfg.action_token_init,
+        )
         model.to(dtype)
         if quant.method:
             quantize_language_model(model, quant.method, compute_dtype=dtype)

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from vla.tiny import TinyArchitecture
+from vla.tiny import ACTION_TOKEN_INITS, TinyArchitecture
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -39,9 +39,13 @@ class ModelConfig:
     constrain_action_decoding: bool = True  # saved models decode only the 256 action tokens
     gradient_checkpointing: bool = False  # recompute the LLM's activations in backward (saves memory)
     init_seed: int = 0  # seed of the random tiny model
+    # New tiny model: "ordinal" gives the 256 action tokens' embeddings a code in which neighbouring
+    # bins are alike (vla.tiny.init_action_tokens_ordinal); "random" initialises them as any token.
+    action_token_init: str = "ordinal"
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("model.action_token_init", self.action_token_init, ACTION_TOKEN_INITS)
 
 
 @dataclass

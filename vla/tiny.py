@@ -7,6 +7,7 @@ ships in `vla/assets/tokenizer` (built by `scripts/build_tokenizer.py`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,51 @@ def _init_vision(module: nn.Module) -> None:
             nn.init.constant_(m.scale_factor, 1e-5)
 
 
+ACTION_TOKEN_INITS = ("ordinal", "random")
+
+
+def ordinal_code(n_bins: int, dim: int) -> torch.Tensor:
+    """[n_bins, dim] unit vectors in which neighbouring bins are alike: cosines and sines of the bin
+    index at dim/2 evenly spaced frequencies, the highest making dim/8 turns across the bins. The dot
+    product of two codes falls from 1 to ~0 over about 4 * n_bins / dim bins (16 of 256 at dim 128)."""
+    half = dim // 2
+    index = torch.arange(n_bins, dtype=torch.float64)[:, None]
+    freqs = torch.arange(1, half + 1, dtype=torch.float64)[None] * math.pi / (4 * n_bins)
+    code = torch.cat([torch.cos(index * freqs), torch.sin(index * freqs)], dim=1)
+    code = torch.nn.functional.pad(code, (0, dim - 2 * half))
+    return (code / code.norm(dim=1, keepdim=True)).float()
+
+
+def init_action_tokens_ordinal(model: OpenVLA) -> None:
+    """Give the 256 action tokens' input embeddings and output rows (lm_head) an ordinal code.
+
+    With random rows a new model's action tokens are 256 unrelated classes: cross-entropy rewards
+    only the exact bin, and the tiny model learns the bins' marginal but not how they depend on the
+    image (on generated reach scenes, 1000 steps left the loss of ball-coordinate tokens at a uniform
+    guess). With neighbouring bins alike, a hidden state that moves a little moves the predicted bin
+    a little, and the same scenes are read to R^2 0.67-0.98 in 1000 steps. Row norms are kept."""
+    lm = model.language_model
+    tok = model.action_tokenizer
+    rows = slice(tok.first_action_token, tok.last_action_token + 1)
+    with torch.no_grad():
+        for weight in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
+            scale = weight[rows].norm(dim=1).mean()
+            code = ordinal_code(tok.n_bins, weight.shape[1]).to(weight)
+            # Bin i is token vocab_size - 1 - i: the rows run from the highest bin to the lowest.
+            weight[rows] = code.flip(0) * scale
+
+
 def build_tiny_model(
-    arch: TinyArchitecture | None = None, norm_stats: dict[str, Any] | None = None, seed: int = 0
+    arch: TinyArchitecture | None = None,
+    norm_stats: dict[str, Any] | None = None,
+    seed: int = 0,
+    action_token_init: str = "ordinal",
 ) -> OpenVLA:
-    """A randomly initialised tiny OpenVLA with its processor attached."""
+    """A randomly initialised tiny OpenVLA with its processor attached; `action_token_init="ordinal"`
+    codes the action tokens' embeddings by bin (`init_action_tokens_ordinal`), "random" leaves them
+    as the rest of the vocabulary."""
+    if action_token_init not in ACTION_TOKEN_INITS:
+        raise ValueError(f"action_token_init={action_token_init!r}; choose one of {list(ACTION_TOKEN_INITS)}")
     arch = arch or TinyArchitecture()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
     base_vocab = int(tokenizer.pad_token_id)  # <PAD> is appended right after the base vocabulary
@@ -119,6 +161,8 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = OpenVLA(config)
     _init_vision(model.vision_backbone)
+    if action_token_init == "ordinal":
+        init_action_tokens_ordinal(model)
     processor = OpenVLAProcessor(tokenizer, ImageTransform.from_config(config))
     model.attach_processor(processor)
     return model
