@@ -135,12 +135,11 @@ def init_action_tokens_ordinal(model: OpenVLA) -> None:
     lm = model.language_model
     tok = model.action_tokenizer
     rows = slice(tok.first_action_token, tok.last_action_token + 1)
+    # Bin i is token vocab_size - 1 - i: the rows run from the highest bin to the lowest.
+    code = ordinal_code(tok.n_bins, lm.config.hidden_size).flip(0)
     with torch.no_grad():
         for weight in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
-            scale = weight[rows].norm(dim=1).mean()
-            code = ordinal_code(tok.n_bins, weight.shape[1]).to(weight)
-            # Bin i is token vocab_size - 1 - i: the rows run from the highest bin to the lowest.
-            weight[rows] = code.flip(0) * scale
+            weight[rows] = code.to(weight) * weight[rows].norm(dim=1).mean()
 
 
 def build_tiny_model(
