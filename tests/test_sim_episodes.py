@@ -191,3 +191,59 @@ def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path
     *_, upper_body = steps_and_fps(5, "upper_body")
     assert np.abs(front.astype(int) - upper_body).mean() > 10  # another view of the same scene
     assert 3.5 < steps25 / steps5 < 6.5, (steps25, steps5)
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    from vla.sim.athena import AthenaRobot
+    from vla.sim.env import AthenaEnv
+    from vla.sim.safety import SafetyFilter
+
+    sim = SimSettings(image_size=64, control_hz=5)
+    env = AthenaEnv(robot=AthenaRobot(sim))
+    yield lambda task, seed, noise: episodes.record_episode(
+        env, SafetyFilter(env.robot, sim.safety, sim.control_hz), task, seed, noise
+    )
+    env.close()
+
+
+def test_noise_offsets_move_only_the_task_joints_and_spare_the_final_second():
+    from vla.sim.athena import AthenaRobot
+    from vla.sim.tasks import expert_noise_offsets, sample_episode, task_dims
+
+    with AthenaRobot(SimSettings(image_size=64, control_hz=5)) as robot:
+        spec = sample_episode(robot, "reach_ball", 4)
+    offsets = expert_noise_offsets(spec, 5, 0.2)
+    assert offsets.shape == (spec.num_steps, len(JOINT_NAMES)) == (15, 23)
+    others = np.setdiff1d(np.arange(23), task_dims(spec))
+    assert not offsets[:, others].any() and not offsets[-5:].any()  # the final second (5 steps) is clean
+    noisy = offsets[:-5, task_dims(spec)]
+    assert np.all(noisy != 0) and 0.05 < noisy.std() < 0.5
+    # One draw per second: constant within [0, 5) and [5, 10), different between them.
+    assert np.all(noisy[:5] == noisy[0]) and np.all(noisy[5:] == noisy[5]) and np.any(noisy[0] != noisy[5])
+    np.testing.assert_array_equal(offsets, expert_noise_offsets(spec, 5, 0.2))  # seeded by the episode
+    assert not expert_noise_offsets(spec, 5, 0.0).any()
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_noisy_recording_keeps_the_expert_labels_and_still_succeeds(recorder, task):
+    clean, noisy = recorder(task, 2, 0.0), recorder(task, 2, 0.25)
+    # The recorded actions are the expert's own targets, whatever was executed ...
+    np.testing.assert_allclose(noisy["actions"], clean["actions"], atol=1e-6)
+    # ... while the robot was pushed off the expert's path (joint positions are the first 23 states) ...
+    gap = np.abs(noisy["states"][:, :23] - clean["states"][:, :23]).max(axis=1)
+    assert gap[1:6].max() > 0.05
+    # ... and is back on it by the end: the episode keeps the scene and succeeds.
+    assert noisy["metadata"]["success"] and noisy["metadata"]["expert_noise"] == 0.25
+    assert noisy["metadata"]["balls"] == clean["metadata"]["balls"]
+    assert np.all(noisy["images"][0] == clean["images"][0]) and not np.all(
+        noisy["images"][3] == clean["images"][3]
+    )
+
+
+def test_noise_is_part_of_the_cache_key_and_checked():
+    assert episodes.sample_dataset_key(SampleDataSettings(expert_noise=0.2)) != episodes.sample_dataset_key(
+        SampleDataSettings()
+    )
+    with pytest.raises(ValueError, match="expert_noise"):
+        SampleDataSettings(expert_noise=-0.1)

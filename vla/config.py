@@ -93,12 +93,19 @@ class SampleDataConfig:
     # The scene camera: front (the whole robot) or upper_body (the chest and the reach tasks' balls,
     # which then span ~3x as many pixels: what a small input size needs to place a hand on a ball).
     camera: str = "front"
+    # Noise injection while recording (std in rad; vla.sim.config.SampleDataSettings.expert_noise): the
+    # robot is pushed off the expert's path and the recorded actions lead back. 0: clean demos.
+    expert_noise: float = 0.0
     workers: int = 1  # rendering processes when the dataset is generated (the content does not depend on it)
 
     def __post_init__(self) -> None:
         for key in ("episodes_per_task", "workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.sample.{key}={getattr(self, key)}: must be at least 1")
+        if not self.expert_noise >= 0:
+            raise ConfigError(
+                f"data.sample.expert_noise={self.expert_noise}: must be >= 0 (rad; 0: clean demos)"
+            )
         from vla.sim.config import CAMERAS
 
         if self.camera not in CAMERAS:

@@ -38,7 +38,10 @@ def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
     from vla.sim.episodes import ensure_sample_dataset
 
     settings = SampleDataSettings(
-        tasks=list(cfg.sample.tasks), episodes_per_task=cfg.sample.episodes_per_task, seed=cfg.sample.seed
+        tasks=list(cfg.sample.tasks),
+        episodes_per_task=cfg.sample.episodes_per_task,
+        seed=cfg.sample.seed,
+        expert_noise=cfg.sample.expert_noise,
     )
     return ensure_sample_dataset(
         settings, cfg.sample.sim_settings(), cache_dir=cache_dir, workers=cfg.sample.workers

@@ -99,12 +99,20 @@ class SampleDataSettings:
     episodes_per_task: int = 30
     seed: int = 0  # first episode seed; episode i of every task uses seed + i
     write_pickle: bool = False  # also write `demos.pkl` in the seed's teleop pickle format
+    # DART-style noise injection (Laskey et al. 2017), std in rad: the command executed at each step is
+    # the expert's target plus a random offset on the task's joints (redrawn every second; none in the
+    # final second, so every episode still ends at the goal), while the recorded action stays the
+    # expert's target. The frames then show the robot off the expert's path, labelled with the way back:
+    # the corrections a policy needs after its own errors, which clean demos never show. 0: clean demos.
+    expert_noise: float = 0.0
     sim: SimSettings = field(default_factory=SimSettings)
 
     def __post_init__(self) -> None:
         self.tasks = _check_tasks(self.tasks, "tasks")
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if not self.expert_noise >= 0:
+            raise ValueError(f"expert_noise={self.expert_noise}: must be >= 0 (rad; 0: clean demos)")
         if self.seed < 0 or self.seed + self.episodes_per_task > EVALUATION_SEED_BASE:
             raise ValueError(
                 f"generation seeds [{self.seed}, {self.seed + self.episodes_per_task}) must lie in "

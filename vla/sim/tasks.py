@@ -201,6 +201,21 @@ def expert_action(spec: EpisodeSpec, step: int) -> np.ndarray:
     return HOME_POSE + s * (spec.goal - HOME_POSE)
 
 
+def expert_noise_offsets(spec: EpisodeSpec, control_hz: int, std: float) -> np.ndarray:
+    """[num_steps, 23] offsets added to the expert's commands when recording with noise injection
+    (`SampleDataSettings.expert_noise`): normal with `std` rad on the task's joints, one draw per second
+    of the episode, zero in the final second. Seeded by the episode, apart from its scene's stream."""
+    offsets = np.zeros((spec.num_steps, NUM_JOINTS))
+    if std <= 0:
+        return offsets
+    rng = np.random.default_rng([spec.seed, list(PHRASINGS).index(spec.task), 1])
+    dims = task_dims(spec)
+    for start in range(0, spec.num_steps - control_hz, control_hz):
+        stop = min(start + control_hz, spec.num_steps - control_hz)
+        offsets[start:stop, dims] = rng.normal(0.0, std, len(dims))
+    return offsets
+
+
 def swapped_color_instruction(spec: EpisodeSpec) -> str:
     """reach_ball's instruction naming the colour of the distractor nearest the named ball instead of the
     named ball's (a language probe, `EvalSettings.swap_color`); other tasks' instruction unchanged."""
