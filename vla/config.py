@@ -190,45 +190,6 @@ class AnnotationConfig:
 
 
 @dataclass
-class QuestionsConfig:
-    """Co-training on scene questions (`data.questions`), the way RT-2 and OpenVLA's base VLM learn to
-    ground words in pixels from vision-language data next to the robot data.
-
-    Each training episode whose metadata holds `key` (`{object name: [x, y, z]}`, positions at the
-    episode's start, as the simulator's `balls`) adds, on its first frame and `repeat` times per epoch:
-    one question per object (`template` with its `{name}`; the answer is the object's x, y, z as
-    action-bin tokens, each axis normalized by the train split's 1st/99th percentiles, then `</s>`), and
-    with `all_template`, one question whose answer lists every object's x, y, z in sorted name order.
-    Prompts are Prismatic's plain `In: <question>\nOut:`. A named object's answer depends on that object
-    only, so no shortcut avoids finding it; the all-objects answer teaches each colour's place without
-    the word, which is what lets a small model from scratch start on the named ones (measured on the
-    reach scenes: named questions alone stayed at a uniform guess for 1500 steps; mixed half and half
-    with all-objects questions they reached R^2 0.7-0.8 in 2000).
-
-    `lead` of the `repeat` passes open the first epoch, before any action sample: a vision-language
-    stage before the robot data, as OpenVLA starts from a trained VLM; the other passes are shuffled
-    among the action samples (later epochs shuffle every pass). Validation, its metrics and prediction
-    are unchanged; `train/loss` includes the answers.
-    """
-
-    key: str | None = None  # metadata key of the object positions; None: off
-    template: str = "where is the {name}?"
-    all_template: str | None = "where are the objects?"  # None: no all-objects question
-    repeat: int = 1
-    lead: int = 0
-
-    def __post_init__(self) -> None:
-        if "{name}" not in self.template:
-            raise ConfigError(f"data.questions.template={self.template!r} must contain {{name}}")
-        if self.repeat < 1:
-            raise ConfigError(f"data.questions.repeat={self.repeat} must be >= 1")
-        if not 0 <= self.lead <= self.repeat:
-            raise ConfigError(
-                f"data.questions.lead={self.lead} must be between 0 and data.questions.repeat={self.repeat}"
-            )
-
-
-@dataclass
 class DataConfig:
     """Where the demonstrations come from and how they are split and batched."""
 
@@ -250,7 +211,6 @@ class DataConfig:
     # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
     # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
     drop_idle_frames: bool = False
-    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)

@@ -27,15 +27,8 @@ PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-QUESTION_TEMPLATE = "In: {question}\nOut:"  # Prismatic's plain prompt, for vision-language samples
-
-
 def build_prompt(instruction: str) -> str:
     return PROMPT_TEMPLATE.format(instruction=instruction.lower())
-
-
-def build_question_prompt(question: str) -> str:
-    return QUESTION_TEMPLATE.format(question=question)
 
 
 ImageLike = Image.Image | np.ndarray

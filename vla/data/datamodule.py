@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,8 @@ class ShuffleSampler(Sampler[tuple[int, int]]):
     Yields `(epoch, index)`: the dataset seeds each sample's augmentation from it, so the pixels of a
     resumed epoch are the ones the uninterrupted run saw (even in persistent workers)."""
 
-    def __init__(self, n: int, seed: int, lead: Sequence[int] = ()):
+    def __init__(self, n: int, seed: int):
         self.n, self.seed = n, seed
-        self.lead = list(lead)  # indices that open epoch 0, shuffled among themselves
         self.epoch = -1  # the epoch being iterated
         self.skip = 0
 
@@ -93,12 +91,9 @@ class ShuffleSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self):
         self.epoch += 1
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
-        if self.epoch == 0 and self.lead:
-            first = set(self.lead)
-            lead = [self.lead[i] for i in torch.randperm(len(self.lead), generator=generator).tolist()]
-            order = lead + [i for i in order if i not in first]
+        order = torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        ).tolist()
         skip, self.skip = self.skip, 0
         return iter([(self.epoch, i) for i in order[skip:]])
 
@@ -224,18 +219,10 @@ class VLADataModule(L.LightningDataModule):
             augment=augment,
             seed=self.seed,
             drop_idle=self.cfg.drop_idle_frames,
-            questions=self.cfg.questions,
         )
-        if self.train_set.questions:
-            log.info(
-                "data.questions: %d scene-question samples (metadata key %r, %d passes of %d per epoch, "
-                "the first %d before any action sample) beside %d action samples",
-                len(self.train_set.questions), self.cfg.questions.key, self.cfg.questions.repeat,
-                self.train_set.questions_per_pass, self.cfg.questions.lead, len(self.train_set.index),
-            )  # fmt: skip
         if self.cfg.drop_idle_frames:
             # Never empty: every episode's step 0 stays (it has no action before it to repeat).
-            kept = len(self.train_set.index)
+            kept = len(self.train_set)
             log.info(
                 "data.drop_idle_frames: %d of %d training steps are no-ops (the chunk holds the previous "
                 "action), left out; %d remain",
@@ -260,11 +247,7 @@ class VLADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(
             self.train_set,
-            sampler=ShuffleSampler(
-                len(self.train_set),
-                self.cfg.split_seed,
-                lead=self.train_set.lead_indices(self.cfg.questions.lead) if self.train_set.questions else (),
-            ),
+            sampler=ShuffleSampler(len(self.train_set), self.cfg.split_seed),
             consumed_batches=self._consumed_batches,
             drop_last=len(self.train_set) > self.cfg.batch_size,
             **self._loader_kwargs(),

@@ -24,12 +24,11 @@ import torch
 from torch.utils.data import Dataset
 
 from vla.action_tokenizer import ActionTokenizer, normalize
-from vla.config import QuestionsConfig
 from vla.data.augment import FrameAugment, sample_seed
 from vla.data.cache import FrameCache
-from vla.data.episodes import DataError, Episode
+from vla.data.episodes import Episode
 from vla.modeling import IGNORE_INDEX
-from vla.processing import ImageTransform, OpenVLAProcessor, build_prompt, build_question_prompt
+from vla.processing import ImageTransform, OpenVLAProcessor, build_prompt
 
 
 def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:
@@ -89,8 +88,7 @@ def is_idle(tokens: np.ndarray, t: int, chunk_size: int) -> bool:
 
 class VLADataset(Dataset):
     """Every step of every episode, as a training sample (with `drop_idle`, all but the no-op steps of
-    `is_idle`, as OpenVLA leaves LIBERO's no-op actions out of fine-tuning), then the scene-question
-    samples of `questions` (`data.questions`).
+    `is_idle`, as OpenVLA leaves LIBERO's no-op actions out of fine-tuning).
 
     Index it with `i` or with `(epoch, i)` (what the training sampler yields): the augmentation of a
     sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
@@ -108,7 +106,6 @@ class VLADataset(Dataset):
         augment: FrameAugment | None = None,
         seed: int = 0,
         drop_idle: bool = False,
-        questions: QuestionsConfig | None = None,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -136,66 +133,6 @@ class VLADataset(Dataset):
         for ep in self.episodes:
             for instruction in {ep.instruction, *(ep.step_instructions or [])}:
                 self._prompt(instruction)
-        # Scene-question samples (data.questions), after the action samples: (episode, prompt, answer ids).
-        self.questions: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self.questions_per_pass = 0
-        self.question_stats: dict[str, Any] | None = None
-        if questions is not None and questions.key:
-            self._add_questions(questions)
-
-    def _add_questions(self, cfg: QuestionsConfig) -> None:
-        found = [(e, objects) for e, ep in enumerate(self.episodes) if (objects := ep.metadata.get(cfg.key))]
-        if not found:
-            raise DataError(
-                f"data.questions.key={cfg.key!r}: no training episode's metadata.json has it "
-                "(expected {object name: [x, y, z]}); set data.questions.key=null to train without questions"
-            )
-        entries = []
-        for e, objects in found:
-            ep = self.episodes[e]
-            try:
-                positions = {str(n): np.asarray(p, dtype=np.float64) for n, p in dict(objects).items()}
-            except (TypeError, ValueError) as err:
-                raise DataError(
-                    f"episode {ep.episode_id} ({ep.path}): metadata key {cfg.key!r} must map object names "
-                    f"to [x, y, z] positions: {err}"
-                ) from err
-            for name, position in positions.items():
-                if position.shape != (3,) or not np.isfinite(position).all():
-                    raise DataError(
-                        f"episode {ep.episode_id} ({ep.path}): metadata {cfg.key}[{name!r}] must be 3 finite "
-                        f"numbers, got {position.tolist()}"
-                    )
-                entries.append((e, name, position))
-        xyz = np.stack([p for _, _, p in entries])
-        low, high = np.quantile(xyz, 0.01, axis=0), np.quantile(xyz, 0.99, axis=0)
-        self.question_stats = {"q01": low.tolist(), "q99": high.tolist(), "mask": [True] * 3}
-        prompts: dict[str, np.ndarray] = {}
-
-        def prompt(question: str) -> np.ndarray:
-            if question not in prompts:
-                ids = self.processor.tokenizer(build_question_prompt(question))["input_ids"]
-                prompts[question] = np.array([*ids, self.empty] if ids[-1] != self.empty else ids, np.int64)
-            return prompts[question]
-
-        one_pass: list[tuple[int, np.ndarray, np.ndarray]] = []
-        answers: dict[int, dict[str, np.ndarray]] = {}
-        for e, name, position in entries:
-            answer = self.action_tokenizer.encode(normalize(position, self.question_stats))
-            one_pass.append((e, prompt(cfg.template.format(name=name)), answer))
-            answers.setdefault(e, {})[name] = answer
-        if cfg.all_template:
-            for e, by_name in answers.items():
-                listed = np.concatenate([by_name[name] for name in sorted(by_name)])
-                one_pass.append((e, prompt(cfg.all_template), listed))
-        # Passes are contiguous: the first `lead` of them are the ones a lead-in stage draws from.
-        self.questions_per_pass = len(one_pass)
-        self.questions = one_pass * cfg.repeat
-
-    def lead_indices(self, passes: int) -> range:
-        """Dataset indices of the first `passes` passes over the questions (`data.questions.lead`)."""
-        start = len(self.index)
-        return range(start, start + passes * self.questions_per_pass)
 
     def _prompt(self, instruction: str) -> np.ndarray:
         if instruction not in self.prompt_ids:
@@ -205,7 +142,7 @@ class VLADataset(Dataset):
         return self.prompt_ids[instruction]
 
     def __len__(self) -> int:
-        return len(self.index) + len(self.questions)
+        return len(self.index)
 
     def image(self, e: int, t: int, epoch: int, i: int) -> torch.Tensor:
         """uint8 [H, W, 3] of sample i in `epoch` (`SampleImages`)."""
@@ -215,8 +152,6 @@ class VLADataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        if i >= len(self.index):
-            return self._question(epoch, i)
         e, t = self.index[i]
         prompt = self._prompt(self.episodes[e].instruction_at(t))
         tokens = self.action_tokens[e]  # int64 [T, D]
@@ -230,17 +165,6 @@ class VLADataset(Dataset):
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
-        }
-
-    def _question(self, epoch: int, i: int) -> dict[str, Any]:
-        e, prompt, answer = self.questions[i - len(self.index)]
-        eos = np.array([self.eos], dtype=np.int64)
-        return {
-            "input_ids": torch.from_numpy(np.concatenate([prompt, answer, eos])),
-            "labels": torch.from_numpy(np.concatenate([np.full_like(prompt, IGNORE_INDEX), answer, eos])),
-            "images": self.image(e, 0, epoch, i),
-            "episode": e,
-            "step": 0,
         }
 
 
