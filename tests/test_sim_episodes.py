@@ -149,10 +149,14 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
     out = tmp_path / "out"
     cfg = compose(
         "make_sample_data",
-        overrides=["episodes_per_task=1", "tasks=[turn_torso]", "sim.image_size=48", f"output_dir={out}"],
-    )
+        overrides=[
+            "episodes_per_task=1", "tasks=[turn_torso]", "sim.image_size=48", f"output_dir={out}",
+            "expert_noise=0.2",
+        ],
+    )  # fmt: skip
     result = script.run(to_settings(cfg, MakeSampleDataConfig))
     assert result["episodes"] == 1 and (out / "turn_torso_000000" / "metadata.json").is_file()
+    assert json.loads((out / "turn_torso_000000" / "metadata.json").read_text())["expert_noise"] == 0.2
     assert np.asarray(Image.open(out / "turn_torso_000000" / "images" / "frame_000000.png")).shape == (
         48,
         48,
@@ -191,6 +195,21 @@ def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path
     *_, upper_body = steps_and_fps(5, "upper_body")
     assert np.abs(front.astype(int) - upper_body).mean() > 10  # another view of the same scene
     assert 3.5 < steps25 / steps5 < 6.5, (steps25, steps5)
+
+
+def test_data_sample_expert_noise_reaches_the_generated_episodes(tmp_path):
+    from vla.config import DataConfig, SampleDataConfig
+    from vla.data.datamodule import sample_dataset_root
+
+    roots = []
+    for noise in (0.0, 0.3):
+        sample = SampleDataConfig(tasks=["raise_arm"], episodes_per_task=1, image_size=48, expert_noise=noise)
+        roots.append(sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / "cache"))
+    assert roots[0] != roots[1]  # separate cache entries
+    (clean, noisy) = [next(p for p in root.iterdir() if p.is_dir()) for root in roots]
+    assert json.loads((noisy / "metadata.json").read_text())["expert_noise"] == 0.3
+    clean_states, noisy_states = (np.load(p / "episode_data.npz")["states"] for p in (clean, noisy))
+    assert np.abs(clean_states - noisy_states).max() > 0.05
 
 
 @pytest.fixture(scope="module")
