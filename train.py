@@ -74,7 +74,9 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
-    base = build_base_model(cfg.model, quant, stats, cfg.data.chunk_size, cfg.augment.crop_scale)
+    base = build_base_model(
+        cfg.model, quant, stats, cfg.data.chunk_size, cfg.augment.crop_scale, cfg.data.grounding
+    )
     if not cfg.model.pretrained:
         base.save_pretrained(run_dir / "base_model")
         if cfg.quantization.method:
@@ -84,7 +86,13 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     datamodule.attach(base)
     model = apply_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
     model.train()  # from_pretrained gives eval mode; Lightning keeps it, which would turn off LoRA dropout
-    module = VLAModule(model, cfg.optim, stats[cfg.data.dataset_key]["action"], cfg.trainer.max_steps)
+    module = VLAModule(
+        model,
+        cfg.optim,
+        stats[cfg.data.dataset_key]["action"],
+        cfg.trainer.max_steps,
+        grounding_weight=cfg.data.grounding_weight,
+    )
 
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",

@@ -33,13 +33,16 @@ def run(cfg: PredictConfig) -> dict:
         raise ValueError(f"image={cfg.image}: cannot read the image ({err})") from None
     model = OpenVLA.from_pretrained(cfg.checkpoint, dtype=cfg.dtype, quantization=cfg.quantization)
     pred = model.predict([image], [cfg.instruction], unnorm_key=cfg.unnorm_key, constrain=cfg.constrain)
-    return {
+    result = {
         "action": pred.actions[0].tolist(),
         "normalized_action": pred.normalized[0].tolist(),
         "action_token_ids": pred.token_ids[0].tolist(),
         "input_ids": pred.prompt_ids[0],
         "generate_input_ids": pred.input_ids[0],
     }
+    if model.grounding_tokens:  # what a model trained with data.grounding wrote before the action
+        result["grounding"] = pred.grounding[0].tolist()
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

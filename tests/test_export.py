@@ -200,9 +200,11 @@ def test_interrupted_export_leaves_nothing_complete_looking(tmp_path, isaac_root
     assert not (out / "onnx").exists()
 
 
-def test_onnx_kv_cache_parity_on_random_model(tmp_path):
+@pytest.mark.parametrize("grounding", [0, 3])
+def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding):
     """Prompts of different lengths in one batch, constrained and free decoding: the onnxruntime
-    policy gives PyTorch's tokens, and its logits match an uncached PyTorch pass to 1e-4."""
+    policy gives PyTorch's tokens (after `grounding` grounding tokens, which it returns as well), and
+    its logits match an uncached PyTorch pass to 1e-4."""
     from vla.onnx_export import OnnxPolicy, export_onnx
     from vla.processing import build_prompt
     from vla.tiny import TinyArchitecture, build_tiny_model
@@ -211,6 +213,7 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path):
     action.update(q01=[-1.0] * 5, q99=[1.0] * 5, mask=[True] * 5)
     model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats={"d": {"action": action}}).eval()
     model.config.extra["constrain_action_decoding"] = True
+    model.config.extra["grounding_tokens"] = grounding
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
@@ -222,12 +225,14 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path):
         got = policy.predict(images, texts, constrain=constrain)
         np.testing.assert_array_equal(got.token_ids, expected.token_ids)
         np.testing.assert_allclose(got.actions, expected.actions)
-        assert got.input_ids == expected.input_ids
+        np.testing.assert_array_equal(got.grounding, expected.grounding)
+        assert got.grounding.shape == (3, grounding) and got.input_ids == expected.input_ids
     inputs = model.processor(images[:1], [build_prompt(texts[0])])
     pred, logits = policy.predict_action(**inputs, return_logits=True)
-    ids = torch.tensor([[*pred.input_ids[0], *pred.token_ids[0, :-1].tolist()]])
+    written = [*model.action_tokenizer.encode(pred.grounding[0]).tolist(), *pred.token_ids[0].tolist()]
+    ids = torch.tensor([[*pred.input_ids[0], *written[:-1]]])
     with torch.no_grad():
-        ref = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -5:].numpy()
+        ref = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -len(written) :].numpy()
     assert np.abs(ref - logits[0]).max() < 1e-4
 
 

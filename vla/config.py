@@ -211,6 +211,10 @@ class DataConfig:
     # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
     # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
     drop_idle_frames: bool = False
+    # Grounding targets predicted before the actions (vla.data.grounding, ECoT-style): this many values
+    # per episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
+    grounding: int = 0
+    grounding_weight: float = 1.0  # training loss weight of a grounding token (an action token's is 1)
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -227,6 +231,10 @@ class DataConfig:
             raise ConfigError(f"data.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.grounding < 0:
+            raise ConfigError(f"data.grounding={self.grounding} must be >= 0 (0: no grounding tokens)")
+        if self.grounding_weight < 0:
+            raise ConfigError(f"data.grounding_weight={self.grounding_weight} must be >= 0")
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"

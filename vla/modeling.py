@@ -59,6 +59,29 @@ class ActionPrediction:
     token_ids: np.ndarray  # [B, D] or [B, K, D] int64
     prompt_ids: list[list[int]]  # each row's prompt ids as the processor gave them (no padding)
     input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
+    # [B, G] in [-1, 1]: what a model trained with data.grounding=G wrote before the actions
+    # (vla.data.grounding); [B, 0] for other models.
+    grounding: np.ndarray | None = None
+
+
+def split_prediction(
+    tokenizer: ActionTokenizer,
+    token_ids: np.ndarray,
+    rows: list[list[int]],
+    prompts: list[list[int]],
+    stats: dict[str, Any],
+    n_ground: int,
+    chunk: int,
+) -> ActionPrediction:
+    """Generated ids [B, G + K * D] (after `stop_at_eos` where decoding was free) -> the prediction:
+    the first G are grounding tokens, the rest the action chunk (shared with the onnxruntime policy)."""
+    n_dims = len(stats["q01"])
+    grounding = tokenizer.decode(token_ids[:, :n_ground])
+    token_ids = token_ids[:, n_ground:]
+    if chunk > 1:
+        token_ids = token_ids.reshape(len(rows), chunk, n_dims)
+    normalized = tokenizer.decode(token_ids)
+    return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows, grounding)
 
 
 def stop_at_eos(rows: list[list[int]], token_ids: np.ndarray, eos: int) -> np.ndarray:
@@ -120,6 +143,11 @@ class OpenVLA(nn.Module):
     def action_chunk_size(self) -> int:
         """Future actions predicted per query (K); OpenVLA predicts one. Saved in config.json."""
         return int(self.config.extra.get("action_chunk_size", 1))
+
+    @property
+    def grounding_tokens(self) -> int:
+        """Grounding tokens (G) the model writes before its actions (`data.grounding`); 0 is OpenVLA."""
+        return int(self.config.extra.get("grounding_tokens", 0))
 
     @property
     def num_patches(self) -> int:
@@ -235,13 +263,14 @@ class OpenVLA(nn.Module):
         """OpenVLA's `predict_action` for a batch of any size.
 
         Each row's prompt gets the '▁' token appended unless it already ends with it; greedy decoding
-        produces one token per action dimension (K * D for chunked models). `constrain=True` restricts
+        produces one token per action dimension (K * D for chunked models), after the G grounding tokens
+        of a model trained with them (returned as `grounding`). `constrain=True` restricts
         decoding to the 256 action tokens (default: the checkpoint's `constrain_action_decoding`, set for
         models trained here); without it a non-action token decodes to an extreme bin and `</s>` stops
         early, as in OpenVLA.
         """
         _, stats = action_stats(self.norm_stats, unnorm_key)
-        n_dims, chunk = len(stats["q01"]), self.action_chunk_size
+        n_dims, chunk, n_ground = len(stats["q01"]), self.action_chunk_size, self.grounding_tokens
         if constrain is None:
             constrain = bool(self.config.extra.get("constrain_action_decoding", False))
         if attention_mask is None:
@@ -253,15 +282,12 @@ class OpenVLA(nn.Module):
         rows = [ids if ids[-1] == self.empty_token_id else [*ids, self.empty_token_id] for ids in prompts]
         device = next(self.parameters()).device
         tokens = self.generate_action_tokens(
-            rows, pixel_values.to(device), n_dims * chunk, constrain, use_cache
+            rows, pixel_values.to(device), n_ground + n_dims * chunk, constrain, use_cache
         )
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:
             token_ids = self._stop_at_eos(rows, token_ids)
-        if chunk > 1:
-            token_ids = token_ids.reshape(len(rows), chunk, n_dims)
-        normalized = self.action_tokenizer.decode(token_ids)
-        return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows)
+        return split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, n_ground, chunk)
 
     def _stop_at_eos(self, rows: list[list[int]], token_ids: np.ndarray) -> np.ndarray:
         return stop_at_eos(rows, token_ids, self.language_model.config.eos_token_id)

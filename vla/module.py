@@ -26,10 +26,18 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class VLAModule(L.LightningModule):
-    def __init__(self, model: nn.Module, optim: OptimConfig, action_stats: dict[str, Any], max_steps: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimConfig,
+        action_stats: dict[str, Any],
+        max_steps: int,
+        grounding_weight: float = 1.0,
+    ):
         super().__init__()
         self.model = model
         self.optim = optim
+        self.grounding_weight = grounding_weight  # loss weight of grounding tokens (data.grounding_weight)
         self.action_stats = action_stats
         self.max_steps = max_steps
         self.val_records: list[dict[str, np.ndarray]] = []
@@ -51,9 +59,32 @@ class VLAModule(L.LightningModule):
             labels=batch["labels"],
         )
 
+    def _label_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[B, L, V]: the logits that predict each text position (text token j is predicted at
+        multimodal position n_patches + j - 1)."""
+        n_patches = logits.shape[1] - labels.shape[1]
+        return logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1]
+
+    def _grounding_positions(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: each row's G grounding tokens, the first G labelled positions (vla.data.grounding)."""
+        has_label = labels != IGNORE_INDEX
+        first = has_label.long().argmax(1)
+        pos = torch.arange(labels.shape[1], device=labels.device)[None]
+        return has_label & (pos >= first[:, None]) & (pos < first[:, None] + self.vla.grounding_tokens)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         n = batch["input_ids"].shape[0]
+        if self.vla.grounding_tokens:
+            # Per-token cross-entropy with grounding tokens weighted by data.grounding_weight (the model's
+            # own loss, the unweighted mean, is what val/loss reports).
+            labels = batch["labels"]
+            logits = self._label_logits(out.logits, labels).float()
+            ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+            ground = self._grounding_positions(labels).float()
+            weight = (labels != IGNORE_INDEX).float() + (self.grounding_weight - 1.0) * ground
+            out.loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
+            self.log("train/grounding_loss", (ce * ground).sum() / ground.sum(), batch_size=n)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         now = time.perf_counter()
         if self._tick is not None:
@@ -72,9 +103,7 @@ class VLAModule(L.LightningModule):
         """
         labels = batch["labels"]
         k, d = self.vla.action_chunk_size, len(self.action_stats["q01"])
-        n_patches = logits.shape[1] - labels.shape[1]
-        # Text token j is predicted at multimodal position n_patches + j - 1.
-        pred = logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1].argmax(-1)
+        pred = self._label_logits(logits, labels).argmax(-1)
         has_label = (labels != IGNORE_INDEX).long()
         eos = labels.shape[1] - 1 - has_label.flip(1).argmax(1)  # position of each row's </s>
         span = eos[:, None] - k * d + torch.arange(k * d, device=labels.device)
@@ -95,6 +124,14 @@ class VLAModule(L.LightningModule):
         l1 = float(np.abs(pred_norm - true_norm)[valid].mean())
         self.log("val/action_token_acc", acc, batch_size=n, sync_dist=True)
         self.log("val/action_l1", l1, batch_size=n, sync_dist=True)
+        if self.vla.grounding_tokens:
+            # Teacher forced, as the action metrics: mean |predicted - true| of the grounding values.
+            labels = batch["labels"]
+            ground = self._grounding_positions(labels)
+            pred = self._label_logits(out.logits, labels).argmax(-1)[ground].cpu().numpy()
+            true = labels[ground].cpu().numpy()
+            err = float(np.abs(tok.decode(pred) - tok.decode(true)).mean())
+            self.log("val/grounding_l1", err, batch_size=n, sync_dist=True)
         pred, true = unnormalize(pred_norm, self.action_stats), unnormalize(true_norm, self.action_stats)
         self.val_records.append(
             {

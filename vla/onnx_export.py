@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from vla.action_tokenizer import ActionTokenizer, action_stats, unnormalize
+from vla.action_tokenizer import ActionTokenizer, action_stats
 from vla.checkpoint import _atomic_folder, commit_folder
 from vla.configuration import OpenVLAConfig
-from vla.modeling import ActionPrediction, OpenVLA, stop_at_eos
+from vla.modeling import ActionPrediction, OpenVLA, split_prediction, stop_at_eos
 from vla.processing import ImageLike, OpenVLAProcessor, build_prompt
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def policy_metadata(model: OpenVLA) -> dict[str, Any]:
         "eos_token_id": int(model.language_model.config.eos_token_id),
         "constrain_action_decoding": bool(model.config.extra.get("constrain_action_decoding", False)),
         "action_chunk_size": model.action_chunk_size,
+        "grounding_tokens": model.grounding_tokens,
     }
 
 
@@ -268,6 +269,7 @@ class OnnxPolicy:
         graphs take no padding mask). With `return_logits`, also the logits of every step."""
         _, stats = action_stats(self.norm_stats, unnorm_key)
         n_dims, chunk = len(stats["q01"]), int(self.meta["action_chunk_size"])
+        n_tokens = int(self.meta.get("grounding_tokens", 0)) + n_dims * chunk
         if constrain is None:
             constrain = bool(self.meta["constrain_action_decoding"])
         if attention_mask is None:
@@ -282,20 +284,18 @@ class OnnxPolicy:
         groups = (
             [list(range(len(rows)))] if len({len(r) for r in rows}) == 1 else [[i] for i in range(len(rows))]
         )
-        token_ids = np.zeros((len(rows), n_dims * chunk), np.int64)
+        token_ids = np.zeros((len(rows), n_tokens), np.int64)
         all_logits: list[np.ndarray] = [np.empty(0)] * len(rows)
         for group in groups:
             ids = np.asarray([rows[i] for i in group], np.int64)
-            tokens, logits = self.generate(ids, pixels[group], n_dims * chunk, constrain)
+            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain)
             token_ids[group] = tokens
             for j, i in enumerate(group):
                 all_logits[i] = logits[j]
         if not constrain:
             token_ids = stop_at_eos(rows, token_ids, self.meta["eos_token_id"])
-        if chunk > 1:
-            token_ids = token_ids.reshape(len(rows), chunk, n_dims)
-        normalized = self.action_tokenizer.decode(token_ids)
-        pred = ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows)
+        n_ground = n_tokens - n_dims * chunk
+        pred = split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, n_ground, chunk)
         return (pred, np.stack(all_logits)) if return_logits else pred
 
     def predict(

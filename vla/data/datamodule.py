@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -22,6 +23,7 @@ from vla.data.augment import make_augment
 from vla.data.cache import build_frame_cache
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError, Episode, LoadResult
+from vla.data.grounding import dataset_grounding
 from vla.data.isaac import load_isaac_episodes
 from vla.data.pickle_demos import load_pickle_demos
 from vla.data.quality import FilterResult, filter_episodes
@@ -145,6 +147,8 @@ class VLADataModule(L.LightningDataModule):
         self.train_episodes: list[Episode] = []
         self.val_episodes: list[Episode] = []
         self.statistics: dict[str, Any] | None = None
+        self.train_grounding: list[np.ndarray] = []  # per episode (vla.data.grounding); empty when off
+        self.val_grounding: list[np.ndarray] = []
         self.report: LoadResult | None = None
         self.filter_report: dict[str, int] | None = None  # FilterResult.report(): kept / dropped per rule
         self.model: OpenVLA | None = None
@@ -170,6 +174,9 @@ class VLADataModule(L.LightningDataModule):
             raise DataError(
                 f"only {len(filtered.kept)} usable episode(s): need at least 2 for a train/val split"
             )
+        # Checked here, before the model is built: an episode without its grounding targets fails now.
+        self.train_grounding = dataset_grounding(self.train_episodes, self.cfg.grounding)
+        self.val_grounding = dataset_grounding(self.val_episodes, self.cfg.grounding)
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}
         log.info(
@@ -192,12 +199,13 @@ class VLADataModule(L.LightningDataModule):
         stats = self.statistics[self.cfg.dataset_key]["action"]
         transform = self.model.processor.image_transform
         # Validation (and later prediction) must centre-crop what training randomly crops.
-        layout = (self.model.action_chunk_size, transform.center_crop_scale)
-        if layout != (self.cfg.chunk_size, self.augment.crop_scale):
+        layout = (self.model.action_chunk_size, transform.center_crop_scale, self.model.grounding_tokens)
+        if layout != (self.cfg.chunk_size, self.augment.crop_scale, self.cfg.grounding):
             raise ConfigError(
-                f"the model predicts {layout[0]}-step chunks and centre-crops area {layout[1]}, but "
-                f"data.chunk_size={self.cfg.chunk_size} and augment.crop_scale={self.augment.crop_scale}; "
-                "build it with vla.adapters.build_base_model(..., chunk_size=, center_crop_scale=)"
+                f"the model predicts {layout[0]}-step chunks after {layout[2]} grounding tokens and "
+                f"centre-crops area {layout[1]}, but data.chunk_size={self.cfg.chunk_size}, "
+                f"data.grounding={self.cfg.grounding} and augment.crop_scale={self.augment.crop_scale}; build "
+                "it with vla.adapters.build_base_model(..., chunk_size=, center_crop_scale=, grounding=)"
             )
         episodes = [*self.train_episodes, *self.val_episodes]
         n_train = len(self.train_episodes)
@@ -219,6 +227,7 @@ class VLADataModule(L.LightningDataModule):
             augment=augment,
             seed=self.seed,
             drop_idle=self.cfg.drop_idle_frames,
+            grounding=self.train_grounding,
         )
         if self.cfg.drop_idle_frames:
             # Never empty: every episode's step 0 stays (it has no action before it to repeat).
@@ -228,7 +237,7 @@ class VLADataModule(L.LightningDataModule):
                 "action), left out; %d remain",
                 self.train_set.idle_dropped, kept + self.train_set.idle_dropped, kept,
             )  # fmt: skip
-        self.val_set = make(self.val_episodes, frames=val_frames)
+        self.val_set = make(self.val_episodes, frames=val_frames, grounding=self.val_grounding)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         pad = self.model.processor.tokenizer.pad_token_id

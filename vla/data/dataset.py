@@ -92,6 +92,9 @@ class VLADataset(Dataset):
 
     Index it with `i` or with `(epoch, i)` (what the training sampler yields): the augmentation of a
     sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
+
+    `grounding`: per episode, values in [-1, 1] (`vla.data.grounding`) whose tokens go between the
+    prompt and the action chunk, in the inputs and the labels.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class VLADataset(Dataset):
         augment: FrameAugment | None = None,
         seed: int = 0,
         drop_idle: bool = False,
+        grounding: Sequence[np.ndarray] | None = None,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -120,6 +124,13 @@ class VLADataset(Dataset):
         self.action_tokens = [
             action_tokenizer.encode(normalize(ep.actions, action_stats)) for ep in self.episodes
         ]
+        # Grounding values per episode (vla.data.grounding), tokenized like actions; they come first.
+        self.grounding_tokens = [
+            action_tokenizer.encode(np.asarray(values)).astype(np.int64).reshape(-1)
+            for values in (grounding if grounding is not None else [np.zeros(0)] * len(self.episodes))
+        ]
+        if len(self.grounding_tokens) != len(self.episodes):
+            raise ValueError(f"{len(self.grounding_tokens)} grounding rows for {len(self.episodes)} episodes")
         self.index = [
             (e, t)
             for e, ep in enumerate(self.episodes)
@@ -158,6 +169,8 @@ class VLADataset(Dataset):
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
         actions = tokens[steps].reshape(-1)
         targets = np.where(np.repeat(real, tokens.shape[1]), actions, IGNORE_INDEX)
+        actions = np.concatenate([self.grounding_tokens[e], actions])
+        targets = np.concatenate([self.grounding_tokens[e], targets])
         eos = np.array([self.eos], dtype=np.int64)
         return {
             "input_ids": torch.from_numpy(np.concatenate([prompt, actions, eos])),

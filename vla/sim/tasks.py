@@ -228,6 +228,31 @@ def swapped_color_instruction(spec: EpisodeSpec) -> str:
     return re.sub(rf"\b{spec.color}\b", rival, spec.instruction)
 
 
+# Grounding targets of a reach_ball scene (`reach_grounding`): where each ball is, then the named one.
+GROUNDING_NAMES = (
+    *(f"{color}_{axis}" for color in BALL_COLORS for axis in ("y", "z")),
+    "named_y",
+    "named_z",
+)
+
+
+def reach_grounding(balls: dict[str, list[float] | np.ndarray], color: str) -> np.ndarray:
+    """[8] values in [-1, 1] (GROUNDING_NAMES): every ball's sideways (y) and height (z) position within
+    the region balls are placed in, in BALL_COLORS order, then the named ball's. The camera shows these
+    two well and depth (x) hardly, so x is left out. A policy trained with `data.grounding` predicts
+    them before its actions (the data layer reads them from the episode's metadata.json)."""
+    missing = [c for c in (*BALL_COLORS, color) if c not in balls]
+    if missing:
+        raise ValueError(f"balls {sorted(balls)} lack {missing}")
+    y_mid, y_half = (_BALL_Y[0] + _BALL_Y[1]) / 2, (_BALL_Y[1] - _BALL_Y[0]) / 2
+    z_mid, z_half = (_BALL_Z[0] + _BALL_Z[1]) / 2, (_BALL_Z[1] - _BALL_Z[0]) / 2
+    values = []
+    for name in (*BALL_COLORS, color):
+        _, y, z = np.asarray(balls[name], dtype=np.float64)
+        values += [(y - y_mid) / y_half, (z - z_mid) / z_half]
+    return np.clip(np.array(values), -1.0, 1.0)
+
+
 def task_dims(spec: EpisodeSpec) -> np.ndarray:
     """The joints the task may move; all others must stay near home."""
     if spec.task in ("reach_ball", "raise_arm"):

@@ -1,0 +1,63 @@
+"""Grounding targets: numbers about the scene that the policy predicts before its actions.
+
+Embodied chain-of-thought (ECoT, Zawalski et al. 2024) trains OpenVLA to write out what it sees (object
+boxes, the gripper's position) before the action tokens, so the actions can attend to it. With
+`data.grounding=N` each sample's labels become N grounding tokens, then the action chunk, then `</s>`;
+the prompt is unchanged, and at prediction time the model writes the N tokens first
+(`OpenVLA.predict_action` returns them as `ActionPrediction.grounding`).
+
+An episode's N values, each in [-1, 1] (binned like actions, 256 bins), come from its metadata:
+`"grounding": [v1, ..., vN]` (any dataset: e.g. object positions normalised to the workspace), or, for
+the simulator's reach_ball episodes, the balls' positions (`vla.sim.tasks.reach_grounding`, 8 values).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from vla.data.episodes import DataError, Episode
+
+
+def episode_grounding(episode: Episode, size: int) -> np.ndarray:
+    """float64 [size] grounding values of `episode`, or a DataError naming the episode and the key."""
+    where = f"episode {episode.episode_id!r} ({episode.path})"
+    meta = episode.metadata
+    if "grounding" in meta:
+        values = meta["grounding"]
+        source = "metadata 'grounding'"
+        ok = isinstance(values, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok:
+            raise DataError(f"{where}: {source} must be a list of finite numbers, got {values!r}")
+        values = np.asarray(values, dtype=np.float64)
+    elif meta.get("task") == "reach_ball" and isinstance(meta.get("balls"), dict) and "color" in meta:
+        from vla.sim.tasks import reach_grounding
+
+        source = "the reach scene's balls"
+        try:
+            values = reach_grounding(meta["balls"], meta["color"])
+        except (ValueError, TypeError) as err:
+            raise DataError(
+                f"{where}: metadata 'balls'/'color' do not describe a reach scene: {err}"
+            ) from None
+    else:
+        raise DataError(
+            f"{where}: data.grounding={size} needs grounding targets, but its metadata has no 'grounding' "
+            "list (N numbers in [-1, 1]) and it is not a simulator reach_ball episode (task, balls, color)"
+        )
+    if values.shape != (size,):
+        raise DataError(f"{where}: {source} gives {values.size} values, data.grounding={size}")
+    if np.abs(values).max() > 1.0:
+        raise DataError(f"{where}: {source} has values outside [-1, 1]: {values.round(3).tolist()}")
+    return values
+
+
+def dataset_grounding(episodes: Sequence[Episode], size: int) -> list[np.ndarray]:
+    """`episode_grounding` of every episode (size 0: empty arrays, grounding off)."""
+    if size == 0:
+        return [np.zeros(0) for _ in episodes]
+    return [episode_grounding(ep, size) for ep in episodes]
