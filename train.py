@@ -92,6 +92,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         stats[cfg.data.dataset_key]["action"],
         cfg.trainer.max_steps,
         grounding_weight=cfg.data.grounding_weight,
+        grounding_weight_steps=cfg.data.grounding_weight_steps,
     )
 
     checkpoint = ModelCheckpoint(

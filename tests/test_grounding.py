@@ -90,7 +90,7 @@ def test_bad_grounding_names_the_episode(metadata, message):
 
 
 def test_config_checks():
-    for key, value in (("grounding", -1), ("grounding_weight", -0.5)):
+    for key, value in (("grounding", -1), ("grounding_weight", -0.5), ("grounding_weight_steps", -1)):
         with pytest.raises(ConfigError, match=f"data.{key}"):
             DataConfig(**{key: value})
 
@@ -156,6 +156,16 @@ def test_training_loss_weights_grounding_tokens(tiny, weight):
     assert logged["train/grounding_loss"] == pytest.approx(log_v, rel=1e-5)
 
 
+def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):
+    from vla.module import VLAModule
+
+    args = (tiny, OptimConfig(), identity_stats())
+    module = VLAModule(*args, max_steps=10, grounding_weight=8.0, grounding_weight_steps=3)
+    assert [module.grounding_weight_at(step) for step in range(5)] == [8.0, 8.0, 8.0, 1.0, 1.0]
+    always = VLAModule(*args, max_steps=10, grounding_weight=8.0)
+    assert always.grounding_weight_at(10**6) == 8.0
+
+
 @pytest.mark.parametrize("off_bins", [0, 4])
 def test_validation_reports_grounding_error(tiny, off_bins):
     from vla.module import VLAModule
@@ -206,7 +216,8 @@ def test_training_run_with_grounding_from_metadata(tmp_path):
         meta = json.loads((path / "metadata.json").read_text())
         (path / "metadata.json").write_text(json.dumps({**meta, "grounding": [i / 3, -0.5]}))
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    metrics = train(tmp_path / "run", [*data, "data.grounding=2", "data.grounding_weight=2"])
+    overrides = ["data.grounding=2", "data.grounding_weight=2", "data.grounding_weight_steps=1"]
+    metrics = train(tmp_path / "run", [*data, *overrides])
     assert 0.0 <= metrics["val/grounding_l1"] <= 2.0
     model = load_run(tmp_path / "run")
     assert model.grounding_tokens == 2

@@ -215,6 +215,7 @@ class DataConfig:
     # per episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
     grounding: int = 0
     grounding_weight: float = 1.0  # training loss weight of a grounding token (an action token's is 1)
+    grounding_weight_steps: int | None = None  # optimizer steps that weight holds for, then 1; null: all
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -235,6 +236,8 @@ class DataConfig:
             raise ConfigError(f"data.grounding={self.grounding} must be >= 0 (0: no grounding tokens)")
         if self.grounding_weight < 0:
             raise ConfigError(f"data.grounding_weight={self.grounding_weight} must be >= 0")
+        if self.grounding_weight_steps is not None and self.grounding_weight_steps < 0:
+            raise ConfigError(f"data.grounding_weight_steps={self.grounding_weight_steps} must be >= 0")
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"

@@ -33,11 +33,15 @@ class VLAModule(L.LightningModule):
         action_stats: dict[str, Any],
         max_steps: int,
         grounding_weight: float = 1.0,
+        grounding_weight_steps: int | None = None,
     ):
         super().__init__()
         self.model = model
         self.optim = optim
-        self.grounding_weight = grounding_weight  # loss weight of grounding tokens (data.grounding_weight)
+        # Loss weight of grounding tokens (data.grounding_weight) for the first grounding_weight_steps
+        # optimizer steps (None: all of them), then 1.
+        self.grounding_weight = grounding_weight
+        self.grounding_weight_steps = grounding_weight_steps
         self.action_stats = action_stats
         self.max_steps = max_steps
         self.val_records: list[dict[str, np.ndarray]] = []
@@ -72,6 +76,11 @@ class VLAModule(L.LightningModule):
         pos = torch.arange(labels.shape[1], device=labels.device)[None]
         return has_label & (pos >= first[:, None]) & (pos < first[:, None] + self.vla.grounding_tokens)
 
+    def grounding_weight_at(self, step: int) -> float:
+        """The loss weight of a grounding token at optimizer step `step`."""
+        steps = self.grounding_weight_steps
+        return self.grounding_weight if steps is None or step < steps else 1.0
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         n = batch["input_ids"].shape[0]
@@ -82,7 +91,8 @@ class VLAModule(L.LightningModule):
             logits = self._label_logits(out.logits, labels).float()
             ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
             ground = self._grounding_positions(labels).float()
-            weight = (labels != IGNORE_INDEX).float() + (self.grounding_weight - 1.0) * ground
+            extra = self.grounding_weight_at(self.global_step) - 1.0
+            weight = (labels != IGNORE_INDEX).float() + extra * ground
             out.loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
             self.log("train/grounding_loss", (ce * ground).sum() / ground.sum(), batch_size=n)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
