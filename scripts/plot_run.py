@@ -1,6 +1,7 @@
 """Curves of a training run logged with logger=csv: val/loss (with train/loss, averaged between
-validations, so overfitting shows), val/action_l1, val/success_rate (with reach_ball's named-ball rate
-when the run logged it: the hand went for the named ball, within the success radius or not).
+validations, so overfitting shows), val/action_l1 (with val/grounding_l1 for runs with data.grounding),
+val/success_rate (with reach_ball's named-ball rate when the run logged it: the hand went for the
+named ball, within the success radius or not).
 
 python scripts/plot_run.py outputs/train/<date>/<time> [--out curves.png]
 """
@@ -17,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = ("val/loss", "val/action_l1", "val/success_rate")
-EXTRA = ("train/loss", "val/named_ball_rate/reach_ball")  # drawn in the val/loss and success panels
+# Drawn in the val/loss, val/action_l1 and success panels.
+EXTRA = ("train/loss", "val/grounding_l1", "val/named_ball_rate/reach_ball")
 
 
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -60,6 +62,9 @@ def main() -> None:
         if name == "val/loss" and points and curves["train/loss"]:
             train = averaged_between(curves["train/loss"], [step for step, _ in points])
             ax.plot(*zip(*train), marker="s", linestyle="--", label="train/loss (mean since last val)")
+            ax.legend(fontsize=7)
+        if name == "val/action_l1" and curves["val/grounding_l1"]:
+            ax.plot(*zip(*curves["val/grounding_l1"]), marker="s", linestyle="--", label="val/grounding_l1")
             ax.legend(fontsize=7)
         if name == "val/success_rate":
             named = curves["val/named_ball_rate/reach_ball"]

@@ -18,13 +18,14 @@ def test_plot_from_a_csv_run(tmp_path, monkeypatch):
     script = load_script("plot_run")
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(
-        "step,train/loss,val/loss,val/action_l1,val/success_rate,val/named_ball_rate/reach_ball\n"
-        "0,2.0,,,,\n1,1.0,,,,\n1,,1.5,0.3,,\n3,0.5,,,,\n3,,1.2,0.2,0.1,0.6\n"
+        "step,train/loss,val/loss,val/action_l1,val/grounding_l1,val/success_rate,val/named_ball_rate/reach_ball\n"
+        "0,2.0,,,,,\n1,1.0,,,,,\n1,,1.5,0.3,0.4,,\n3,0.5,,,,,\n3,,1.2,0.2,0.1,0.1,0.6\n"
     )
     curves = script.read_curves(tmp_path)
     assert curves["val/loss"] == [(2, 1.5), (4, 1.2)]  # logged steps are 0-based, plotted 1-based
     assert curves["val/success_rate"] == [(4, 0.1)]
     assert curves["val/named_ball_rate/reach_ball"] == [(4, 0.6)]
+    assert curves["val/grounding_l1"] == [(2, 0.4), (4, 0.1)]
     out = tmp_path / "curves.png"
     monkeypatch.setattr(sys, "argv", ["plot_run.py", str(tmp_path), "--out", str(out)])
     script.main()
