@@ -69,6 +69,9 @@ def test_simulated_reach_episodes_carry_their_grounding():
 
 def test_metadata_grounding_is_used_as_given():
     assert episode_grounding(with_metadata(grounding=[0.5, -1, 1]), 3).tolist() == [0.5, -1.0, 1.0]
+    # A pickled demo may hold a numpy array.
+    given = np.array([0.25, 0.0], np.float32)
+    assert episode_grounding(with_metadata(grounding=given), 2).tolist() == [0.25, 0.0]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +83,11 @@ def test_metadata_grounding_is_used_as_given():
         ({"grounding": [0.1, 0.2, 1.5]}, r"outside \[-1, 1\]"),
         ({"grounding": [0.1, "a", 0.2]}, "list of finite numbers"),
         ({"grounding": [0.1, math.nan, 0.2]}, "list of finite numbers"),
+        ({"grounding": [0.1, True, 0.2]}, "list of finite numbers"),
+        ({"grounding": [[0.1], [0.2], [0.3]]}, "list of finite numbers"),
+        ({"grounding": "0.1 0.2 0.3"}, "list of finite numbers"),
+        ({"grounding": np.float32(0.1)}, "list of finite numbers"),
+        ({"grounding": np.array(0.1)}, "list of finite numbers"),
         ({"task": "reach_ball", "balls": {"red": [0, 0, 1]}, "color": "red"}, "do not describe a reach"),
     ],
 )

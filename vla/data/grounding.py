@@ -13,7 +13,6 @@ the simulator's reach_ball episodes, the balls' positions (`vla.sim.tasks.reach_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,14 +25,17 @@ def episode_grounding(episode: Episode, size: int) -> np.ndarray:
     where = f"episode {episode.episode_id!r} ({episode.path})"
     meta = episode.metadata
     if "grounding" in meta:
-        values = meta["grounding"]
+        raw = meta["grounding"]
         source = "metadata 'grounding'"
-        ok = isinstance(values, list) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        )
-        if not ok:
-            raise DataError(f"{where}: {source} must be a list of finite numbers, got {values!r}")
-        values = np.asarray(values, dtype=np.float64)
+        # A JSON list (Isaac metadata.json) or a list, tuple or numpy array (a pickled demo's key).
+        values = None
+        try:
+            if isinstance(raw, list | tuple | np.ndarray) and not any(isinstance(v, bool | str) for v in raw):
+                values = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):  # ragged or non-numeric entries, a 0-d array
+            pass
+        if values is None or values.ndim != 1 or not np.isfinite(values).all():
+            raise DataError(f"{where}: {source} must be a list of finite numbers, got {raw!r}")
     elif meta.get("task") == "reach_ball" and isinstance(meta.get("balls"), dict) and "color" in meta:
         from vla.sim.tasks import reach_grounding
 
