@@ -171,7 +171,9 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
                 logits[b, n_patches + j - 1, target] = 1.0  # token j is predicted one position earlier
         logged: dict[str, float] = {}
         module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
-        module.forward = lambda batch: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
+        module.forward = lambda batch, **kwargs: type(
+            "Out", (), {"logits": logits, "loss": torch.tensor(0.0)}
+        )()
         module.on_validation_epoch_start()
         module.validation_step(batch, 0)
         module.on_validation_epoch_end()

@@ -157,7 +157,7 @@ def test_training_loss_weights_grounding_tokens(tiny, weight):
     module = VLAModule(tiny, OptimConfig(), identity_stats(), max_steps=1, grounding_weight=weight)
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
-    module.forward = lambda batch: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
+    module.forward = lambda batch, **kwargs: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
     loss = float(module.training_step(batch, 0))
     log_v = math.log(tiny.config.vocab_size)
     assert loss == pytest.approx(3 * weight * log_v / (3 * weight + D + 1), rel=1e-5)
@@ -183,7 +183,7 @@ def test_validation_reports_grounding_error(tiny, off_bins):
     module = VLAModule(tiny, OptimConfig(), identity_stats(), max_steps=1)
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
-    module.forward = lambda batch: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
+    module.forward = lambda batch, **kwargs: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
     module.on_validation_epoch_start()
     module.validation_step(batch, 0)
     # Bins are 2/255 apart in [-1, 1]; the actions are unaffected by the grounding tokens before them.

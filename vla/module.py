@@ -53,14 +53,15 @@ class VLAModule(L.LightningModule):
     def vla(self):
         return unwrap(self.model)
 
-    def forward(self, batch: dict[str, torch.Tensor]):
-        """Loss and logits of a collated batch; its uint8 `images` are normalized here, on the device."""
+    def forward(self, batch: dict[str, torch.Tensor], with_loss: bool = True):
+        """Loss (with `with_loss`) and logits of a collated batch; its uint8 `images` are normalized
+        here, on the device."""
         pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
         return self.model(
             input_ids=batch["input_ids"],
             pixel_values=pixel_values,
             attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
+            labels=batch["labels"] if with_loss else None,
         )
 
     def _label_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,11 +83,12 @@ class VLAModule(L.LightningModule):
         return self.grounding_weight if steps is None or step < steps else 1.0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
+        grounded = bool(self.vla.grounding_tokens)
+        out = self(batch, with_loss=not grounded)
         n = batch["input_ids"].shape[0]
-        if self.vla.grounding_tokens:
-            # Per-token cross-entropy with grounding tokens weighted by data.grounding_weight (the model's
-            # own loss, the unweighted mean, is what val/loss reports).
+        if grounded:
+            # Per-token cross-entropy with grounding tokens weighted by data.grounding_weight, instead of
+            # the model's own loss (the unweighted mean, which val/loss reports).
             labels = batch["labels"]
             logits = self._label_logits(out.logits, labels).float()
             ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")

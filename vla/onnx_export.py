@@ -269,7 +269,8 @@ class OnnxPolicy:
         graphs take no padding mask). With `return_logits`, also the logits of every step."""
         _, stats = action_stats(self.norm_stats, unnorm_key)
         n_dims, chunk = len(stats["q01"]), int(self.meta["action_chunk_size"])
-        n_tokens = int(self.meta.get("grounding_tokens", 0)) + n_dims * chunk
+        n_ground = int(self.meta.get("grounding_tokens", 0))
+        n_tokens = n_ground + n_dims * chunk
         if constrain is None:
             constrain = bool(self.meta["constrain_action_decoding"])
         if attention_mask is None:
@@ -294,7 +295,6 @@ class OnnxPolicy:
                 all_logits[i] = logits[j]
         if not constrain:
             token_ids = stop_at_eos(rows, token_ids, self.meta["eos_token_id"])
-        n_ground = n_tokens - n_dims * chunk
         pred = split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, n_ground, chunk)
         return (pred, np.stack(all_logits)) if return_logits else pred
 

@@ -228,17 +228,9 @@ def swapped_color_instruction(spec: EpisodeSpec) -> str:
     return re.sub(rf"\b{spec.color}\b", rival, spec.instruction)
 
 
-# Grounding targets of a reach_ball scene (`reach_grounding`): where each ball is, then the named one.
-GROUNDING_NAMES = (
-    *(f"{color}_{axis}" for color in BALL_COLORS for axis in ("y", "z")),
-    "named_y",
-    "named_z",
-)
-
-
 def reach_grounding(balls: dict[str, list[float] | np.ndarray], color: str) -> np.ndarray:
-    """[8] values in [-1, 1] (GROUNDING_NAMES): every ball's sideways (y) and height (z) position within
-    the region balls are placed in, in BALL_COLORS order, then the named ball's. The camera shows these
+    """[8] values in [-1, 1]: every ball's sideways (y) and height (z) position within the region balls
+    are placed in, in BALL_COLORS order (red y, red z, green y, ...), then the named ball's y and z. The camera shows these
     two well and depth (x) hardly, so x is left out. A policy trained with `data.grounding` predicts
     them before its actions (the data layer reads them from the episode's metadata.json)."""
     missing = [c for c in (*BALL_COLORS, color) if c not in balls]
