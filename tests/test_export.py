@@ -200,11 +200,12 @@ def test_interrupted_export_leaves_nothing_complete_looking(tmp_path, isaac_root
     assert not (out / "onnx").exists()
 
 
-@pytest.mark.parametrize("grounding", [0, 3])
-def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding):
+@pytest.mark.parametrize(("grounding", "parallel"), [(0, False), (3, False), (3, True)])
+def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding, parallel):
     """Prompts of different lengths in one batch, constrained and free decoding: the onnxruntime
     policy gives PyTorch's tokens (after `grounding` grounding tokens, which it returns as well), and
-    its logits match an uncached PyTorch pass to 1e-4."""
+    its logits match an uncached PyTorch pass to 1e-4 (for a parallel-decoding model, one pass with
+    placeholders at the action positions)."""
     from vla.onnx_export import OnnxPolicy, export_onnx
     from vla.processing import build_prompt
     from vla.tiny import TinyArchitecture, build_tiny_model
@@ -214,6 +215,7 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding):
     model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats={"d": {"action": action}}).eval()
     model.config.extra["constrain_action_decoding"] = True
     model.config.extra["grounding_tokens"] = grounding
+    model.config.extra["parallel_decoding"] = parallel
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
@@ -229,7 +231,10 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding):
         assert got.grounding.shape == (3, grounding) and got.input_ids == expected.input_ids
     inputs = model.processor(images[:1], [build_prompt(texts[0])])
     pred, logits = policy.predict_action(**inputs, return_logits=True)
-    written = [*model.action_tokenizer.encode(pred.grounding[0]).tolist(), *pred.token_ids[0].tolist()]
+    actions = pred.token_ids[0].reshape(-1).tolist()
+    if parallel:
+        actions = [model.action_placeholder_id] * len(actions)
+    written = [*model.action_tokenizer.encode(pred.grounding[0]).tolist(), *actions]
     ids = torch.tensor([[*pred.input_ids[0], *written[:-1]]])
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -len(written) :].numpy()

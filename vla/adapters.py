@@ -24,14 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def record_training_layout(
-    model: OpenVLA, chunk_size: int, center_crop_scale: float, grounding: int = 0
+    model: OpenVLA,
+    chunk_size: int,
+    center_crop_scale: float,
+    grounding: int = 0,
+    parallel_decoding: bool = False,
 ) -> None:
     """Store in config.json what prediction must match: K-step action chunks (`predict_action`
-    returns [B, K, D] when K > 1), the grounding tokens written before them (`data.grounding`), and
-    the centre crop that mirrors a random-crop augmentation (applied by the processor, so predict(),
-    the sim evaluation and saved models all use it)."""
+    returns [B, K, D] when K > 1), the grounding tokens written before them (`data.grounding`), whether
+    the chunk is decoded in one pass (`model.parallel_decoding`), and the centre crop that mirrors a
+    random-crop augmentation (applied by the processor, so predict(), the sim evaluation and saved
+    models all use it)."""
     model.config.extra["action_chunk_size"] = chunk_size
     model.config.extra["grounding_tokens"] = grounding
+    model.config.extra["parallel_decoding"] = parallel_decoding
     model.config.extra["center_crop_scale"] = center_crop_scale
     model.processor.image_transform.center_crop_scale = center_crop_scale
 
@@ -46,8 +52,8 @@ def build_base_model(
 ) -> OpenVLA:
     """The frozen base: a pretrained OpenVLA (its statistics replaced by the fine-tune's) or a new
     tiny one, optionally with a bitsandbytes-quantized language model. `chunk_size` (data.chunk_size),
-    `center_crop_scale` (augment.crop_scale) and `grounding` (data.grounding) are recorded in its
-    config (`record_training_layout`)."""
+    `center_crop_scale` (augment.crop_scale), `grounding` (data.grounding) and
+    `model_cfg.parallel_decoding` are recorded in its config (`record_training_layout`)."""
     dtype = DTYPES[model_cfg.dtype]
     if model_cfg.pretrained:
         model = OpenVLA.from_pretrained(model_cfg.pretrained, dtype=dtype, quantization=quant.method)
@@ -63,7 +69,7 @@ def build_base_model(
         if quant.method:
             quantize_language_model(model, quant.method, compute_dtype=dtype)
     model.config.extra["constrain_action_decoding"] = model_cfg.constrain_action_decoding
-    record_training_layout(model, chunk_size, center_crop_scale, grounding)
+    record_training_layout(model, chunk_size, center_crop_scale, grounding, model_cfg.parallel_decoding)
     return model
 
 

@@ -42,6 +42,11 @@ class ModelConfig:
     # New tiny model: "ordinal" gives the 256 action tokens' embeddings a code in which neighbouring
     # bins are alike (vla.tiny.init_action_tokens_ordinal); "random" initialises them as any token.
     action_token_init: str = "ordinal"
+    # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
+    # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
+    # it (in training they are teacher forced, at prediction the model's own, errors and all).
+    # Grounding tokens (data.grounding) stay autoregressive. Part of the trained model (locked).
+    parallel_decoding: bool = False
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))

@@ -150,6 +150,18 @@ class OpenVLA(nn.Module):
         return int(self.config.extra.get("grounding_tokens", 0))
 
     @property
+    def parallel_decoding(self) -> bool:
+        """Whether the action chunk is decoded in one pass over placeholder inputs (`model.parallel_decoding`,
+        OpenVLA-OFT) rather than token by token (OpenVLA)."""
+        return bool(self.config.extra.get("parallel_decoding", False))
+
+    @property
+    def action_placeholder_id(self) -> int:
+        """The input token at every action position of a parallel-decoding model: `<PAD>`, which no
+        prompt contains."""
+        return int(self.config.pad_token_id)
+
+    @property
     def num_patches(self) -> int:
         spec = self.config.towers[0]
         return (self.config.image_size // spec.patch_size) ** 2
@@ -220,34 +232,56 @@ class OpenVLA(nn.Module):
         n_tokens: int,
         constrain: bool,
         use_cache: bool = True,
+        parallel: int = 0,
     ) -> torch.Tensor:
-        """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens]."""
+        """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens].
+
+        `parallel`: the last `parallel` of them (a parallel-decoding model's action chunk) come from one
+        pass over `action_placeholder_id` inputs, so none of them depends on another; the tokens before
+        them are decoded one at a time, each fed back.
+        """
         embeds, mask, positions = self._prefix_batch(rows, pixel_values)
         lm = self.language_model
         embed = lm.get_input_embeddings()
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
-        generated = []
-        for step in range(n_tokens):
-            token = self._next_token(out.logits[:, -1].float(), constrain)
-            generated.append(token)
-            if step == n_tokens - 1:
-                break
-            new = embed(token[:, None])
+
+        def feed(new: torch.Tensor, past):
+            """Run the LM on `new` input embeddings [B, n, H] after everything before; logits [B, n, V]
+            are the output's last n."""
+            nonlocal embeds, mask, positions
+            n = new.shape[1]
             if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
+                positions = torch.cat(
+                    [positions, positions[:, -1:] + torch.arange(1, n + 1, device=new.device)], 1
+                )
             if use_cache:
-                step_pos = positions[:, -1:] if positions is not None else None
-                out = lm(
+                new_positions = positions[:, -n:] if positions is not None else None
+                return lm(
                     inputs_embeds=new,
                     attention_mask=mask,
-                    position_ids=step_pos,
-                    past_key_values=out.past_key_values,
+                    position_ids=new_positions,
+                    past_key_values=past,
                     use_cache=True,
                 )
-            else:
-                embeds = torch.cat([embeds, new], dim=1)
-                out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+            embeds = torch.cat([embeds, new], dim=1)
+            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+
+        generated = []
+        for step in range(n_tokens - parallel):
+            token = self._next_token(out.logits[:, -1].float(), constrain)
+            generated.append(token)
+            if step < n_tokens - 1:
+                out = feed(embed(token[:, None]), out.past_key_values)
+        if parallel:
+            logits = out.logits[:, -1:]
+            if parallel > 1:
+                holders = torch.full(
+                    (len(rows), parallel - 1), self.action_placeholder_id, device=logits.device
+                )
+                out = feed(embed(holders), out.past_key_values)
+                logits = torch.cat([logits, out.logits[:, -(parallel - 1) :]], dim=1)
+            generated += [self._next_token(logits[:, j].float(), constrain) for j in range(parallel)]
         return torch.stack(generated, dim=1)
 
     @torch.no_grad()
@@ -264,7 +298,8 @@ class OpenVLA(nn.Module):
 
         Each row's prompt gets the '▁' token appended unless it already ends with it; greedy decoding
         produces one token per action dimension (K * D for chunked models), after the G grounding tokens
-        of a model trained with them (returned as `grounding`). `constrain=True` restricts
+        of a model trained with them (returned as `grounding`); a parallel-decoding model produces the
+        K * D action tokens in one pass. `constrain=True` restricts
         decoding to the 256 action tokens (default: the checkpoint's `constrain_action_decoding`, set for
         models trained here); without it a non-action token decodes to an extreme bin and `</s>` stops
         early, as in OpenVLA.
@@ -281,8 +316,14 @@ class OpenVLA(nn.Module):
         ]
         rows = [ids if ids[-1] == self.empty_token_id else [*ids, self.empty_token_id] for ids in prompts]
         device = next(self.parameters()).device
+        n_actions = n_dims * chunk
         tokens = self.generate_action_tokens(
-            rows, pixel_values.to(device), n_ground + n_dims * chunk, constrain, use_cache
+            rows,
+            pixel_values.to(device),
+            n_ground + n_actions,
+            constrain,
+            use_cache,
+            parallel=n_actions if self.parallel_decoding else 0,
         )
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:

@@ -57,12 +57,27 @@ class VLAModule(L.LightningModule):
         """Loss (with `with_loss`) and logits of a collated batch; its uint8 `images` are normalized
         here, on the device."""
         pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
+        input_ids = batch["input_ids"]
+        if self.vla.parallel_decoding:
+            # Parallel decoding: the chunk's inputs are placeholders (labels keep the true tokens), as at
+            # prediction, so no action token is predicted from the true ones before it.
+            input_ids = input_ids.scatter(
+                1, self._chunk_span(batch["labels"]), self.vla.action_placeholder_id
+            )
         return self.model(
-            input_ids=batch["input_ids"],
+            input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=batch["attention_mask"],
             labels=batch["labels"] if with_loss else None,
         )
+
+    def _chunk_span(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, K*D] positions of each row's action chunk: the K*D tokens right before its `</s>` (the
+        last label that is not IGNORE_INDEX), padded chunk steps included."""
+        n = self.vla.action_chunk_size * len(self.action_stats["q01"])
+        has_label = (labels != IGNORE_INDEX).long()
+        eos = labels.shape[1] - 1 - has_label.flip(1).argmax(1)
+        return eos[:, None] - n + torch.arange(n, device=labels.device)
 
     def _label_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, L, V]: the logits that predict each text position (text token j is predicted at
@@ -116,9 +131,7 @@ class VLAModule(L.LightningModule):
         labels = batch["labels"]
         k, d = self.vla.action_chunk_size, len(self.action_stats["q01"])
         pred = self._label_logits(logits, labels).argmax(-1)
-        has_label = (labels != IGNORE_INDEX).long()
-        eos = labels.shape[1] - 1 - has_label.flip(1).argmax(1)  # position of each row's </s>
-        span = eos[:, None] - k * d + torch.arange(k * d, device=labels.device)
+        span = self._chunk_span(labels)
         pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
         true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
         valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()

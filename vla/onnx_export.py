@@ -87,6 +87,8 @@ def policy_metadata(model: OpenVLA) -> dict[str, Any]:
         "constrain_action_decoding": bool(model.config.extra.get("constrain_action_decoding", False)),
         "action_chunk_size": model.action_chunk_size,
         "grounding_tokens": model.grounding_tokens,
+        "parallel_decoding": model.parallel_decoding,
+        "action_placeholder_id": model.action_placeholder_id,
     }
 
 
@@ -236,10 +238,15 @@ class OnnxPolicy:
         return self.config.norm_stats or {}
 
     def generate(
-        self, ids: np.ndarray, pixel_values: np.ndarray, n_tokens: int, constrain: bool
+        self, ids: np.ndarray, pixel_values: np.ndarray, n_tokens: int, constrain: bool, parallel: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy decoding for rows of equal length; returns tokens [B, n] and their logits [B, n, V]."""
+        """Greedy decoding for rows of equal length; returns tokens [B, n] and their logits [B, n, V].
+
+        `parallel` (a parallel-decoding model's action chunk): the last `parallel` tokens are fed back as
+        the placeholder instead of themselves. The decode graph takes one token per step, so this makes
+        the same logits as the torch model's single pass over the placeholders, in as many steps."""
         lo, hi = self.action_tokenizer.first_action_token, self.action_tokenizer.last_action_token
+        placeholder = self.meta.get("action_placeholder_id", 0)
         outputs = self.prefix.run(None, {"pixel_values": pixel_values, "input_ids": ids})
         position = outputs[1].shape[2]
         tokens, logits = [], []
@@ -250,7 +257,8 @@ class OnnxPolicy:
             tokens.append(token.astype(np.int64))
             if step == n_tokens - 1:
                 break
-            feeds = {"token": tokens[-1][:, None], "position": np.full((len(ids), 1), position, np.int64)}
+            fed = tokens[-1] if step < n_tokens - parallel else np.full_like(tokens[-1], placeholder)
+            feeds = {"token": fed[:, None], "position": np.full((len(ids), 1), position, np.int64)}
             feeds.update({f"past.{n}": t for n, t in zip(self.names, outputs[1:])})
             outputs = self.decode.run(None, feeds)
             position += 1
@@ -271,6 +279,7 @@ class OnnxPolicy:
         n_dims, chunk = len(stats["q01"]), int(self.meta["action_chunk_size"])
         n_ground = int(self.meta.get("grounding_tokens", 0))
         n_tokens = n_ground + n_dims * chunk
+        parallel = n_dims * chunk if self.meta.get("parallel_decoding", False) else 0
         if constrain is None:
             constrain = bool(self.meta["constrain_action_decoding"])
         if attention_mask is None:
@@ -289,7 +298,7 @@ class OnnxPolicy:
         all_logits: list[np.ndarray] = [np.empty(0)] * len(rows)
         for group in groups:
             ids = np.asarray([rows[i] for i in group], np.int64)
-            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain)
+            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain, parallel)
             token_ids[group] = tokens
             for j, i in enumerate(group):
                 all_logits[i] = logits[j]

@@ -86,11 +86,12 @@ def load_run(run_dir: str | Path, merge: bool = True) -> nn.Module:
 
 # Keys that define the saved adapter and the token layout it learned: PEFT reads r, alpha and the
 # targets from adapter/adapter_config.json, so a changed value would be ignored or fail deep in PEFT;
-# another quantization, chunk size or grounding size would be another model than the one trained.
+# another quantization, chunk size, grounding size or decoding would be another model than the one trained.
 LOCKED_KEYS = {
     "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
     "quantization": ("method",),
     "data": ("chunk_size", "grounding"),
+    "model": ("parallel_decoding",),
 }
 
 
@@ -148,7 +149,9 @@ def _attach_run_settings(model: OpenVLA, run_dir: Path, cfg: TrainConfig) -> Non
     model.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
     model.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
     # A pretrained base's own config.json does not know how this run trained it.
-    record_training_layout(model, cfg.data.chunk_size, cfg.augment.crop_scale, cfg.data.grounding)
+    record_training_layout(
+        model, cfg.data.chunk_size, cfg.augment.crop_scale, cfg.data.grounding, cfg.model.parallel_decoding
+    )
 
 
 def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:
