@@ -93,6 +93,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         cfg.trainer.max_steps,
         grounding_weight=cfg.data.grounding_weight,
         grounding_weight_steps=cfg.data.grounding_weight_steps,
+        token_noise=cfg.data.token_noise,
+        token_noise_bins=cfg.data.token_noise_bins,
     )
 
     checkpoint = ModelCheckpoint(

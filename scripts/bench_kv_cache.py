@@ -1,6 +1,7 @@
-"""Per-action latency of the tiny model with and without the KV cache (23-dim actions).
+"""Per-query latency of the tiny model with and without the KV cache, and with parallel decoding
+(model.parallel_decoding: the chunk's K*23 action tokens in one pass), for 23-dim actions in K-step chunks.
 
-python scripts/bench_kv_cache.py [--actions 20] [--batch 1]
+python scripts/bench_kv_cache.py [--actions 20] [--batch 1] [--chunk 1]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.adapters import record_training_layout  # noqa: E402
 from vla.tiny import TinyArchitecture, build_tiny_model  # noqa: E402
 
 
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=20, help="timed predictions per mode")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=TinyArchitecture.image_size)
+    parser.add_argument("--chunk", type=int, default=1, help="actions per query (data.chunk_size)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = build_tiny_model(TinyArchitecture(image_size=args.image_size), norm_stats=stats_23()).eval()
@@ -54,17 +57,26 @@ def main() -> None:
     ]
     instructions = ["reach the red ball with the left hand"] * args.batch
     print(
-        f"tiny model, image {args.image_size}px, batch {args.batch}, 23 action tokens, torch threads {torch.get_num_threads()}"
+        f"tiny model, image {args.image_size}px, batch {args.batch}, {args.chunk} x 23 action tokens per query, "
+        f"torch threads {torch.get_num_threads()}"
     )
     results = {}
-    for use_cache in (True, False):
+    modes = {
+        "with KV cache              ": (True, False),
+        "without KV cache           ": (False, False),
+        "KV cache, parallel decoding": (True, True),
+    }
+    for label, (use_cache, parallel) in modes.items():
+        record_training_layout(model, args.chunk, 1.0, parallel_decoding=parallel)
         t = time_actions(model, images, instructions, use_cache, args.actions)
-        results[use_cache] = statistics.median(t)
-        label = "with KV cache   " if use_cache else "without KV cache"
+        results[label] = statistics.median(t)
         print(
-            f"{label}: median {1000 * results[use_cache]:.1f} ms per action, p90 {1000 * np.percentile(t, 90):.1f} ms"
+            f"{label}: median {1000 * results[label]:.1f} ms per query, p90 {1000 * np.percentile(t, 90):.1f} ms"
         )
-    print(f"speed-up from the KV cache: {results[False] / results[True]:.2f}x")
+    cached, uncached, parallel = results.values()
+    print(
+        f"speed-up from the KV cache: {uncached / cached:.2f}x; from parallel decoding on top: {cached / parallel:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -221,6 +221,12 @@ class DataConfig:
     grounding: int = 0
     grounding_weight: float = 1.0  # training loss weight of a grounding token (an action token's is 1)
     grounding_weight_steps: int | None = None  # optimizer steps that weight holds for, then 1; null: all
+    # Teacher-forcing noise: in training, each action token of the inputs (not the labels) is moved by
+    # a uniform shift of -token_noise_bins..token_noise_bins bins with probability token_noise, so the later
+    # tokens of a chunk learn to read the image and the grounding instead of copying the true ones
+    # before them (which prediction does not have). 0: off (OpenVLA).
+    token_noise: float = 0.0
+    token_noise_bins: int = 8
     cache_images: bool = True  # decode each frame once into a memory-mapped uint8 cache (paths.cache_dir)
     sample: SampleDataConfig = field(default_factory=SampleDataConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -243,6 +249,10 @@ class DataConfig:
             raise ConfigError(f"data.grounding_weight={self.grounding_weight} must be >= 0")
         if self.grounding_weight_steps is not None and self.grounding_weight_steps < 0:
             raise ConfigError(f"data.grounding_weight_steps={self.grounding_weight_steps} must be >= 0")
+        if not 0.0 <= self.token_noise <= 1.0:
+            raise ConfigError(f"data.token_noise={self.token_noise} must be a probability in [0, 1]")
+        if self.token_noise_bins < 1:
+            raise ConfigError(f"data.token_noise_bins={self.token_noise_bins} must be >= 1")
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"

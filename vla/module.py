@@ -34,6 +34,8 @@ class VLAModule(L.LightningModule):
         max_steps: int,
         grounding_weight: float = 1.0,
         grounding_weight_steps: int | None = None,
+        token_noise: float = 0.0,
+        token_noise_bins: int = 8,
     ):
         super().__init__()
         self.model = model
@@ -42,6 +44,9 @@ class VLAModule(L.LightningModule):
         # optimizer steps (None: all of them), then 1.
         self.grounding_weight = grounding_weight
         self.grounding_weight_steps = grounding_weight_steps
+        # Teacher-forcing noise on the action tokens of the inputs (data.token_noise, training only).
+        self.token_noise = token_noise
+        self.token_noise_bins = token_noise_bins
         self.action_stats = action_stats
         self.max_steps = max_steps
         self.val_records: list[dict[str, np.ndarray]] = []
@@ -97,8 +102,22 @@ class VLAModule(L.LightningModule):
         steps = self.grounding_weight_steps
         return self.grounding_weight if steps is None or step < steps else 1.0
 
+    def noisy_action_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`batch` with each labelled action token of `input_ids` (grounding tokens and `</s>` excepted)
+        moved, with probability `token_noise`, by a uniform shift of -bins..bins and kept within the 256
+        action tokens; labels unchanged."""
+        ids, labels = batch["input_ids"], batch["labels"]
+        tokenizer = self.vla.action_tokenizer
+        lo, hi = tokenizer.first_action_token, tokenizer.last_action_token
+        actions = (labels != IGNORE_INDEX) & (ids >= lo) & (ids <= hi) & ~self._grounding_positions(labels)
+        hit = actions & (torch.rand(ids.shape, device=ids.device) < self.token_noise)
+        shift = torch.randint(-self.token_noise_bins, self.token_noise_bins + 1, ids.shape, device=ids.device)
+        return {**batch, "input_ids": torch.where(hit, (ids + shift).clamp(lo, hi), ids)}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         grounded = bool(self.vla.grounding_tokens)
+        if self.token_noise > 0:
+            batch = self.noisy_action_inputs(batch)
         out = self(batch, with_loss=not grounded)
         n = batch["input_ids"].shape[0]
         if grounded:
