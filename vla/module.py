@@ -103,13 +103,14 @@ class VLAModule(L.LightningModule):
         return self.grounding_weight if steps is None or step < steps else 1.0
 
     def noisy_action_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`batch` with each labelled action token of `input_ids` (grounding tokens and `</s>` excepted)
-        moved, with probability `token_noise`, by a uniform shift of -bins..bins and kept within the 256
-        action tokens; labels unchanged."""
+        """`batch` with each labelled action token of `input_ids` (the chunk's, `_chunk_span`; padded
+        chunk steps carry no label) moved, with probability `token_noise`, by a uniform shift of
+        -bins..bins and kept within the 256 action tokens; labels unchanged."""
         ids, labels = batch["input_ids"], batch["labels"]
         tokenizer = self.vla.action_tokenizer
         lo, hi = tokenizer.first_action_token, tokenizer.last_action_token
-        actions = (labels != IGNORE_INDEX) & (ids >= lo) & (ids <= hi) & ~self._grounding_positions(labels)
+        chunk = torch.zeros_like(labels, dtype=torch.bool).scatter(1, self._chunk_span(labels), True)
+        actions = chunk & (labels != IGNORE_INDEX)
         hit = actions & (torch.rand(ids.shape, device=ids.device) < self.token_noise)
         shift = torch.randint(-self.token_noise_bins, self.token_noise_bins + 1, ids.shape, device=ids.device)
         return {**batch, "input_ids": torch.where(hit, (ids + shift).clamp(lo, hi), ids)}
