@@ -57,12 +57,12 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     """Train; returns the final validation metrics."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from vla.adapters import apply_adapter, build_base_model
-    from vla.checkpoint import quantize_language_model
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
-    from vla.module import VLAModule
-    from vla.runs import RunArtifacts, SimSuccessRate, required_action_dim, save_run_config
+    from vla.model.checkpoint import quantize_language_model
+    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.training.module import VLAModule
+    from vla.training.runs import RunArtifacts, SimSuccessRate, required_action_dim, save_run_config
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)

@@ -77,12 +77,12 @@ def train_rate(module, batches: list, cfg: BenchDataConfig) -> float:
 def run(cfg: BenchDataConfig) -> dict[str, float]:
     import torch
 
-    from vla.adapters import apply_adapter, build_base_model
     from vla.data.augment import make_augment
     from vla.data.cache import build_frame_cache
     from vla.data.datamodule import VLADataModule
     from vla.data.dataset import VLADataset
-    from vla.module import VLAModule
+    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.training.module import VLAModule
 
     torch.manual_seed(cfg.seed)
     datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)

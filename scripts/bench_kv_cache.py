@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vla.adapters import record_training_layout  # noqa: E402
-from vla.tiny import TinyArchitecture, build_tiny_model  # noqa: E402
+from vla.model.tiny import TinyArchitecture, build_tiny_model  # noqa: E402
+from vla.training.adapters import record_training_layout  # noqa: E402
 
 
 def stats_23() -> dict:

@@ -22,7 +22,7 @@ register_configs()
 
 def run(cfg: BenchmarkConfig) -> dict:
     """Run every backend; returns the report written to benchmark.json (plus the files written)."""
-    from vla.bench import markdown_table, run_benchmark
+    from vla.export.bench import markdown_table, run_benchmark
 
     report = run_benchmark(cfg)
     print()

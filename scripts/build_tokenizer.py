@@ -1,6 +1,6 @@
-"""Build the tiny model's compact Llama-2-layout tokenizer into `vla/assets/tokenizer/`.
+"""Build the tiny model's compact Llama-2-layout tokenizer into `vla/model/assets/tokenizer/`.
 
-python scripts/build_tokenizer.py [--out vla/assets/tokenizer]
+python scripts/build_tokenizer.py [--out vla/model/assets/tokenizer]
 
 Offline and deterministic: BPE merges are learned with `tokenizers` on a corpus generated here from
 OpenVLA prompts of robot instructions, so running it twice writes byte-identical files. Layout of the
@@ -205,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default = Path(__file__).resolve().parents[1] / "vla" / "assets" / "tokenizer"
+    default = Path(__file__).resolve().parents[1] / "vla" / "model" / "assets" / "tokenizer"
     parser.add_argument("--out", type=Path, default=default, help="output folder")
     for name, size in build(parser.parse_args().out).items():
         print(f"{name}: {size} bytes")

@@ -20,13 +20,13 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vla.sim.config import EvaluateConfig, to_settings  # noqa: E402
+from vla.config import EvaluateConfig, to_settings  # noqa: E402
 
 
 def load_policy(checkpoint: str | Path, unnorm_key: str | None):
     """`policy(images, instructions) -> actions [B, D]` in robot units, from an OpenVLA-format folder or
     a training run folder."""
-    from vla.runs import load_model
+    from vla.training.runs import load_model
 
     model = load_model(checkpoint)
 
@@ -59,7 +59,7 @@ def match_training_run(cfg: DictConfig, overridden: set[str]) -> None:
     rate (a policy trained at 5 Hz executes nonsense at 25 Hz), except where the command line says otherwise."""
     if cfg.checkpoint is None or not (Path(str(cfg.checkpoint)) / "config.yaml").is_file():
         return  # an OpenVLA folder, or baselines only
-    from vla.runs import load_train_config
+    from vla.training.runs import load_train_config
 
     data = load_train_config(Path(str(cfg.checkpoint))).data
     if data.format != "sample":

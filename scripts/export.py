@@ -25,7 +25,7 @@ log = logging.getLogger("export")
 
 def run(cfg: ExportConfig) -> dict:
     """Merge and export `cfg.run` into `cfg.out_dir`; returns the report written to export.json."""
-    from vla.export import export_run
+    from vla.export.merge import export_run
 
     report = export_run(cfg)
     out = Path(cfg.out_dir)

@@ -30,7 +30,6 @@ register_configs()
 def run(cfg: InspectDataConfig) -> dict:
     """Load, filter and annotate as training does; print the summary and write the two PNGs.
     Returns the counts, the filter report, the samples on the sheet and the PNG paths."""
-    from vla.adapters import base_image_transform
     from vla.data.annotate import GROUP_KEYS, check_groups, classify_phases
     from vla.data.augment import make_augment
     from vla.data.datamodule import prepare_episodes
@@ -43,6 +42,7 @@ def run(cfg: InspectDataConfig) -> dict:
         statistics_table,
     )
     from vla.data.statistics import compute_statistics, split_episodes
+    from vla.training.adapters import base_image_transform
 
     run_dir = Path(cfg.run_dir)
     loaded, filtered = prepare_episodes(cfg.data, cfg.paths.cache_dir)

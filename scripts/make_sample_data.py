@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vla.sim.config import MakeSampleDataConfig, to_settings  # noqa: E402
+from vla.config import MakeSampleDataConfig, to_settings  # noqa: E402
 
 
 def run(cfg: MakeSampleDataConfig) -> dict:

@@ -22,7 +22,7 @@ register_configs()
 def run(cfg: PredictConfig) -> dict:
     from PIL import Image
 
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
 
     image_path = Path(cfg.image)
     if not image_path.is_file():

@@ -40,6 +40,6 @@ def ref_cases(ref_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def ref_model(ref_dir: Path):
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
 
     return OpenVLA.from_pretrained(ref_dir / "tiny_ckpt")

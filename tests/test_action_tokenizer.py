@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla.action_tokenizer import ActionTokenizer, StatisticsError, action_stats, normalize, unnormalize
+from vla.model.action_tokenizer import ActionTokenizer, StatisticsError, action_stats, normalize, unnormalize
 
 
 def test_bin_edges_and_token_mapping():

@@ -22,9 +22,9 @@ register_configs()
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     """An export folder as scripts/export.py writes it, for a random tiny model (28 px, 5-dim actions)."""
-    from vla.export import HeldOut
-    from vla.onnx_export import export_onnx, quantize_int8
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.export.merge import HeldOut
+    from vla.export.onnx import export_onnx, quantize_int8
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     out = tmp_path_factory.mktemp("export")
     action = {k: [0.0] * 5 for k in ("mean", "std", "min", "max")}
@@ -47,7 +47,7 @@ def bench_config(export_dir: Path, **kwargs) -> BenchmarkConfig:
 
 
 def test_all_backends_and_three_reports(export_dir, tmp_path):
-    from vla.bench import run_benchmark
+    from vla.export.bench import run_benchmark
 
     report = run_benchmark(bench_config(export_dir, out_dir=str(tmp_path)))
     results = {r["backend"]: r for r in report["results"]}
@@ -77,7 +77,7 @@ def test_all_backends_and_three_reports(export_dir, tmp_path):
 
 
 def test_target_decides_pass_or_fail(export_dir, tmp_path):
-    from vla.bench import run_benchmark
+    from vla.export.bench import run_benchmark
 
     report = run_benchmark(bench_config(export_dir, backends=["onnx_fp32"], target_tokens_per_s=1e9,
                                         out_dir=str(tmp_path)))  # fmt: skip
@@ -87,7 +87,7 @@ def test_target_decides_pass_or_fail(export_dir, tmp_path):
 
 
 def test_benchmark_config_is_checked(tmp_path):
-    from vla.bench import run_benchmark
+    from vla.export.bench import run_benchmark
 
     with pytest.raises(ConfigError, match=r"backends='onnx_fp16' is not valid; choose one of \['torch_fp32'"):
         BenchmarkConfig(checkpoint="x", backends=["onnx_fp16"])
@@ -101,7 +101,7 @@ def test_benchmark_config_is_checked(tmp_path):
 
 
 def test_wandb_offline_run(export_dir, tmp_path, monkeypatch):
-    from vla.bench import run_benchmark
+    from vla.export.bench import run_benchmark
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = bench_config(export_dir, backends=["onnx_fp32"], out_dir=str(tmp_path))

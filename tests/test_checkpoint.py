@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT
-from vla.action_tokenizer import StatisticsError
-from vla.configuration import CheckpointError
-from vla.modeling import OpenVLA
+from vla.model.action_tokenizer import StatisticsError
+from vla.model.configuration import CheckpointError
+from vla.model.modeling import OpenVLA
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def _walk_then_hold(episode_dir: Path) -> None:
 @pytest.mark.parametrize("mode", ["metadata", "annotated"])
 def test_training_prompts_carry_the_step_instruction(tmp_path, mode):
     """data.instructions reaches the token ids the model trains on, step by step."""
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     for episode_dir in make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=20):
         _walk_then_hold(episode_dir)

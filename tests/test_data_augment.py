@@ -13,7 +13,7 @@ from vla.config import AugmentConfig, ConfigError, TrainConfig, register_configs
 from vla.data.augment import make_augment, sample_seed
 from vla.data.dataset import VLADataset
 from vla.data.episodes import Episode
-from vla.processing import center_crop
+from vla.model.processing import center_crop
 
 register_configs()
 SIZE = 28
@@ -42,7 +42,7 @@ def bordered(size: int, inner: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     return build_tiny_model(TinyArchitecture(image_size=SIZE))
 
@@ -152,8 +152,8 @@ def test_train_split_is_augmented_per_epoch_and_validation_only_centre_cropped(t
 
 
 def test_model_trained_with_crops_centre_crops_at_predict_time(tiny, tmp_path):
-    from vla.adapters import record_training_layout
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
+    from vla.training.adapters import record_training_layout
 
     record_training_layout(tiny, chunk_size=1, center_crop_scale=0.25)
     try:

@@ -18,7 +18,7 @@ from vla.data.cache import build_frame_cache, entry_name
 from vla.data.episodes import Episode
 from vla.data.isaac import load_isaac_episodes
 from vla.data.pickle_demos import load_pickle_demos
-from vla.processing import ImageTransform
+from vla.model.processing import ImageTransform
 
 SIZE = 28
 

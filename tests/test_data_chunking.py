@@ -8,14 +8,14 @@ import torch
 from data_factories import make_isaac_dataset
 
 from tests.conftest import ROOT
-from vla.adapters import record_training_layout
 from vla.config import DataConfig
 from vla.data.cache import build_frame_cache
 from vla.data.dataset import VLADataset, chunk_steps, collate
 from vla.data.episodes import Episode
 from vla.data.isaac import load_isaac_episodes
-from vla.modeling import IGNORE_INDEX
-from vla.processing import build_prompt
+from vla.model.modeling import IGNORE_INDEX
+from vla.model.processing import build_prompt
+from vla.training.adapters import record_training_layout
 
 SIZE = 28
 D = 3
@@ -25,7 +25,7 @@ STEP_VALUES = [-0.9, -0.5, 0.0, 0.5, 0.9]
 
 @pytest.fixture(scope="module")
 def tiny():
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     return build_tiny_model(TinyArchitecture(image_size=SIZE))
 
@@ -91,7 +91,7 @@ def test_chunk_tokens_and_ignored_padding(tiny):
 
 def reference_sample(tiny, episode: Episode, t: int, stats: dict) -> dict:
     """The sample as OpenVLA (and this repo before chunking) builds it, written out independently."""
-    from vla.action_tokenizer import normalize
+    from vla.model.action_tokenizer import normalize
 
     tok = tiny.processor.tokenizer
     prompt = tok(build_prompt(episode.instruction))["input_ids"]
@@ -136,7 +136,7 @@ def test_chunk_size_must_be_positive():
 
 
 def test_predict_returns_chunks_after_save_and_load(tiny, tmp_path):
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
 
     images, texts = [np.zeros((SIZE, SIZE, 3), np.uint8)] * 2, ["wave", "walk forward"]
     tiny.config.norm_stats = {"athena": {"action": identity_stats(23)}}
@@ -154,7 +154,7 @@ def test_predict_returns_chunks_after_save_and_load(tiny, tmp_path):
 def test_validation_metrics_leave_padded_steps_out(tiny):
     """A model right on every real chunk step and wrong on every padded one scores 100%."""
     from vla.config import OptimConfig
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     record_training_layout(tiny, chunk_size=3, center_crop_scale=1.0)
     try:
@@ -195,9 +195,9 @@ def test_chunked_training_run_predicts_chunks_and_runs_in_the_simulator(tmp_path
     """train.py with data.chunk_size=4 and augment=openvla -> load_run -> [B, 4, 23] -> evaluate_policy."""
     from test_train import train
 
-    from vla.runs import load_run
-    from vla.sim.config import EvalSettings, SimSettings
+    from vla.config.sim import EvalSettings, SimSettings
     from vla.sim.evaluate import evaluate_policy
+    from vla.training.runs import load_run
 
     make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]

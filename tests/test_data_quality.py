@@ -170,8 +170,8 @@ def test_datamodule_success_only_with_pickle_demos_without_success_is_an_error(t
 
 def test_default_filter_keeps_the_simulated_sample_episodes(tmp_path):
     """The defaults must not drop any expert episode the simulator generates (one of each task)."""
+    from vla.config.sim import SampleDataSettings, SimSettings
     from vla.data.isaac import load_isaac_episodes
-    from vla.sim.config import SampleDataSettings, SimSettings
     from vla.sim.episodes import generate_dataset
 
     settings = SampleDataSettings(episodes_per_task=1, sim=SimSettings(image_size=32))

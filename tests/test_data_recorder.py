@@ -199,7 +199,7 @@ def test_recorded_pickle_trains_with_chunks_and_augmentation(tmp_path):
     2-step chunks of the recorded robot's 23 action dimensions (22 joints + gripper)."""
     from test_train import train
 
-    from vla.runs import load_run
+    from vla.training.runs import load_run
 
     path = record_demos(n_demos=3, frames=8).save(tmp_path / "demos.pkl", format="pickle")
     overrides = ["data=pickle", f"data.root={path}", "data.chunk_size=2", "augment=seed"]  # 2 steps (FAST)

@@ -48,11 +48,11 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[Tra
     """What train.py leaves behind, without the optimizer: base_model/, statistics, config and an
     adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op.
     Also returns the PEFT model itself, as training held it in memory (eval mode)."""
-    from vla.adapters import apply_adapter, build_base_model
-    from vla.checkpoint import DTYPES, quantize_language_model
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
-    from vla.runs import save_run_config, save_trained
+    from vla.model.checkpoint import DTYPES, quantize_language_model
+    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.training.runs import save_run_config, save_trained
 
     cfg = train_config(run_dir, ["data=isaac", f"data.root={isaac_root}", *overrides])
     save_run_config(run_dir, cfg)
@@ -101,9 +101,9 @@ def expected_merged_q_proj(run_dir: Path, kind: str, cfg: TrainConfig) -> torch.
 
 @pytest.mark.parametrize("kind", ["lora", "dora", "qlora"])
 def test_merge_equals_base_plus_adapter(tmp_path, isaac_root, kind):
-    from vla.export import action_tokens, held_out_samples
-    from vla.modeling import OpenVLA
-    from vla.runs import load_trained
+    from vla.export.merge import action_tokens, held_out_samples
+    from vla.model.modeling import OpenVLA
+    from vla.training.runs import load_trained
 
     cfg, _ = make_run(tmp_path, isaac_root, LORA[kind])
     reference, merged = load_trained(tmp_path, cfg, merge=False), load_trained(tmp_path, cfg, merge=True)
@@ -120,9 +120,9 @@ def test_merge_equals_base_plus_adapter(tmp_path, isaac_root, kind):
 
 
 def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
-    from vla.export import HeldOut, action_tokens, export_run
-    from vla.modeling import OpenVLA
-    from vla.onnx_export import OnnxPolicy
+    from vla.export.merge import HeldOut, action_tokens, export_run
+    from vla.export.onnx import OnnxPolicy
+    from vla.model.modeling import OpenVLA
 
     run_dir, out = tmp_path / "run", tmp_path / "export"
     make_run(run_dir, isaac_root, LORA["lora"])
@@ -147,8 +147,8 @@ def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
 
 
 def test_merge_mismatch_stops_the_export(tmp_path, isaac_root, monkeypatch):
-    import vla.export as export
-    from vla.modeling import OpenVLA
+    import vla.export.merge as export
+    from vla.model.modeling import OpenVLA
 
     run_dir = tmp_path / "run"
     make_run(run_dir, isaac_root, LORA["lora"])
@@ -171,7 +171,7 @@ def test_merge_mismatch_stops_the_export(tmp_path, isaac_root, monkeypatch):
 def test_interrupted_export_leaves_nothing_complete_looking(tmp_path, isaac_root, monkeypatch, where):
     import huggingface_hub
 
-    from vla.export import export_run
+    from vla.export.merge import export_run
 
     run_dir, out = tmp_path / "run", tmp_path / "out"
     make_run(run_dir, isaac_root, LORA["lora"])
@@ -206,9 +206,9 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding, parallel):
     policy gives PyTorch's tokens (after `grounding` grounding tokens, which it returns as well), and
     its logits match an uncached PyTorch pass to 1e-4 (for a parallel-decoding model, one pass with
     placeholders at the action positions)."""
-    from vla.onnx_export import OnnxPolicy, export_onnx
-    from vla.processing import build_prompt
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.export.onnx import OnnxPolicy, export_onnx
+    from vla.model.processing import build_prompt
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     action = {k: [0.0] * 5 for k in ("mean", "std", "min", "max")}
     action.update(q01=[-1.0] * 5, q99=[1.0] * 5, mask=[True] * 5)

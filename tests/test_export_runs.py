@@ -19,8 +19,8 @@ from test_export import LORA, export_config, make_run, train_config
 
 from tests.conftest import ROOT
 from vla.config import ConfigError, ExportConfig, register_configs, to_object
-from vla.configuration import CheckpointError
 from vla.data.episodes import DataError
+from vla.model.configuration import CheckpointError
 
 register_configs()
 
@@ -42,8 +42,8 @@ def compose_export(overrides: list[str]) -> ExportConfig:
 def test_export_finds_a_moved_base_and_moved_data(tmp_path, isaac_root):
     """The run's base_model/ and data moved after training: model.pretrained= and data.root= on the
     command line point at the new places, and the export checks against the adapter as trained."""
-    from vla.export import HeldOut, action_tokens, export_run
-    from vla.modeling import OpenVLA
+    from vla.export.merge import HeldOut, action_tokens, export_run
+    from vla.model.modeling import OpenVLA
 
     run_dir, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(isaac_root, data)
@@ -72,8 +72,8 @@ def test_export_finds_a_moved_base_and_moved_data(tmp_path, isaac_root):
 
 
 def test_overrides_are_checked_against_the_schema_and_the_adapter(tmp_path):
-    from vla.export import export_run
-    from vla.runs import load_train_config, save_run_config
+    from vla.export.merge import export_run
+    from vla.training.runs import load_train_config, save_run_config
 
     save_run_config(tmp_path, train_config(tmp_path, ["lora=efficient", "lora.r=8", "lora.alpha=16"]))
     cfg = load_train_config(tmp_path, {"model": {"dtype": "bfloat16"}, "lora": {"dropout": 0.0}})
@@ -113,9 +113,9 @@ def test_load_run_of_a_qlora_run_predicts_like_the_adapter_model(tmp_path, isaac
     so its tokens are the trained adapter model's; merging into the full-precision base is not."""
     from peft import PeftModel
 
-    from vla.export import action_tokens, held_out_samples
-    from vla.modeling import OpenVLA
-    from vla.runs import load_run
+    from vla.export.merge import action_tokens, held_out_samples
+    from vla.model.modeling import OpenVLA
+    from vla.training.runs import load_run
 
     cfg, trained = make_run(tmp_path, isaac_root, LORA["qlora"])
     samples = held_out_samples(cfg, 6, "val")
@@ -131,8 +131,8 @@ def test_load_run_of_a_qlora_run_predicts_like_the_adapter_model(tmp_path, isaac
 def test_bf16_qlora_export_checks_against_the_model_as_trained(tmp_path, isaac_root):
     """model.dtype=bfloat16 + nf4: training upcast every weight that is not quantized to float32 (PEFT's
     k-bit preparation); the loaded adapter model has the trained model's dtypes, weight for weight."""
-    from vla.export import action_tokens, export_run, held_out_samples
-    from vla.runs import load_trained
+    from vla.export.merge import action_tokens, export_run, held_out_samples
+    from vla.training.runs import load_trained
 
     run_dir = tmp_path / "run"
     cfg, trained = make_run(run_dir, isaac_root, [*LORA["qlora"], "model.dtype=bfloat16"])
@@ -159,10 +159,10 @@ def test_chunked_centre_crop_run_exports_like_the_run(tmp_path, isaac_root):
     the run, like a hub base."""
     from test_train import train
 
-    from vla.export import HeldOut, action_tokens, export_run, held_out_samples
-    from vla.modeling import OpenVLA
-    from vla.onnx_export import OnnxPolicy
-    from vla.runs import load_run, load_train_config
+    from vla.export.merge import HeldOut, action_tokens, export_run, held_out_samples
+    from vla.export.onnx import OnnxPolicy
+    from vla.model.modeling import OpenVLA
+    from vla.training.runs import load_run, load_train_config
 
     run_dir, out, base = tmp_path / "run", tmp_path / "out", tmp_path / "base"
     data = ["data=isaac", f"data.root={isaac_root}", f"paths.cache_dir={tmp_path / 'cache'}"]

@@ -12,20 +12,20 @@ import torch
 from data_factories import make_isaac_dataset
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.adapters import record_training_layout
 from vla.config import ConfigError, DataConfig, OptimConfig
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError
 from vla.data.grounding import episode_grounding
-from vla.modeling import IGNORE_INDEX
-from vla.processing import build_prompt
+from vla.model.modeling import IGNORE_INDEX
+from vla.model.processing import build_prompt
+from vla.training.adapters import record_training_layout
 
 D = 3  # action dims of known_episode
 
 
 @pytest.fixture
 def tiny():
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     model = build_tiny_model(TinyArchitecture(image_size=SIZE))
     model.config.norm_stats = {"athena": {"action": identity_stats(23)}}
@@ -47,8 +47,8 @@ def test_reach_scene_grounding_is_the_balls_place_in_the_ball_region():
 
 
 def test_simulated_reach_episodes_carry_their_grounding():
+    from vla.config.sim import SimSettings
     from vla.sim.athena import AthenaRobot
-    from vla.sim.config import SimSettings
     from vla.sim.tasks import sample_episode
 
     robot = AthenaRobot(SimSettings(image_size=28))
@@ -150,7 +150,7 @@ def _batch_and_logits(tiny, right_grounding: bool, off_bins: int = 0):
 def test_training_loss_weights_grounding_tokens(tiny, weight):
     """Actions right (loss ~0), the 3 grounding tokens uniform (log V each): the weighted mean over a
     row's 3 grounding + D action + </s> tokens is 3 w log V / (3 w + D + 1)."""
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0, grounding=3)
     batch, logits = _batch_and_logits(tiny, right_grounding=False)
@@ -165,7 +165,7 @@ def test_training_loss_weights_grounding_tokens(tiny, weight):
 
 
 def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     args = (tiny, OptimConfig(), identity_stats())
     module = VLAModule(*args, max_steps=10, grounding_weight=8.0, grounding_weight_steps=3)
@@ -176,7 +176,7 @@ def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):
 
 @pytest.mark.parametrize("off_bins", [0, 4])
 def test_validation_reports_grounding_error(tiny, off_bins):
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0, grounding=3)
     batch, logits = _batch_and_logits(tiny, right_grounding=True, off_bins=off_bins)
@@ -192,7 +192,7 @@ def test_validation_reports_grounding_error(tiny, off_bins):
 
 
 def test_prediction_writes_grounding_first_and_survives_save_and_load(tiny, tmp_path):
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
 
     record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, grounding=3)
     images, texts = [np.full((SIZE, SIZE, 3), 90, np.uint8)] * 2, ["wave", "walk forward"]
@@ -217,7 +217,7 @@ def test_training_run_with_grounding_from_metadata(tmp_path):
     before any training naming the episode."""
     from test_train import train
 
-    from vla.runs import load_run, load_train_config
+    from vla.training.runs import load_run, load_train_config
 
     paths = make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
     for i, path in enumerate(paths):

@@ -93,9 +93,9 @@ def test_sheet_shows_the_training_samples_after_augmentation(tmp_path, dataset, 
     """The sheet's frames are the pixels training gives those samples: same split, model input size,
     augmentation and seed, drawn through the DataModule that train.py uses."""
     import vla.data.inspect as inspect_module
-    from vla.adapters import build_base_model
     from vla.config import QuantizationConfig
     from vla.data.datamodule import VLADataModule
+    from vla.training.adapters import build_base_model
 
     shown: dict[str, list[np.ndarray]] = {}
     real_sheet = inspect_module.frame_sheet

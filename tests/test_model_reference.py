@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vla.configuration import OpenVLAConfig
-from vla.modeling import OpenVLA
-from vla.processing import build_prompt
+from vla.model.configuration import OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.model.processing import build_prompt
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["case0", "case1"])

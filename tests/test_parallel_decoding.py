@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.adapters import record_training_layout
 from vla.config import ConfigError, OptimConfig
 from vla.data.dataset import VLADataset, collate
-from vla.modeling import IGNORE_INDEX
-from vla.processing import build_prompt
+from vla.model.modeling import IGNORE_INDEX
+from vla.model.processing import build_prompt
+from vla.training.adapters import record_training_layout
 
 D = 3  # action dims of known_episode
 IMAGES = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for i in range(3)]
@@ -24,7 +24,7 @@ TEXTS = ["wave", "reach the red ball with your left hand", "walk"]  # prompts of
 def tiny():
     """A tiny model whose language model is perturbed so that greedy decoding varies by position and
     input (a fresh one's ordinal action rows tie and decode one bin everywhere)."""
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     model = build_tiny_model(TinyArchitecture(image_size=SIZE)).eval()
     model.config.norm_stats = {"athena": {"action": identity_stats(D)}}
@@ -77,7 +77,7 @@ def test_parallel_and_autoregressive_decoding_differ(tiny):
 
 
 def _training_logits(tiny, batch):
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     module = VLAModule(tiny, OptimConfig(), identity_stats(D), max_steps=1)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_training_never_shows_an_action_token_the_true_ones_before_it(tiny, para
 
 
 def test_saved_model_keeps_parallel_decoding(tiny, tmp_path):
-    from vla.modeling import OpenVLA
+    from vla.model.modeling import OpenVLA
 
     record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, grounding=1, parallel_decoding=True)
     pred = tiny.predict(IMAGES, TEXTS, constrain=True)
@@ -130,7 +130,7 @@ def test_training_run_with_parallel_decoding(tmp_path):
     from data_factories import make_isaac_dataset
     from test_train import train
 
-    from vla.runs import load_run, load_train_config
+    from vla.training.runs import load_run, load_train_config
 
     make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]

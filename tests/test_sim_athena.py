@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vla.config.sim import CAMERAS, SimSettings
 from vla.sim.athena import (
     CAMERA_POSES,
     HOME_POSE,
@@ -16,7 +17,6 @@ from vla.sim.athena import (
     AthenaRobot,
     read_binary_stl,
 )
-from vla.sim.config import CAMERAS, SimSettings
 from vla.sim.tasks import _BALL_X, _BALL_Y, _BALL_Z
 
 

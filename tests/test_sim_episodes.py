@@ -15,8 +15,7 @@ from PIL import Image
 
 import vla.sim.episodes as episodes
 from tests.conftest import ROOT, load_script
-from vla.sim.athena import JOINT_NAMES, STATE_NAMES
-from vla.sim.config import (
+from vla.config import (
     EVALUATION_SEED_BASE,
     TASK_NAMES,
     EvalSettings,
@@ -25,6 +24,7 @@ from vla.sim.config import (
     SimSettings,
     to_settings,
 )
+from vla.sim.athena import JOINT_NAMES, STATE_NAMES
 
 SMALL = SampleDataSettings(episodes_per_task=1, sim=SimSettings(image_size=64))
 

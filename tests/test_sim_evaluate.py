@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, load_script
+from vla.config import TASK_NAMES, EvalSettings, EvaluateConfig, SimSettings, to_settings
 from vla.sim.athena import HOME_POSE, AthenaRobot
-from vla.sim.config import TASK_NAMES, EvalSettings, EvaluateConfig, SimSettings, to_settings
 from vla.sim.evaluate import check_actions, evaluate_policy, evaluate_with_baselines
 from vla.sim.tasks import EPISODE_SECONDS, PHRASINGS
 
@@ -272,7 +272,7 @@ def test_shipped_configs_compose():
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf.errors import MissingMandatoryValue
 
-    from vla.sim.config import MakeSampleDataConfig
+    from vla.config import MakeSampleDataConfig
 
     GlobalHydra.instance().clear()
     try:

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vla.config.sim import SafetySettings, SimSettings
 from vla.sim.athena import HOME_POSE, AthenaRobot
-from vla.sim.config import SafetySettings, SimSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import SafetyFilter
 

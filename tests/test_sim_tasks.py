@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vla.config.sim import TASK_NAMES, SimSettings
 from vla.sim.athena import BALL_COLORS, HOME_POSE, AthenaRobot
-from vla.sim.config import TASK_NAMES, SimSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.tasks import (
     _MIN_BALL_GAP,

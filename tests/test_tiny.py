@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla.modeling import OpenVLA
-from vla.tiny import TinyArchitecture, build_tiny_model
+from vla.model.modeling import OpenVLA
+from vla.model.tiny import TinyArchitecture, build_tiny_model
 
 
 def stats(dim: int) -> dict:
@@ -56,8 +56,8 @@ def test_single_tower_variant_and_unknown_tower_id():
     """OpenVLA's non-fused backbones: one tower on 3 channels and the 2-layer gelu-mlp projector."""
     import pytest
 
-    from vla.configuration import CheckpointError, OpenVLAConfig
-    from vla.tiny import DINO_ID, tiny_config
+    from vla.model.configuration import CheckpointError, OpenVLAConfig
+    from vla.model.tiny import DINO_ID, tiny_config
 
     fused = tiny_config(TinyArchitecture(image_size=28), vocab_size=1024)
     raw = fused.to_dict()
@@ -79,7 +79,7 @@ def test_single_tower_variant_and_unknown_tower_id():
 
 
 def test_ordinal_code_makes_neighbouring_bins_alike():
-    from vla.tiny import ordinal_code
+    from vla.model.tiny import ordinal_code
 
     code = ordinal_code(256, 128)
     torch.testing.assert_close(code.norm(dim=1), torch.ones(256))

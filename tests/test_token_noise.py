@@ -8,17 +8,17 @@ import pytest
 import torch
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.adapters import record_training_layout
 from vla.config import ConfigError, DataConfig, OptimConfig
 from vla.data.dataset import VLADataset, collate
-from vla.modeling import IGNORE_INDEX
+from vla.model.modeling import IGNORE_INDEX
+from vla.training.adapters import record_training_layout
 
 D = 3  # action dims of known_episode
 
 
 @pytest.fixture
 def tiny():
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     model = build_tiny_model(TinyArchitecture(image_size=SIZE))
     model.config.norm_stats = {"athena": {"action": identity_stats(D)}}
@@ -42,7 +42,7 @@ def _batch(tiny):
 
 
 def _module(tiny, p, bins=8):
-    from vla.module import VLAModule
+    from vla.training.module import VLAModule
 
     return VLAModule(
         tiny, OptimConfig(), identity_stats(D), max_steps=1, token_noise=p, token_noise_bins=bins

@@ -1,4 +1,4 @@
-"""The compact Llama-2-layout tokenizer shipped in `vla/assets/tokenizer` (built by scripts/build_tokenizer.py)."""
+"""The compact Llama-2-layout tokenizer shipped in `vla/model/assets/tokenizer` (built by scripts/build_tokenizer.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from tests.conftest import ROOT, load_script
 
-ASSETS = ROOT / "vla" / "assets" / "tokenizer"
+ASSETS = ROOT / "vla" / "model" / "assets" / "tokenizer"
 REF_TOKENIZER = ROOT.parent / "shared" / "openvla_ref" / "tiny_ckpt"
 PROMPT = "In: What action should the robot take to {}?\nOut:"
 # Every word of these is a single piece in both this tokenizer and the reference one.

@@ -71,7 +71,7 @@ def test_each_adapter_trains_and_saves(tmp_path, isaac_root, lora, quant):
 
 
 def test_trained_run_loads_and_predicts(tmp_path, isaac_root):
-    from vla.runs import load_run
+    from vla.training.runs import load_run
 
     train(tmp_path, ["data=isaac", f"data.root={isaac_root}"])
     model = load_run(tmp_path)
@@ -251,7 +251,7 @@ def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
 
 def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
     """scripts/evaluate.py takes a training run folder (base + adapter) and runs it closed loop."""
-    from vla.sim.config import EvaluateConfig, to_settings
+    from vla.config import EvaluateConfig, to_settings
 
     train(tmp_path / "run", ["data=isaac", f"data.root={isaac_root}"])
     script = load_script("evaluate")
@@ -296,10 +296,10 @@ def test_gradient_checkpointing_trains(tmp_path, isaac_root, quant):
 
 @pytest.mark.parametrize("quant", [None, "nf4"])
 def test_gradient_checkpointing_is_switched_on(quant):
-    from vla.adapters import apply_adapter
-    from vla.checkpoint import quantize_language_model
     from vla.config import LoraConfig
-    from vla.tiny import TinyArchitecture, build_tiny_model
+    from vla.model.checkpoint import quantize_language_model
+    from vla.model.tiny import TinyArchitecture, build_tiny_model
+    from vla.training.adapters import apply_adapter
 
     base = build_tiny_model(TinyArchitecture(image_size=28))
     if quant:

@@ -28,14 +28,14 @@ from vla.data.isaac import load_isaac_episodes
 from vla.data.pickle_demos import load_pickle_demos
 from vla.data.quality import FilterResult, filter_episodes
 from vla.data.statistics import compute_statistics, split_episodes
-from vla.modeling import OpenVLA
+from vla.model.modeling import OpenVLA
 
 log = logging.getLogger(__name__)
 
 
 def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
     """The simulated dataset for `data=sample`, generated into the cache the first time."""
-    from vla.sim.config import SampleDataSettings
+    from vla.config.sim import SampleDataSettings
     from vla.sim.episodes import ensure_sample_dataset
 
     settings = SampleDataSettings(
@@ -158,7 +158,7 @@ class VLADataModule(L.LightningDataModule):
         model exists, since the model's statistics come from here). Returns `{dataset_key: statistics}`.
 
         `required_action_dim`: (dimension, why) when the data must match an existing model's actions
-        (see `vla.runs.required_action_dim`); other episodes fail (or are skipped with on_error=skip).
+        (see `vla.training.runs.required_action_dim`); other episodes fail (or are skipped with on_error=skip).
         """
         expected = None
         if required_action_dim is not None:
@@ -205,7 +205,7 @@ class VLADataModule(L.LightningDataModule):
                 f"the model predicts {layout[0]}-step chunks after {layout[2]} grounding tokens and "
                 f"centre-crops area {layout[1]}, but data.chunk_size={self.cfg.chunk_size}, "
                 f"data.grounding={self.cfg.grounding} and augment.crop_scale={self.augment.crop_scale}; build "
-                "it with vla.adapters.build_base_model(..., chunk_size=, center_crop_scale=, grounding=)"
+                "it with vla.training.adapters.build_base_model(..., chunk_size=, center_crop_scale=, grounding=)"
             )
         episodes = [*self.train_episodes, *self.val_episodes]
         n_train = len(self.train_episodes)

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vla.action_tokenizer import ActionTokenizer, normalize
 from vla.data.augment import FrameAugment, sample_seed
 from vla.data.cache import FrameCache
 from vla.data.episodes import Episode
-from vla.modeling import IGNORE_INDEX
-from vla.processing import ImageTransform, OpenVLAProcessor, build_prompt
+from vla.model.action_tokenizer import ActionTokenizer, normalize
+from vla.model.modeling import IGNORE_INDEX
+from vla.model.processing import ImageTransform, OpenVLAProcessor, build_prompt
 
 
 def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:

@@ -260,7 +260,7 @@ class DemonstrationRecorder:
 
 def _replace_folder(tmp: Path, path: Path) -> None:
     """Put the written `tmp` at `path`; an old `path` is moved aside first, so readers see the old or
-    the new folder, never a half-deleted one (as `vla.checkpoint.commit_folder`)."""
+    the new folder, never a half-deleted one (as `vla.model.checkpoint.commit_folder`)."""
     if not path.exists():
         tmp.rename(path)
         return

@@ -4,7 +4,7 @@ Importing this package picks the offscreen OpenGL backend before anything import
 `MUJOCO_GL` once, at its own import. An explicit `MUJOCO_GL` wins; otherwise EGL (Mesa's software
 renderer here, a GPU's EGL where there is one) and OSMesa when no libEGL is installed.
 
-Public API (imported lazily, so `vla.sim.config` stays cheap):
+Public API (imported lazily, so `vla.config.sim` stays cheap):
     AthenaEnv, ensure_sample_dataset, generate_dataset, evaluate_policy, evaluate_with_baselines
 """
 

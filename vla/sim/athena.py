@@ -26,7 +26,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from vla.sim.config import SimSettings
+from vla.config.sim import SimSettings
 
 _SIDES = ("left", "right")
 _LEG = ("hip_pitch", "hip_roll", "hip_yaw", "knee", "ankle_pitch", "ankle_roll")
@@ -66,7 +66,7 @@ HIDDEN_BALL_POS = (0.0, 0.0, -5.0)  # below the floor: out of sight in tasks wit
 HAND_OFFSET = (0.10, 0.0, 0.0)
 
 # Camera name -> (position, look-at point, vertical field of view in degrees); the names are
-# vla.sim.config.CAMERAS. Both stand in front of the robot (which faces +x), a little to its left and
+# vla.config.sim.CAMERAS. Both stand in front of the robot (which faces +x), a little to its left and
 # above the head, looking down at the chest: the view angle shows depth (a knee or arm moving toward
 # the camera) as well as height. "front" shows the whole robot; "upper_body" narrows to the chest and
 # the reach tasks' ball region (every ball position stays inside the frame with a margin).

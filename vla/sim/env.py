@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla.config.sim import SimSettings
 from vla.sim.athena import HOME_POSE, NUM_JOINTS, AthenaRobot
-from vla.sim.config import SimSettings
 from vla.sim.tasks import EpisodeSpec, evaluate_success, expert_action, sample_episode
 
 

@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from vla.config.sim import SampleDataSettings, SimSettings
 from vla.data.isaac import write_isaac_episode
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
-from vla.sim.config import SampleDataSettings, SimSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import SafetyFilter
 from vla.sim.tasks import expert_noise_offsets

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vla.config.sim import EvalSettings
 from vla.sim.athena import NUM_JOINTS, AthenaRobot
-from vla.sim.config import EvalSettings
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import INTERVENTIONS, SafetyFilter
 from vla.sim.tasks import swapped_color_instruction

@@ -20,8 +20,8 @@ from collections import deque
 
 import numpy as np
 
+from vla.config.sim import SafetySettings
 from vla.sim.athena import HOME_POSE, NUM_JOINTS, AthenaRobot
-from vla.sim.config import SafetySettings
 
 # Counter names: steps where each intervention changed the command; `stuck` counts detections and
 # `recovery` the steps spent retracting.

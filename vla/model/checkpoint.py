@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from vla.configuration import CheckpointError, OpenVLAConfig
-from vla.modeling import OpenVLA
-from vla.processing import OpenVLAProcessor
+from vla.model.configuration import CheckpointError, OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.model.processing import OpenVLAProcessor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Quantization = Literal["nf4", "int8"] | None

@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from vla.adapters import record_training_layout
-from vla.checkpoint import DTYPES, commit_folder, dequantize_language_model, quantize_language_model
 from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
-from vla.configuration import CheckpointError, OpenVLAConfig
 from vla.data.statistics import load_statistics
-from vla.modeling import OpenVLA
-from vla.plots import dof_error_plot, trajectory_plot
+from vla.model.checkpoint import DTYPES, commit_folder, dequantize_language_model, quantize_language_model
+from vla.model.configuration import CheckpointError, OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.training.adapters import record_training_layout
+from vla.training.plots import dof_error_plot, trajectory_plot
 
 
 def required_action_dim(
@@ -230,8 +230,8 @@ class SimSuccessRate(L.Callback):
     tasks)."""
 
     def __init__(self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int):
-        """`sim`: the vla.sim.config.SimSettings the training episodes were recorded with."""
-        from vla.sim.config import EvalSettings
+        """`sim`: the vla.config.sim.SimSettings the training episodes were recorded with."""
+        from vla.config.sim import EvalSettings
 
         self.settings = EvalSettings(
             tasks=tasks, episodes_per_task=episodes_per_task, gif_episodes=0, sim=sim

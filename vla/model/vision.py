@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.configuration import ViTSpec
+from vla.model.configuration import ViTSpec
 
 
 class QuickGELU(nn.Module):

@@ -2,13 +2,12 @@
 
 Same fused DINOv2 + SigLIP towers (register tokens, LayerScale, attention-pool head), the same
 3-layer projector and a Llama decoder, only smaller, with the compact Llama-layout tokenizer that
-ships in `vla/assets/tokenizer` (built by `scripts/build_tokenizer.py`).
+ships in `vla/model/assets/tokenizer` (built by `scripts/build_tokenizer.py`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from vla.configuration import OpenVLAConfig
-from vla.modeling import OpenVLA
-from vla.processing import ImageTransform, OpenVLAProcessor
-from vla.vision import LayerScale, VisionTransformer
+from vla.config.model import ACTION_TOKEN_INITS, TinyArchitecture
+from vla.model.configuration import OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.model.processing import ImageTransform, OpenVLAProcessor
+from vla.model.vision import LayerScale, VisionTransformer
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
 DINO_ID = "athena_tiny_patch14_reg4_dinov2"
 SIGLIP_ID = "athena_tiny_patch14_siglip"
-
-
-@dataclass
-class TinyArchitecture:
-    """Sizes of the tiny model; every field has the meaning of the same field in OpenVLA-7B."""
-
-    image_size: int = 112  # square input (OpenVLA: 224); a multiple of the 14-px patch
-    dino_dim: int = 64  # DINOv2-style tower width (OpenVLA: 1024)
-    dino_heads: int = 2
-    siglip_dim: int = 96  # SigLIP-style tower width (OpenVLA: 1152)
-    siglip_heads: int = 3
-    vision_depth: int = 3  # blocks per tower; the last one is unused, as in OpenVLA (24 / 27)
-    llm_dim: int = 128  # Llama hidden size (OpenVLA: 4096)
-    llm_layers: int = 2  # (OpenVLA: 32)
-    llm_heads: int = 4  # (OpenVLA: 32)
-    llm_intermediate: int = 352  # SwiGLU width, a multiple of 32 for bitsandbytes' CPU kernel
 
 
 def tiny_config(
@@ -107,9 +91,6 @@ def _init_vision(module: nn.Module) -> None:
                     nn.init.normal_(token, std=1e-6)
         elif isinstance(m, LayerScale):
             nn.init.constant_(m.scale_factor, 1e-5)
-
-
-ACTION_TOKEN_INITS = ("ordinal", "random")
 
 
 def ordinal_code(n_bins: int, dim: int) -> torch.Tensor:

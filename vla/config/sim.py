@@ -1,14 +1,11 @@
-"""Settings of the simulated athena humanoid, sample-data generation and closed-loop evaluation.
-
-Plain dataclasses that OmegaConf can type-check (`to_settings` merges a composed Hydra config into
-them, so an unknown or mistyped key fails with its name). The lead merges these into `vla/config.py`.
-"""
+"""Schema of the `sim` group: the simulated athena humanoid, its safety filter, sample-data generation
+and closed-loop evaluation settings (`vla.sim` reads them; nothing here imports the simulator)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from vla.config.base import ConfigError
 
 TASK_NAMES = ("reach_ball", "raise_arm", "turn_torso", "lift_knee")
 BASELINES = ("expert", "random")
@@ -45,15 +42,15 @@ class SafetySettings:
 
     def __post_init__(self) -> None:
         if self.max_joint_speed <= 0:
-            raise ValueError(f"safety.max_joint_speed must be > 0 rad/s, got {self.max_joint_speed}")
+            raise ConfigError(f"safety.max_joint_speed must be > 0 rad/s, got {self.max_joint_speed}")
         if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
-            raise ValueError("safety.workspace_min and safety.workspace_max must have 3 values (x, y, z)")
+            raise ConfigError("safety.workspace_min and safety.workspace_max must have 3 values (x, y, z)")
         if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
-            raise ValueError(
+            raise ConfigError(
                 f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}"
             )
         if self.stuck_steps < 1 or self.recovery_steps < 1:
-            raise ValueError("safety.stuck_steps and safety.recovery_steps must be >= 1")
+            raise ConfigError("safety.stuck_steps and safety.recovery_steps must be >= 1")
 
 
 @dataclass
@@ -70,13 +67,13 @@ class SimSettings:
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"sim.image_size must be in [16, 1024] pixels, got {self.image_size}")
+            raise ConfigError(f"sim.image_size must be in [16, 1024] pixels, got {self.image_size}")
         if self.camera not in CAMERAS:
-            raise ValueError(f"sim.camera={self.camera!r}: choose from {list(CAMERAS)}")
+            raise ConfigError(f"sim.camera={self.camera!r}: choose from {list(CAMERAS)}")
         if self.control_hz < 1 or 500 % self.control_hz:
-            raise ValueError(f"sim.control_hz must divide the 500 Hz physics rate, got {self.control_hz}")
+            raise ConfigError(f"sim.control_hz must divide the 500 Hz physics rate, got {self.control_hz}")
         if not 0.0 <= self.mesh_reduction < 1.0:
-            raise ValueError(f"sim.mesh_reduction must be in [0, 1), got {self.mesh_reduction}")
+            raise ConfigError(f"sim.mesh_reduction must be in [0, 1), got {self.mesh_reduction}")
 
 
 def _check_tasks(tasks: list[str], key: str) -> list[str]:
@@ -85,7 +82,7 @@ def _check_tasks(tasks: list[str], key: str) -> list[str]:
         return list(TASK_NAMES)
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown or not tasks:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: unknown or empty task list {unknown or tasks}; choose from {list(TASK_NAMES)} or [all]"
         )
     return list(tasks)
@@ -110,11 +107,11 @@ class SampleDataSettings:
     def __post_init__(self) -> None:
         self.tasks = _check_tasks(self.tasks, "tasks")
         if self.episodes_per_task < 1:
-            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+            raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if not self.expert_noise >= 0:
-            raise ValueError(f"expert_noise={self.expert_noise}: must be >= 0 (rad; 0: clean demos)")
+            raise ConfigError(f"expert_noise={self.expert_noise}: must be >= 0 (rad; 0: clean demos)")
         if self.seed < 0 or self.seed + self.episodes_per_task > EVALUATION_SEED_BASE:
-            raise ValueError(
+            raise ConfigError(
                 f"generation seeds [{self.seed}, {self.seed + self.episodes_per_task}) must lie in "
                 f"[0, {EVALUATION_SEED_BASE}): seeds from {EVALUATION_SEED_BASE} up are held out for evaluation"
             )
@@ -139,46 +136,12 @@ class EvalSettings:
     def __post_init__(self) -> None:
         self.tasks = _check_tasks(self.tasks, "tasks")
         if self.episodes_per_task < 1:
-            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+            raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.seed < EVALUATION_SEED_BASE:
-            raise ValueError(
+            raise ConfigError(
                 f"seed={self.seed}: evaluation seeds must be >= {EVALUATION_SEED_BASE} "
                 "(lower seeds generate training data)"
             )
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
-            raise ValueError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
-
-
-@dataclass
-class MakeSampleDataConfig(SampleDataSettings):
-    """`scripts/make_sample_data.py` (`conf/make_sample_data.yaml`)."""
-
-    output_dir: str | None = None  # None: the settings-keyed cache (what `data=sample` reads)
-    workers: int = 1  # rendering processes; the episodes do not depend on it
-
-    def settings(self) -> SampleDataSettings:
-        return SampleDataSettings(**{f.name: getattr(self, f.name) for f in fields(SampleDataSettings)})
-
-
-@dataclass
-class EvaluateConfig(EvalSettings):
-    """`scripts/evaluate.py` (`conf/evaluate.yaml`)."""
-
-    checkpoint: str | None = MISSING  # model folder or training run folder; null: baselines only
-    unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
-    output_dir: str | None = None  # None: the Hydra run folder outputs/evaluate/<date>/<time>
-    wandb: bool = False  # log the table and GIFs to Weights & Biases
-    wandb_project: str = "athena-vla"
-
-    def settings(self) -> EvalSettings:
-        return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings)})
-
-
-def to_settings(cfg: DictConfig | dict, cls: type):
-    """Composed config (or plain dict) -> `cls` instance; unknown keys and wrong types fail by name."""
-    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
-    if "hydra" in cfg:
-        del cfg["hydra"]
-    merged = OmegaConf.merge(OmegaConf.structured(cls), cfg)
-    return OmegaConf.to_object(merged)
+            raise ConfigError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")

@@ -13,12 +13,12 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
-from vla.checkpoint import DTYPES, quantize_language_model, resolve_checkpoint
 from vla.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig
-from vla.configuration import OpenVLAConfig
-from vla.modeling import OpenVLA
-from vla.processing import ImageTransform
-from vla.tiny import build_tiny_model, tiny_config
+from vla.model.checkpoint import DTYPES, quantize_language_model, resolve_checkpoint
+from vla.model.configuration import OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.model.processing import ImageTransform
+from vla.model.tiny import build_tiny_model, tiny_config
 
 log = logging.getLogger(__name__)
 

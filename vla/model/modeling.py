@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from vla.action_tokenizer import ActionTokenizer, action_stats, unnormalize
-from vla.configuration import OpenVLAConfig
-from vla.processing import ImageLike, OpenVLAProcessor, build_prompt
-from vla.vision import VisionBackbone
+from vla.model.action_tokenizer import ActionTokenizer, action_stats, unnormalize
+from vla.model.configuration import OpenVLAConfig
+from vla.model.processing import ImageLike, OpenVLAProcessor, build_prompt
+from vla.model.vision import VisionBackbone
 
 IGNORE_INDEX = -100
 # Llama-2's bare '▁' piece; OpenVLA hard-codes it. Models loaded with a tokenizer look it up instead.
@@ -109,15 +109,15 @@ class OpenVLA(nn.Module):
         self.processor: OpenVLAProcessor | None = None
         self.empty_token_id = LLAMA2_EMPTY_TOKEN_ID
 
-    # -- loading and saving live in vla.checkpoint ---------------------------------------------
+    # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> OpenVLA:
-        from vla.checkpoint import load_pretrained
+        from vla.model.checkpoint import load_pretrained
 
         return load_pretrained(path_or_id, **kwargs)
 
     def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
-        from vla.checkpoint import save_pretrained
+        from vla.model.checkpoint import save_pretrained
 
         return save_pretrained(self, folder, **kwargs)
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from vla.configuration import CheckpointError, OpenVLAConfig
+from vla.model.configuration import CheckpointError, OpenVLAConfig
 
 # OpenVLA (v0.2+) prompt; the caller lower-cases the instruction, as OpenVLA's scripts do.
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"

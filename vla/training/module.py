@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla.action_tokenizer import unnormalize
-from vla.adapters import unwrap
 from vla.config import OptimConfig
-from vla.modeling import IGNORE_INDEX
+from vla.model.action_tokenizer import unnormalize
+from vla.model.modeling import IGNORE_INDEX
+from vla.training.adapters import unwrap
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

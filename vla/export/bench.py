@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vla.config import BenchmarkConfig
-from vla.export import HeldOut, action_tokens
+from vla.export.merge import HeldOut, action_tokens
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def _files_mb(paths: list[Path]) -> float:
 
 def load_backend(name: str, export_dir: Path, threads: int) -> tuple[Any, float]:
     """The policy for `name` (anything with `.predict(images, instructions)`) and its size on disk."""
-    from vla.modeling import OpenVLA
-    from vla.onnx_export import OnnxPolicy
+    from vla.export.onnx import OnnxPolicy
+    from vla.model.modeling import OpenVLA
 
     model_dir, onnx_dir = export_dir / "model", export_dir / "onnx"
     weights = sorted(model_dir.glob("*.safetensors"))

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from vla.action_tokenizer import ActionTokenizer, action_stats
-from vla.checkpoint import _atomic_folder, commit_folder
-from vla.configuration import OpenVLAConfig
-from vla.modeling import ActionPrediction, OpenVLA, split_prediction, stop_at_eos
-from vla.processing import ImageLike, OpenVLAProcessor, build_prompt
+from vla.model.action_tokenizer import ActionTokenizer, action_stats
+from vla.model.checkpoint import _atomic_folder, commit_folder
+from vla.model.configuration import OpenVLAConfig
+from vla.model.modeling import ActionPrediction, OpenVLA, split_prediction, stop_at_eos
+from vla.model.processing import ImageLike, OpenVLAProcessor, build_prompt
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ no folder that looks complete.
 
 The model, adapter, quantization and data settings come from the run's config.yaml; `model.*`,
 `data.*` (and harmless `lora.*`/`quantization.*`) keys given to scripts/export.py are merged on top
-(`vla.runs.load_train_config`). Both models come from `vla.runs.load_trained`, the loader `load_run`
+(`vla.training.runs.load_train_config`). Both models come from `vla.training.runs.load_trained`, the loader `load_run`
 uses too: the merged-vs-adapter check compares the merged model with the model as trained (for
 QLoRA: base quantized in model.dtype, PEFT's k-bit preparation upcasting every other weight to
 float32, adapter on top). Dtypes of the merged model:
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from vla.config import RUN_OVERRIDE_GROUPS, ExportConfig, TrainConfig
-from vla.modeling import OpenVLA
-from vla.processing import build_prompt
-from vla.runs import load_train_config, load_trained
+from vla.model.modeling import OpenVLA
+from vla.model.processing import build_prompt
+from vla.training.runs import load_train_config, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def onnx_parity(model: OpenVLA, policy: Any, samples: HeldOut, torch_tokens: np.
 
 def export_run(cfg: ExportConfig) -> dict[str, Any]:
     """Merge, save, export and check; returns the report (also written to <out>/export.json)."""
-    from vla.onnx_export import OnnxPolicy, _float32_copy, build_tensorrt_engines, export_onnx, quantize_int8
+    from vla.export.onnx import OnnxPolicy, _float32_copy, build_tensorrt_engines, export_onnx, quantize_int8
 
     start = time.perf_counter()
     run_dir, out = Path(cfg.run), Path(cfg.out_dir)

@@ -1,0 +1,82 @@
+"""Schema of the `model`, `lora` and `quantization` groups: which OpenVLA, and how it is adapted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla.config.base import ConfigError, check_choice
+
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ACTION_TOKEN_INITS = ("ordinal", "random")
+
+
+@dataclass
+class TinyArchitecture:
+    """Sizes of the tiny model; every field has the meaning of the same field in OpenVLA-7B."""
+
+    image_size: int = 112  # square input (OpenVLA: 224); a multiple of the 14-px patch
+    dino_dim: int = 64  # DINOv2-style tower width (OpenVLA: 1024)
+    dino_heads: int = 2
+    siglip_dim: int = 96  # SigLIP-style tower width (OpenVLA: 1152)
+    siglip_heads: int = 3
+    vision_depth: int = 3  # blocks per tower; the last one is unused, as in OpenVLA (24 / 27)
+    llm_dim: int = 128  # Llama hidden size (OpenVLA: 4096)
+    llm_layers: int = 2  # (OpenVLA: 32)
+    llm_heads: int = 4  # (OpenVLA: 32)
+    llm_intermediate: int = 352  # SwiGLU width, a multiple of 32 for bitsandbytes' CPU kernel
+
+
+@dataclass
+class ModelConfig:
+    """Which OpenVLA to fine-tune."""
+
+    name: str = "openvla_tiny"
+    pretrained: str | None = None  # OpenVLA-format folder or hub id; None: a new tiny model
+    architecture: TinyArchitecture = field(default_factory=TinyArchitecture)  # only when pretrained=None
+    dtype: str = "float32"  # weights of the frozen base: float32 | bfloat16 | float16
+    constrain_action_decoding: bool = True  # saved models decode only the 256 action tokens
+    gradient_checkpointing: bool = False  # recompute the LLM's activations in backward (saves memory)
+    init_seed: int = 0  # seed of the random tiny model
+    # New tiny model: "ordinal" gives the 256 action tokens' embeddings a code in which neighbouring
+    # bins are alike (vla.model.tiny.init_action_tokens_ordinal); "random" initialises them as any token.
+    action_token_init: str = "ordinal"
+    # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
+    # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
+    # it (in training they are teacher forced, at prediction the model's own, errors and all).
+    # Grounding tokens (data.grounding) stay autoregressive. Part of the trained model (locked).
+    parallel_decoding: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("model.action_token_init", self.action_token_init, ACTION_TOKEN_INITS)
+
+
+@dataclass
+class LoraConfig:
+    """The adapter: LoRA (DoRA with use_dora), or `full` fine-tuning of every weight."""
+
+    name: str = "humanoid_default"
+    kind: str = "lora"  # lora | full
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: [*LLAMA_TARGETS, "lm_head"])
+    use_dora: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("lora.kind", self.kind, ("lora", "full"))
+        if self.kind == "lora" and (self.r < 1 or not self.target_modules):
+            raise ConfigError("lora.r must be >= 1 and lora.target_modules non-empty for kind=lora")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class QuantizationConfig:
+    """bitsandbytes quantization of the frozen language model (QLoRA = LoRA + nf4)."""
+
+    name: str = "none"
+    method: str | None = None  # None | nf4 | int8
+
+    def __post_init__(self) -> None:
+        check_choice("quantization.method", self.method, (None, "nf4", "int8"))

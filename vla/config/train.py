@@ -1,0 +1,95 @@
+"""Schema of the training run: optimizer, Lightning trainer, logger, callbacks, paths, and the whole
+`conf/train.yaml` (TrainConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from vla.config.base import ConfigError, check_choice
+from vla.config.data import AugmentConfig, DataConfig
+from vla.config.model import LoraConfig, ModelConfig, QuantizationConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of `lightning.Trainer` that this project sets."""
+
+    name: str = "cpu"
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | ddp_spawn
+    num_nodes: int = 1
+    precision: str = "32-true"  # bf16-mixed on GPU
+    max_steps: int = 1000
+    max_epochs: int = -1
+    val_check_interval: int = 200  # steps between validations
+    limit_val_batches: float = 1.0
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0  # OpenVLA has none (openvla #333)
+    log_every_n_steps: int = 10
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | csv | none
+    project: str = "athena-vla"
+    mode: str | None = None  # W&B mode; None: WANDB_MODE if set, else offline
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_choice("logger.name", self.name, ("wandb", "csv", "none"))
+
+
+@dataclass
+class CallbacksConfig:
+    plot_episodes: int = 3  # held-out episodes in the trajectory plot at each validation
+    save_top_k: int = 1
+    sim_eval_every_n_val: int = 0  # closed-loop success rate every N validations (0: off)
+    sim_eval_episodes: int = 2  # per task
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = "outputs"
+    cache_dir: str = ".cache/athena_vla"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = MISSING  # set by Hydra: outputs/train/<date>/<time>[_<run_name>]
+    seed: int = 0
+    ckpt_path: str | None = None  # resume from a Lightning checkpoint (or a run folder)
+    run_name: str | None = None  # W&B run name and run-folder suffix; default: the overrides (W&B only)
+    experiment: str | None = None  # set by experiment files
+    optimized_metric: str | None = "val/loss"  # what train.py returns to a sweeper
+
+    def __post_init__(self) -> None:
+        if self.lora.kind == "full" and self.quantization.method is not None:
+            raise ConfigError(
+                "lora=full cannot train a quantized base; use a LoRA choice with quantization=nf4"
+            )

@@ -1,0 +1,1 @@
+"""Fine-tuning: building the base model, adapters (PEFT), the LightningModule, callbacks, run folders."""
