@@ -34,25 +34,25 @@ lint: setup ## ruff lint and format check
 format: setup ## ruff fix and format
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
 
-sim-data: setup ## Generate a sample dataset of simulated athena episodes
+sim-data: setup ## Generate data=sample's simulated episodes (the dataset make train reads) into the cache
 	$(PY) scripts/make_sample_data.py $(ARGS)
 
 inspect: setup ## Look at the training data: counts, statistics, filter report, frames.png, actions.png
 	$(PY) scripts/inspect_data.py $(ARGS)
 
-evaluate: setup ## Closed-loop success in the simulator: make evaluate ARGS="checkpoint=<run or model folder>"
+evaluate: setup ## Closed-loop success in the simulator, with baselines (default: the latest run; ARGS="checkpoint=DIR")
 	$(PY) scripts/evaluate.py $(ARGS)
 
-predict: setup ## One action from a checkpoint: make predict ARGS="checkpoint=DIR image=PNG instruction=..."
+predict: setup ## One action chunk: make predict ARGS="image=PNG instruction='...'" (default: the latest run)
 	$(PY) scripts/predict.py $(ARGS)
 
 bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
 	$(PY) scripts/bench_kv_cache.py $(ARGS)
 
-export: setup ## Merge a run's adapters, export ONNX (KV cache), check parity: make export ARGS="run=<run folder>"
+export: setup ## Merge adapters, export ONNX (KV cache), check parity (default: the latest run; ARGS="run=DIR")
 	$(PY) scripts/export.py $(ARGS)
 
-bench: setup ## Latency, tokens/s, memory per runtime vs the 8 tokens/s target: make bench ARGS="checkpoint=<export folder>"
+bench: setup ## Latency, tokens/s, memory per runtime vs 8 tokens/s (default: the latest export; ARGS="checkpoint=DIR")
 	$(PY) scripts/benchmark.py $(ARGS)
 
 bench-data: setup ## Loader samples/s (cold vs cached epoch) against the training step's consumption

@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from vla.cli import user_errors
 from vla.config import TrainConfig, register_configs, to_object
 
 log = logging.getLogger("train")
@@ -59,24 +60,28 @@ def run(cfg: TrainConfig) -> dict[str, float]:
 
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
-    from vla.model.checkpoint import quantize_language_model
-    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.model.quantize import quantize_language_model
+    from vla.sim.episodes import resolve_sample_data
+    from vla.training.adapters import apply_adapter
+    from vla.training.build import build_base_model
+    from vla.training.callbacks import RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
-    from vla.training.runs import RunArtifacts, SimSuccessRate, required_action_dim, save_run_config
+    from vla.training.runs import required_action_dim, save_run_config
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     save_run_config(run_dir, cfg)
 
-    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)
+    data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
+    datamodule = VLADataModule(
+        data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed, layout=cfg.model.layout
+    )
     stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.model.pretrained, cfg.data.dataset_key))
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
-    base = build_base_model(
-        cfg.model, quant, stats, cfg.data.chunk_size, cfg.augment.crop_scale, cfg.data.grounding
-    )
+    base = build_base_model(cfg.model, quant, stats, cfg.augment.crop_scale)
     if not cfg.model.pretrained:
         base.save_pretrained(run_dir / "base_model")
         if cfg.quantization.method:
@@ -118,7 +123,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
             SimSuccessRate(
                 sample.tasks,
                 cfg.callbacks.sim_eval_episodes,
-                sample.sim_settings(),
+                sample.sim_settings(cfg.sim),
                 cfg.callbacks.sim_eval_every_n_val,
             )
         )
@@ -151,12 +156,17 @@ def run(cfg: TrainConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    typed: TrainConfig = to_object(cfg, TrainConfig)
+    from vla.sim import select_gl_backend
+
+    select_gl_backend()  # before anything imports mujoco (sample data, closed-loop checks)
+    with user_errors():
+        typed: TrainConfig = to_object(cfg, TrainConfig)
     if typed.run_name is None:
         # W&B shows the overrides (lora=efficient,optim.lr=...); a plain `python train.py` its folder.
         run_dir = Path(typed.run_dir)
         typed.run_name = HydraConfig.get().job.override_dirname or f"{run_dir.parent.name}_{run_dir.name}"
-    metrics = run(typed)
+    with user_errors():
+        metrics = run(typed)
     return metrics.get(typed.optimized_metric) if typed.optimized_metric else None
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.cli import user_errors  # noqa: E402
 from vla.config import BenchDataConfig, QuantizationConfig, register_configs, to_object  # noqa: E402
 
 register_configs()
@@ -81,15 +82,18 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
     from vla.data.cache import build_frame_cache
     from vla.data.datamodule import VLADataModule
     from vla.data.dataset import VLADataset
-    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.sim.episodes import resolve_sample_data
+    from vla.training.adapters import apply_adapter
+    from vla.training.build import build_base_model
     from vla.training.module import VLAModule
 
     torch.manual_seed(cfg.seed)
-    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)
-    stats = datamodule.prepare()
-    base = build_base_model(
-        cfg.model, QuantizationConfig(), stats, cfg.data.chunk_size, cfg.augment.crop_scale
+    data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
+    datamodule = VLADataModule(
+        data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed, layout=cfg.model.layout
     )
+    stats = datamodule.prepare()
+    base = build_base_model(cfg.model, QuantizationConfig(), stats, cfg.augment.crop_scale)
     transform, episodes = base.processor.image_transform, datamodule.train_episodes
     make = functools.partial(
         VLADataset,
@@ -97,7 +101,7 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
         base.processor,
         base.action_tokenizer,
         stats[cfg.data.dataset_key]["action"],
-        chunk_size=cfg.data.chunk_size,
+        chunk_size=cfg.model.layout.chunk_size,
         augment=make_augment(cfg.augment, transform.size),
         seed=cfg.seed,
     )
@@ -106,7 +110,7 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
     print(
         f"data: {len(episodes)} train episodes, {frames_total} samples, batch {cfg.data.batch_size}, "
         f"workers {cfg.data.num_workers}, model input {transform.size} px, augment={cfg.augment.name}, "
-        f"chunk {cfg.data.chunk_size}, torch threads {torch.get_num_threads()}"
+        f"chunk {cfg.model.layout.chunk_size}, torch threads {torch.get_num_threads()}"
     )
     cold, n_cold, cold_s = epoch_rate(loader(make(frames=None), cfg, pad, cfg.max_samples))
     print(f"cold epoch (decode every frame):  {cold:9.1f} samples/s  ({n_cold} samples in {cold_s:.1f} s)")
@@ -146,7 +150,11 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench_data")
 def main(cfg: DictConfig) -> None:
-    run(to_object(cfg, BenchDataConfig))
+    from vla.sim import select_gl_backend
+
+    select_gl_backend()  # before anything imports mujoco (sample data, closed-loop checks)
+    with user_errors():
+        run(to_object(cfg, BenchDataConfig))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.config import ActionLayout  # noqa: E402
 from vla.model.tiny import TinyArchitecture, build_tiny_model  # noqa: E402
-from vla.training.adapters import record_training_layout  # noqa: E402
 
 
 def stats_23() -> dict:
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=20, help="timed predictions per mode")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=TinyArchitecture.image_size)
-    parser.add_argument("--chunk", type=int, default=1, help="actions per query (data.chunk_size)")
+    parser.add_argument("--chunk", type=int, default=1, help="actions per query (model.layout.chunk_size)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = build_tiny_model(TinyArchitecture(image_size=args.image_size), norm_stats=stats_23()).eval()
@@ -67,7 +67,7 @@ def main() -> None:
         "KV cache, parallel decoding": (True, True),
     }
     for label, (use_cache, parallel) in modes.items():
-        record_training_layout(model, args.chunk, 1.0, parallel_decoding=parallel)
+        model.set_layout(ActionLayout(chunk_size=args.chunk, parallel_decoding=parallel))
         t = time_actions(model, images, instructions, use_cache, args.actions)
         results[label] = statistics.median(t)
         print(

@@ -1,5 +1,6 @@
 """Benchmark an export folder's runtimes against the action-token target.
 
+python scripts/benchmark.py                                       # the latest export
 python scripts/benchmark.py checkpoint=outputs/export/<date>/<time>
 python scripts/benchmark.py checkpoint=DIR backends=[torch_fp32,onnx_fp32] actions=50 logger=wandb
 Writes benchmark.json, benchmark.md and benchmark_latency.png into the export folder (or out_dir).
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.cli import user_errors  # noqa: E402
 from vla.config import BenchmarkConfig, register_configs, to_object  # noqa: E402
 
 register_configs()
@@ -23,7 +25,9 @@ register_configs()
 def run(cfg: BenchmarkConfig) -> dict:
     """Run every backend; returns the report written to benchmark.json (plus the files written)."""
     from vla.export.bench import markdown_table, run_benchmark
+    from vla.outputs import resolve_latest
 
+    cfg.checkpoint = resolve_latest(cfg.checkpoint, "checkpoint", cfg.paths.output_dir, "export")
     report = run_benchmark(cfg)
     print()
     print(markdown_table(report))
@@ -37,7 +41,8 @@ def run(cfg: BenchmarkConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
-    run(to_object(cfg, BenchmarkConfig))
+    with user_errors():
+        run(to_object(cfg, BenchmarkConfig))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Export a training run: merged OpenVLA folder, ONNX graphs with a KV cache, parity checks.
 
-python scripts/export.py run=outputs/train/<date>/<time>             # -> outputs/export/<date>/<time>/
+python scripts/export.py                                           # the latest run -> outputs/export/<date>/<time>/
+python scripts/export.py run=outputs/train/<date>/<time>
 python scripts/export.py run=RUN out_dir=exports/athena int8=false
 python scripts/export.py run=RUN model.pretrained=/local/openvla-7b data.root=/data/athena  # moved since
 """
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.cli import user_errors  # noqa: E402
 from vla.config import ExportConfig, register_configs, to_object  # noqa: E402
 
 register_configs()
@@ -26,7 +28,9 @@ log = logging.getLogger("export")
 def run(cfg: ExportConfig) -> dict:
     """Merge and export `cfg.run` into `cfg.out_dir`; returns the report written to export.json."""
     from vla.export.merge import export_run
+    from vla.outputs import resolve_latest
 
+    cfg.run = resolve_latest(cfg.run, "run", cfg.paths.output_dir, "train")
     report = export_run(cfg)
     out = Path(cfg.out_dir)
     print(f"\nexport folder: {out}")
@@ -39,7 +43,11 @@ def run(cfg: ExportConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    report = run(to_object(cfg, ExportConfig))
+    from vla.sim import select_gl_backend
+
+    select_gl_backend()  # before anything imports mujoco (sample data, closed-loop checks)
+    with user_errors():
+        report = run(to_object(cfg, ExportConfig))
     print(json.dumps({k: v for k, v in report.items() if k != "onnx"} | {"onnx": report.get("onnx")}))
 
 

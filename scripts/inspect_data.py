@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.cli import user_errors  # noqa: E402
 from vla.config import InspectDataConfig, register_configs, to_object  # noqa: E402
 
 register_configs()
@@ -42,10 +43,12 @@ def run(cfg: InspectDataConfig) -> dict:
         statistics_table,
     )
     from vla.data.statistics import compute_statistics, split_episodes
-    from vla.training.adapters import base_image_transform
+    from vla.sim.episodes import resolve_sample_data
+    from vla.training.build import base_image_transform
 
     run_dir = Path(cfg.run_dir)
-    loaded, filtered = prepare_episodes(cfg.data, cfg.paths.cache_dir)
+    data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
+    loaded, filtered = prepare_episodes(data, cfg.paths.cache_dir)
     episodes = filtered.kept
     first = episodes[0]
     check_groups(cfg.data.annotation, first.action_dim)
@@ -125,7 +128,11 @@ def run(cfg: InspectDataConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect_data")
 def main(cfg: DictConfig) -> None:
-    run(to_object(cfg, InspectDataConfig))
+    from vla.sim import select_gl_backend
+
+    select_gl_backend()  # before anything imports mujoco (sample data, closed-loop checks)
+    with user_errors():
+        run(to_object(cfg, InspectDataConfig))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Predict one action with an OpenVLA-format checkpoint; the last stdout line is a JSON object.
+"""Predict the action (chunk) for one image and instruction; the last stdout line is a JSON object.
 
-python scripts/predict.py checkpoint=DIR image=PNG instruction="pick up the red block"
+python scripts/predict.py image=PNG instruction="reach the red ball with the left hand"   # latest run
+python scripts/predict.py checkpoint=DIR image=PNG instruction="..." [backend=onnx] [quantization=nf4]
+checkpoint: a training run folder, an export folder or an OpenVLA-format folder (or hub id).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vla.cli import user_errors  # noqa: E402
 from vla.config import PredictConfig, register_configs, to_object  # noqa: E402
 
 register_configs()
@@ -22,7 +25,8 @@ register_configs()
 def run(cfg: PredictConfig) -> dict:
     from PIL import Image
 
-    from vla.model.modeling import OpenVLA
+    from vla.inference import load_policy
+    from vla.outputs import resolve_latest
 
     image_path = Path(cfg.image)
     if not image_path.is_file():
@@ -31,8 +35,17 @@ def run(cfg: PredictConfig) -> dict:
         image = Image.open(image_path).convert("RGB")
     except OSError as err:
         raise ValueError(f"image={cfg.image}: cannot read the image ({err})") from None
-    model = OpenVLA.from_pretrained(cfg.checkpoint, dtype=cfg.dtype, quantization=cfg.quantization)
-    pred = model.predict([image], [cfg.instruction], unnorm_key=cfg.unnorm_key, constrain=cfg.constrain)
+    checkpoint = resolve_latest(cfg.checkpoint, "checkpoint", cfg.paths.output_dir, "train")
+    policy = load_policy(
+        checkpoint,
+        cfg.backend,
+        unnorm_key=cfg.unnorm_key,
+        dtype=cfg.dtype,
+        quantization=cfg.quantization.method,
+    )
+    pred = policy.model.predict(
+        [image], [cfg.instruction], unnorm_key=cfg.unnorm_key, constrain=cfg.constrain
+    )
     result = {
         "action": pred.actions[0].tolist(),
         "normalized_action": pred.normalized[0].tolist(),
@@ -40,14 +53,15 @@ def run(cfg: PredictConfig) -> dict:
         "input_ids": pred.prompt_ids[0],
         "generate_input_ids": pred.input_ids[0],
     }
-    if model.grounding_tokens:  # what a model trained with data.grounding wrote before the action
+    if policy.info.grounding:  # what a model trained with grounding tokens wrote before the action
         result["grounding"] = pred.grounding[0].tolist()
     return result
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    result = run(to_object(cfg, PredictConfig))
+    with user_errors():
+        result = run(to_object(cfg, PredictConfig))
     print(json.dumps(result))
 
 

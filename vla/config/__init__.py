@@ -15,7 +15,10 @@ from vla.config.base import ConfigError, check_choice
 from vla.config.data import AnnotationConfig, AugmentConfig, DataConfig, FilterConfig, SampleDataConfig
 from vla.config.model import (
     ACTION_TOKEN_INITS,
+    HEADS,
     LLAMA_TARGETS,
+    ActionLayout,
+    LayoutConfig,
     LoraConfig,
     ModelConfig,
     QuantizationConfig,
@@ -29,10 +32,13 @@ from vla.config.sim import (
     EvalSettings,
     SafetySettings,
     SampleDataSettings,
+    SimConfig,
     SimSettings,
 )
 from vla.config.stages import (
     BACKENDS,
+    LATEST,
+    POLICY_BACKENDS,
     RUN_OVERRIDE_GROUPS,
     BenchDataConfig,
     BenchmarkConfig,
@@ -61,7 +67,7 @@ GROUPS = {
     "logger": LoggerConfig,
     "callbacks": CallbacksConfig,
     "paths": PathsConfig,
-    "sim": SimSettings,
+    "sim": SimConfig,
 }
 
 
@@ -110,8 +116,13 @@ to_settings = to_object
 
 __all__ = [
     "ACTION_TOKEN_INITS",
+    "HEADS",
+    "ActionLayout",
+    "LayoutConfig",
     "BACKENDS",
     "BASELINES",
+    "LATEST",
+    "POLICY_BACKENDS",
     "CAMERAS",
     "EVALUATION_SEED_BASE",
     "GROUPS",
@@ -141,6 +152,7 @@ __all__ = [
     "SafetySettings",
     "SampleDataConfig",
     "SampleDataSettings",
+    "SimConfig",
     "SimSettings",
     "TinyArchitecture",
     "TrainConfig",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vla.config.base import ConfigError, check_choice
-from vla.config.sim import CAMERAS, SimSettings
+from vla.config.sim import CAMERAS, SampleDataSettings, SimConfig, SimSettings
 
 
 @dataclass
@@ -38,10 +38,30 @@ class SampleDataConfig:
         if self.camera not in CAMERAS:
             raise ConfigError(f"data.sample.camera={self.camera!r}: choose from {list(CAMERAS)}")
 
-    def sim_settings(self) -> SimSettings:
-        """The simulator settings (vla.config.sim.SimSettings) the episodes are recorded with and the
-        closed-loop checks run at: camera, image size and action rate."""
-        return SimSettings(image_size=self.image_size, control_hz=self.control_hz, camera=self.camera)
+    def sim_settings(self, sim: SimConfig | None = None) -> SimSettings:
+        """The simulator the episodes are recorded with and the closed-loop checks run in: `sim` (the
+        `sim` group: meshes, safety) at this dataset's camera, image size and action rate."""
+        sim = sim or SimConfig()
+        return SimSettings(
+            image_size=self.image_size,
+            control_hz=self.control_hz,
+            camera=self.camera,
+            mesh_reduction=sim.mesh_reduction,
+            safety=sim.safety,
+        )
+
+    def generation_settings(
+        self, sim: SimConfig | None = None, write_pickle: bool = False
+    ) -> SampleDataSettings:
+        """What `vla.sim.episodes` generates for this dataset (its cache key hashes all of it)."""
+        return SampleDataSettings(
+            tasks=list(self.tasks),
+            episodes_per_task=self.episodes_per_task,
+            seed=self.seed,
+            write_pickle=write_pickle,
+            expert_noise=self.expert_noise,
+            sim=self.sim_settings(sim),
+        )
 
 
 @dataclass
@@ -132,13 +152,9 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
-    chunk_size: int = 1  # K future actions per sample (K*D action tokens); 1 is OpenVLA
     # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
     # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
     drop_idle_frames: bool = False
-    # Grounding targets predicted before the actions (vla.data.grounding, ECoT-style): this many values
-    # per episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
-    grounding: int = 0
     grounding_weight: float = 1.0  # training loss weight of a grounding token (an action token's is 1)
     grounding_weight_steps: int | None = None  # optimizer steps that weight holds for, then 1; null: all
     # Teacher-forcing noise: in training, each action token of the inputs (not the labels) is moved by
@@ -159,12 +175,8 @@ class DataConfig:
         check_choice("data.format", self.format, ("sample", "isaac", "pickle"))
         check_choice("data.on_error", self.on_error, ("raise", "skip"))
         check_choice("data.instructions", self.instructions, ("metadata", "annotated", "both"))
-        if self.chunk_size < 1:
-            raise ConfigError(f"data.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
-        if self.grounding < 0:
-            raise ConfigError(f"data.grounding={self.grounding} must be >= 0 (0: no grounding tokens)")
         if self.grounding_weight < 0:
             raise ConfigError(f"data.grounding_weight={self.grounding_weight} must be >= 0")
         if self.grounding_weight_steps is not None and self.grounding_weight_steps < 0:

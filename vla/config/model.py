@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from vla.config.base import ConfigError, check_choice
 
@@ -26,6 +26,68 @@ class TinyArchitecture:
     llm_intermediate: int = 352  # SwiGLU width, a multiple of 32 for bitsandbytes' CPU kernel
 
 
+HEADS = ("tokens",)
+
+
+@dataclass
+class LayoutConfig:
+    """The `model.layout` keys: what the model writes after the prompt and how it is decoded
+    (`vla.model.layout`). Part of the trained model: saved in its config.json as `action_layout`
+    (with the centre crop, `ActionLayout`) and locked when a run is reloaded."""
+
+    head: str = "tokens"  # tokens: OpenVLA's 256-bin action tokens, cross-entropy, greedy decoding
+    # K future actions per sample and per query (K*D action tokens); 1 is OpenVLA.
+    chunk_size: int = 1
+    # Grounding values predicted before the actions (vla.data.grounding, ECoT-style): this many per
+    # episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
+    grounding: int = 0
+    # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
+    # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
+    # it (in training they are teacher forced, at prediction the model's own, errors and all).
+    # Grounding tokens stay autoregressive.
+    parallel_decoding: bool = False
+    # Decode only the 256 action tokens (OpenVLA decodes freely: a non-action token maps to an extreme
+    # bin and `</s>` ends early).
+    constrain_decoding: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("model.layout.head", self.head, HEADS)
+        if self.chunk_size < 1:
+            raise ConfigError(
+                f"model.layout.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)"
+            )
+        if self.grounding < 0:
+            raise ConfigError(
+                f"model.layout.grounding={self.grounding} must be >= 0 (0: no grounding tokens)"
+            )
+
+
+@dataclass
+class ActionLayout(LayoutConfig):
+    """A model's saved layout: the `model.layout` keys plus the centre crop that prediction applies to
+    mirror training's random crop (`augment.crop_scale`). Read from config.json by
+    `vla.model.layout.layout_from_config`; a folder without one has OpenVLA's layout."""
+
+    constrain_decoding: bool = False  # OpenVLA's own checkpoints decode freely
+    center_crop_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.center_crop_scale <= 1.0:
+            raise ConfigError(f"center_crop_scale={self.center_crop_scale} must be in (0, 1] (1: no crop)")
+
+    @classmethod
+    def of(cls, layout: LayoutConfig, center_crop_scale: float = 1.0) -> ActionLayout:
+        return cls(
+            **{f.name: getattr(layout, f.name) for f in fields(LayoutConfig)},
+            center_crop_scale=center_crop_scale,
+        )
+
+    def n_tokens(self, action_dim: int) -> int:
+        """Tokens the model writes per query: G grounding + K * D action tokens."""
+        return self.grounding + self.chunk_size * action_dim
+
+
 @dataclass
 class ModelConfig:
     """Which OpenVLA to fine-tune."""
@@ -34,17 +96,12 @@ class ModelConfig:
     pretrained: str | None = None  # OpenVLA-format folder or hub id; None: a new tiny model
     architecture: TinyArchitecture = field(default_factory=TinyArchitecture)  # only when pretrained=None
     dtype: str = "float32"  # weights of the frozen base: float32 | bfloat16 | float16
-    constrain_action_decoding: bool = True  # saved models decode only the 256 action tokens
     gradient_checkpointing: bool = False  # recompute the LLM's activations in backward (saves memory)
     init_seed: int = 0  # seed of the random tiny model
     # New tiny model: "ordinal" gives the 256 action tokens' embeddings a code in which neighbouring
     # bins are alike (vla.model.tiny.init_action_tokens_ordinal); "random" initialises them as any token.
     action_token_init: str = "ordinal"
-    # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
-    # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
-    # it (in training they are teacher forced, at prediction the model's own, errors and all).
-    # Grounding tokens (data.grounding) stay autoregressive. Part of the trained model (locked).
-    parallel_decoding: bool = False
+    layout: LayoutConfig = field(default_factory=LayoutConfig)  # the action layout (model.layout.*)
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))

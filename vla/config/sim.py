@@ -15,6 +15,12 @@ CAMERAS = ("front", "upper_body")
 # Episode seeds: generation uses [seed, seed + episodes_per_task) with seed < EVALUATION_SEED_BASE;
 # evaluation uses seeds from EVALUATION_SEED_BASE up, so no evaluated scene was ever trained on.
 EVALUATION_SEED_BASE = 1_000_000
+# The reach scene (vla.sim.tasks places the balls, vla.data.grounding reads their positions back from an
+# episode's metadata): ball colours in their fixed order, and the region in front of the chest the balls
+# are placed in (world frame, m). Depth varies little: a front camera shows left/right and up/down well
+# but depth only through a ball's size.
+BALL_NAMES = ("red", "green", "blue")
+BALL_REGION_X, BALL_REGION_Y, BALL_REGION_Z = (0.26, 0.34), (-0.30, 0.30), (0.88, 1.22)
 
 
 @dataclass
@@ -54,8 +60,25 @@ class SafetySettings:
 
 
 @dataclass
+class SimConfig:
+    """The `sim` group (`conf/sim/athena.yaml`): how the simulated athena is built and guarded. Its camera,
+    image size and action rate are the dataset's (`data.sample`), so that generation, training's
+    closed-loop checks and evaluation always agree (`SampleDataConfig.sim_settings`)."""
+
+    # Fraction of mesh triangles removed once into the cache (0 = the wheel's full meshes, ~4x slower
+    # to render on the CPU). 0.85 keeps ~60k of 393k triangles, visually the same at 224 px.
+    mesh_reduction: float = 0.85
+    safety: SafetySettings = field(default_factory=SafetySettings)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mesh_reduction < 1.0:
+            raise ConfigError(f"sim.mesh_reduction must be in [0, 1), got {self.mesh_reduction}")
+
+
+@dataclass
 class SimSettings:
-    """The simulated robot and its camera (`conf/sim/athena.yaml`)."""
+    """The simulated robot and its camera, as `vla.sim` runs it: the `sim` group (SimConfig) with the
+    camera, image size and action rate of the data (`data.sample`)."""
 
     image_size: int = 224  # square RGB frames from the camera (OpenVLA's input size)
     camera: str = "front"  # one of CAMERAS
@@ -76,7 +99,7 @@ class SimSettings:
             raise ConfigError(f"sim.mesh_reduction must be in [0, 1), got {self.mesh_reduction}")
 
 
-def _check_tasks(tasks: list[str], key: str) -> list[str]:
+def check_tasks(tasks: list[str], key: str) -> list[str]:
     """`tasks` with "all" expanded; unknown names fail with the valid choices."""
     if list(tasks) == ["all"]:
         return list(TASK_NAMES)
@@ -105,7 +128,7 @@ class SampleDataSettings:
     sim: SimSettings = field(default_factory=SimSettings)
 
     def __post_init__(self) -> None:
-        self.tasks = _check_tasks(self.tasks, "tasks")
+        self.tasks = check_tasks(self.tasks, "tasks")
         if self.episodes_per_task < 1:
             raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if not self.expert_noise >= 0:
@@ -134,7 +157,7 @@ class EvalSettings:
     sim: SimSettings = field(default_factory=SimSettings)
 
     def __post_init__(self) -> None:
-        self.tasks = _check_tasks(self.tasks, "tasks")
+        self.tasks = check_tasks(self.tasks, "tasks")
         if self.episodes_per_task < 1:
             raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.seed < EVALUATION_SEED_BASE:

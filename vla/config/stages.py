@@ -3,30 +3,44 @@ make_sample_data and evaluate (each `conf/<stage>.yaml`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
 from vla.config.base import ConfigError, check_choice
-from vla.config.data import AugmentConfig, DataConfig
-from vla.config.model import LoraConfig, ModelConfig
-from vla.config.sim import EvalSettings, SampleDataSettings
+from vla.config.data import AugmentConfig, DataConfig, SampleDataConfig
+from vla.config.model import LoraConfig, ModelConfig, QuantizationConfig
+from vla.config.sim import BASELINES, EVALUATION_SEED_BASE, EvalSettings, SimConfig, check_tasks
 from vla.config.train import LoggerConfig, OptimConfig, PathsConfig
+
+# A stage's `checkpoint=` / `run=` default: the newest finished folder of the stage before it under
+# paths.output_dir (vla.outputs.resolve_latest), printed when used.
+LATEST = "latest"
+POLICY_BACKENDS = ("torch", "onnx", "onnx_int8", "tensorrt")  # vla.inference.load_policy
 
 
 @dataclass
 class PredictConfig:
-    """`scripts/predict.py`: one action for one image and instruction."""
+    """`scripts/predict.py`: the action (chunk) for one image and instruction."""
 
-    checkpoint: str = MISSING  # checkpoint folder (OpenVLA format) or hub id
+    # A training run, an export or an OpenVLA-format folder (or hub id); latest: the newest training run.
+    checkpoint: str = LATEST
     image: str = MISSING  # RGB image file (PNG/JPEG, any size: resized like OpenVLA)
     instruction: str = MISSING  # natural-language task, lower-cased into OpenVLA's prompt
+    backend: str = "torch"  # torch | onnx | onnx_int8 | tensorrt (the ONNX ones need an export folder)
     unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
-    constrain: bool | None = None  # decode only action tokens (default: the checkpoint's setting)
-    dtype: str | None = None  # float32 | bfloat16 | float16 (default: as stored)
-    quantization: str | None = None  # nf4 | int8 (bitsandbytes, language model only)
-    use_cache: bool = True  # KV cache during decoding
+    constrain: bool | None = None  # decode only action tokens (default: the checkpoint's layout)
+    dtype: str | None = None  # torch backend: float32 | bfloat16 | float16 (default: as stored)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)  # torch backend: nf4 | int8
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where `latest` is looked for
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, POLICY_BACKENDS)
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if not self.instruction.strip():
+            raise ConfigError("instruction= is empty: say what the robot should do")
 
 
 @dataclass
@@ -37,6 +51,7 @@ class InspectDataConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # its input size: the frames' size in the sheet
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # applied to the sheet as in training
+    sim: SimConfig = field(default_factory=SimConfig)  # generates data=sample's episodes on first use
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = MISSING  # set by Hydra: outputs/inspect/<date>/<time>
     sheet_frames: int = 16  # frames in the sample sheet, drawn at random (seeded) over the train split
@@ -64,9 +79,9 @@ class ExportConfig:
     `model.* lora.* quantization.* data.*` keys given here are merged on top of them and checked
     against the same schema (TrainConfig), e.g. `model.pretrained=DIR` when the base lives elsewhere
     now, `data.root=DIR` when the data moved. Keys that define the saved adapter (lora.r, alpha,
-    target_modules, use_dora, kind; quantization.method; data.chunk_size) cannot be changed."""
+    target_modules, use_dora, kind; quantization.method; model.layout's head, chunk_size, grounding, parallel_decoding) cannot be changed."""
 
-    run: str = MISSING  # training run folder (config.yaml + adapter/ or model/)
+    run: str = LATEST  # training run folder (config.yaml + adapter/ or model/); latest: the newest one
     out_dir: str = MISSING  # set by Hydra: outputs/export/<date>/<time>; or any folder
     held_out: int = 8  # held-out frames for the merge and ONNX parity checks
     samples_from: str = "val"  # val: frames of the run's validation episodes | random: noise images
@@ -81,6 +96,9 @@ class ExportConfig:
     logits_atol: float = 1e-4  # ONNX vs PyTorch float32 logits: max abs difference allowed
     threads: int = 0  # onnxruntime intra-op threads for the checks (0: its default)
     paths: PathsConfig = field(default_factory=PathsConfig)  # outputs/export/... lives under paths.output_dir
+    sim: SimConfig = field(
+        default_factory=SimConfig
+    )  # regenerates data=sample's episodes if the cache is gone
 
     def __post_init__(self) -> None:
         check_choice("samples_from", self.samples_from, ("val", "random"))
@@ -99,7 +117,8 @@ BACKENDS = ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8", "
 class BenchmarkConfig:
     """`scripts/benchmark.py`: per-action latency of each runtime on an export folder's held-out frames."""
 
-    checkpoint: str = MISSING  # an export folder written by scripts/export.py (model/, onnx/, heldout.npz)
+    # An export folder written by scripts/export.py (model/, onnx/, heldout.npz); latest: the newest one.
+    checkpoint: str = LATEST
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))  # tensorrt: only where it imports
     warmup: int = 3  # untimed actions per backend
     actions: int = 20  # timed actions per backend (held-out frames, cycled)
@@ -107,6 +126,7 @@ class BenchmarkConfig:
     target_tokens_per_s: float = 8.0  # pass/fail per backend (the seed's Jetson Orin target)
     out_dir: str | None = None  # where the reports go (default: the checkpoint folder)
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(name="none"))
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where `latest` is looked for
 
     def __post_init__(self) -> None:
         for backend in self.backends:
@@ -124,6 +144,7 @@ class BenchDataConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    sim: SimConfig = field(default_factory=SimConfig)  # generates data=sample's episodes on first use
     paths: PathsConfig = field(default_factory=PathsConfig)
     train_steps: int = 10  # timed optimizer steps of the model, after `warmup_steps` untimed ones
     warmup_steps: int = 2
@@ -136,25 +157,63 @@ class BenchDataConfig:
 
 
 @dataclass
-class MakeSampleDataConfig(SampleDataSettings):
-    """`scripts/make_sample_data.py` (`conf/make_sample_data.yaml`)."""
+class MakeSampleDataConfig:
+    """`scripts/make_sample_data.py`: generate the `data.sample` dataset, the one `data=sample` training
+    reads (same `data`, `sim` and `paths` groups, so `make sim-data` then `make train` share it)."""
 
-    output_dir: str | None = None  # None: the settings-keyed cache (what `data=sample` reads)
-    workers: int = 1  # rendering processes; the episodes do not depend on it
+    data: DataConfig = field(default_factory=DataConfig)  # data.sample: tasks, episodes, camera, size, rate
+    sim: SimConfig = field(default_factory=SimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # the cache it goes into: paths.cache_dir
+    output_dir: str | None = None  # None: the settings-keyed cache (what `data=sample` reads); or any folder
+    write_pickle: bool = False  # also write `demos.pkl` in the seed's teleop pickle format (output_dir only)
 
-    def settings(self) -> SampleDataSettings:
-        return SampleDataSettings(**{f.name: getattr(self, f.name) for f in fields(SampleDataSettings)})
+    def __post_init__(self) -> None:
+        if self.data.format != "sample":
+            raise ConfigError(f"data={self.data.name}: make_sample_data generates data=sample's episodes")
+        if self.write_pickle and self.output_dir is None:
+            raise ConfigError(
+                "write_pickle=true needs output_dir=DIR (the cache holds Isaac episode folders only)"
+            )
 
 
 @dataclass
-class EvaluateConfig(EvalSettings):
-    """`scripts/evaluate.py` (`conf/evaluate.yaml`)."""
+class EvaluateConfig:
+    """`scripts/evaluate.py`: closed-loop success in the simulator, with the expert and random baselines.
 
-    checkpoint: str | None = MISSING  # model folder or training run folder; null: baselines only
+    The scene (camera, image size, action rate) is a training run's own `data.sample` when the
+    checkpoint is a run trained on simulator data, else the composed `data.sample`."""
+
+    # A training run, an export or an OpenVLA-format folder; latest: the newest training run; null:
+    # the baselines only.
+    checkpoint: str | None = LATEST
+    backend: str = "torch"  # torch | onnx | onnx_int8 | tensorrt (the ONNX ones need an export folder)
     unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
+    tasks: list[str] = field(default_factory=lambda: ["all"])
+    episodes_per_task: int = 20
+    seed: int = EVALUATION_SEED_BASE  # first held-out episode seed (generation uses lower seeds)
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    gif_episodes: int = 2  # rollouts per task drawn into `<task>.gif` (0: no GIFs)
+    swap_color: bool = False  # language probe: reach_ball's instruction names the nearest distractor's colour
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     output_dir: str | None = None  # None: the Hydra run folder outputs/evaluate/<date>/<time>
     wandb: bool = False  # log the table and GIFs to Weights & Biases
     wandb_project: str = "athena-vla"
 
-    def settings(self) -> EvalSettings:
-        return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings)})
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, POLICY_BACKENDS)
+        self.tasks = check_tasks(self.tasks, "tasks")
+
+    def settings(self, sample: SampleDataConfig | None = None) -> EvalSettings:
+        """The evaluation in the scene of `sample` (default: the composed data.sample)."""
+        sample = sample or self.data.sample
+        return EvalSettings(
+            tasks=list(self.tasks),
+            episodes_per_task=self.episodes_per_task,
+            seed=self.seed,
+            baselines=list(self.baselines),
+            gif_episodes=self.gif_episodes,
+            swap_color=self.swap_color,
+            sim=sample.sim_settings(self.sim),
+        )

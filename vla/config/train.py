@@ -10,6 +10,7 @@ from omegaconf import MISSING
 from vla.config.base import ConfigError, check_choice
 from vla.config.data import AugmentConfig, DataConfig
 from vla.config.model import LoraConfig, ModelConfig, QuantizationConfig
+from vla.config.sim import SimConfig
 
 
 @dataclass
@@ -64,7 +65,9 @@ class CallbacksConfig:
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "."
+    """Where every stage writes (`<output_dir>/<stage>/<date>/<time>[_<name>]/`) and where derived data
+    (generated sample episodes, decoded frames, simplified meshes) is cached."""
+
     output_dir: str = "outputs"
     cache_dir: str = ".cache/athena_vla"
 
@@ -80,12 +83,12 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    sim: SimConfig = field(default_factory=SimConfig)  # data=sample's generation, closed-loop checks
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = MISSING  # set by Hydra: outputs/train/<date>/<time>[_<run_name>]
     seed: int = 0
     ckpt_path: str | None = None  # resume from a Lightning checkpoint (or a run folder)
     run_name: str | None = None  # W&B run name and run-folder suffix; default: the overrides (W&B only)
-    experiment: str | None = None  # set by experiment files
     optimized_metric: str | None = "val/loss"  # what train.py returns to a sweeper
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from vla.config import AugmentConfig, ConfigError, DataConfig
+from vla.config import AugmentConfig, ConfigError, DataConfig, LayoutConfig
 from vla.data.annotate import annotate_episodes
 from vla.data.augment import make_augment
 from vla.data.cache import build_frame_cache
@@ -33,22 +33,6 @@ from vla.model.modeling import OpenVLA
 log = logging.getLogger(__name__)
 
 
-def sample_dataset_root(cfg: DataConfig, cache_dir: str | Path) -> Path:
-    """The simulated dataset for `data=sample`, generated into the cache the first time."""
-    from vla.config.sim import SampleDataSettings
-    from vla.sim.episodes import ensure_sample_dataset
-
-    settings = SampleDataSettings(
-        tasks=list(cfg.sample.tasks),
-        episodes_per_task=cfg.sample.episodes_per_task,
-        seed=cfg.sample.seed,
-        expert_noise=cfg.sample.expert_noise,
-    )
-    return ensure_sample_dataset(
-        settings, cfg.sample.sim_settings(), cache_dir=cache_dir, workers=cfg.sample.workers
-    )
-
-
 def load_episodes(
     cfg: DataConfig, cache_dir: str | Path, expected_action_dim: int | None = None
 ) -> LoadResult:
@@ -60,7 +44,12 @@ def load_episodes(
             on_error=cfg.on_error,
             expected_action_dim=expected_action_dim,
         )
-    root = sample_dataset_root(cfg, cache_dir) if cfg.format == "sample" else Path(cfg.root)
+    if cfg.root is None:  # data=sample: the simulator writes the episodes (entry points ask it first)
+        raise ConfigError(
+            "data=sample has no episodes yet: generate them with vla.sim.episodes.resolve_sample_data(data, "
+            "sim, cache_dir) (train.py does) or scripts/make_sample_data.py, then pass the result"
+        )
+    root = Path(cfg.root)
     return load_isaac_episodes(root, on_error=cfg.on_error, expected_action_dim=expected_action_dim)
 
 
@@ -125,8 +114,8 @@ class VLADataModule(L.LightningDataModule):
        statistics from the train split only; called before the model exists, which embeds them.
     2. `attach(model)`: the model whose processor and action tokenizer build the samples.
     3. `setup()` (Lightning): the frame cache, then the train set (augmented by `augment`, seeded by
-       `seed`, the run's seed) and the validation set (centre-cropped when training crops), both with
-       `data.chunk_size`-step action chunks.
+       `seed`, the run's seed) and the validation set (centre-cropped when training crops), both laid out as `layout` says
+       (`model.layout`: chunk size, grounding tokens).
 
     The train loader shuffles resumably (`ShuffleSampler`, `ResumableLoader`): a resumed run sees the
     rest of the interrupted epoch, with the same pixels.
@@ -138,9 +127,12 @@ class VLADataModule(L.LightningDataModule):
         cache_dir: str | Path = ".cache/athena_vla",
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        layout: LayoutConfig | None = None,
     ):
+        """`layout`: the action layout of the model to train (`model.layout`; default OpenVLA's)."""
         super().__init__()
         self.cfg = cfg
+        self.layout = layout or LayoutConfig()
         self.cache_dir = cache_dir
         self.augment = augment or AugmentConfig()
         self.seed = seed  # of the training augmentation
@@ -175,8 +167,8 @@ class VLADataModule(L.LightningDataModule):
                 f"only {len(filtered.kept)} usable episode(s): need at least 2 for a train/val split"
             )
         # Checked here, before the model is built: an episode without its grounding targets fails now.
-        self.train_grounding = dataset_grounding(self.train_episodes, self.cfg.grounding)
-        self.val_grounding = dataset_grounding(self.val_episodes, self.cfg.grounding)
+        self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding)
+        self.val_grounding = dataset_grounding(self.val_episodes, self.layout.grounding)
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}
         log.info(
@@ -198,14 +190,16 @@ class VLADataModule(L.LightningDataModule):
             raise RuntimeError("VLADataModule.attach(model) must be called before training")
         stats = self.statistics[self.cfg.dataset_key]["action"]
         transform = self.model.processor.image_transform
-        # Validation (and later prediction) must centre-crop what training randomly crops.
-        layout = (self.model.action_chunk_size, transform.center_crop_scale, self.model.grounding_tokens)
-        if layout != (self.cfg.chunk_size, self.augment.crop_scale, self.cfg.grounding):
+        # The samples follow the model's layout; validation (and later prediction) must centre-crop
+        # what training randomly crops.
+        layout = self.model.layout
+        wanted = (self.layout.chunk_size, self.layout.grounding, self.augment.crop_scale)
+        if (layout.chunk_size, layout.grounding, layout.center_crop_scale) != wanted:
             raise ConfigError(
-                f"the model predicts {layout[0]}-step chunks after {layout[2]} grounding tokens and "
-                f"centre-crops area {layout[1]}, but data.chunk_size={self.cfg.chunk_size}, "
-                f"data.grounding={self.cfg.grounding} and augment.crop_scale={self.augment.crop_scale}; build "
-                "it with vla.training.adapters.build_base_model(..., chunk_size=, center_crop_scale=, grounding=)"
+                f"the model's layout ({layout.chunk_size}-step chunks after {layout.grounding} grounding "
+                f"tokens, centre crop {layout.center_crop_scale}) is not this data's (model.layout.chunk_size="
+                f"{wanted[0]}, model.layout.grounding={wanted[1]}, augment.crop_scale={wanted[2]}); build it "
+                "with vla.training.build.build_base_model(model_cfg, quant, stats, center_crop_scale)"
             )
         episodes = [*self.train_episodes, *self.val_episodes]
         n_train = len(self.train_episodes)
@@ -218,7 +212,7 @@ class VLADataModule(L.LightningDataModule):
             processor=self.model.processor,
             action_tokenizer=self.model.action_tokenizer,
             action_stats=stats,
-            chunk_size=self.cfg.chunk_size,
+            chunk_size=layout.chunk_size,
         )
         augment = make_augment(self.augment, transform.size)
         self.train_set = make(

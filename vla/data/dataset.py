@@ -1,12 +1,8 @@
 """Episodes -> OpenVLA training samples: prompt ids, pixel values and action-token labels.
 
-A sample is step t of an episode. Its token sequence is the one OpenVLA trains on,
-`<s> In: What action should the robot take to {instruction}?\\nOut: ▁ <action tokens> </s>`, with the
-loss only on the action tokens and `</s>` (OpenVLA masks everything before them).
-
-With action chunks of K steps (`chunk_size`) the action tokens are those of steps t..t+K-1, K*D tokens.
-Near the episode end the chunk is padded by repeating the last action; the padded steps' labels are
-IGNORE_INDEX, so they carry no loss, and `</s>` still follows the last token. K=1 is OpenVLA's sample.
+A sample is step t of an episode: OpenVLA's prompt for its instruction, then (grounding tokens and)
+the action tokens of steps t..t+K-1, then `</s>`, laid out by `vla.model.layout.encode_sample` (the
+one place that knows the layout; K = 1 without grounding is OpenVLA's own sample).
 
 Pixels: the frame at the model's input size (from the image cache, or decoded and resized here), then
 the training augmentation (train split) or the model's centre crop (every other split). Samples carry
@@ -27,15 +23,8 @@ from vla.data.augment import FrameAugment, sample_seed
 from vla.data.cache import FrameCache
 from vla.data.episodes import Episode
 from vla.model.action_tokenizer import ActionTokenizer, normalize
-from vla.model.modeling import IGNORE_INDEX
+from vla.model.layout import IGNORE_INDEX, chunk_steps, encode_sample
 from vla.model.processing import ImageTransform, OpenVLAProcessor, build_prompt
-
-
-def chunk_steps(t: int, num_steps: int, chunk_size: int) -> tuple[list[int], list[bool]]:
-    """The steps whose actions form the chunk at step t (the last step repeated past the episode end),
-    and which of them are real."""
-    steps = [t + k for k in range(chunk_size)]
-    return [min(s, num_steps - 1) for s in steps], [s < num_steps for s in steps]
 
 
 class SampleImages:
@@ -167,14 +156,10 @@ class VLADataset(Dataset):
         prompt = self._prompt(self.episodes[e].instruction_at(t))
         tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
-        actions = tokens[steps].reshape(-1)
-        targets = np.where(np.repeat(real, tokens.shape[1]), actions, IGNORE_INDEX)
-        actions = np.concatenate([self.grounding_tokens[e], actions])
-        targets = np.concatenate([self.grounding_tokens[e], targets])
-        eos = np.array([self.eos], dtype=np.int64)
+        input_ids, labels = encode_sample(prompt, self.grounding_tokens[e], tokens[steps], real, self.eos)
         return {
-            "input_ids": torch.from_numpy(np.concatenate([prompt, actions, eos])),
-            "labels": torch.from_numpy(np.concatenate([np.full_like(prompt, IGNORE_INDEX), targets, eos])),
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels),
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,

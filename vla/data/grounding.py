@@ -8,7 +8,7 @@ the prompt is unchanged, and at prediction time the model writes the N tokens fi
 
 An episode's N values, each in [-1, 1] (binned like actions, 256 bins), come from its metadata:
 `"grounding": [v1, ..., vN]` (any dataset: e.g. object positions normalised to the workspace), or, for
-the simulator's reach_ball episodes, the balls' positions (`vla.sim.tasks.reach_grounding`, 8 values).
+the simulator's reach_ball episodes, the balls' positions (`reach_grounding`, 8 values).
 """
 
 from __future__ import annotations
@@ -17,7 +17,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vla.config.sim import BALL_NAMES, BALL_REGION_Y, BALL_REGION_Z
 from vla.data.episodes import DataError, Episode
+
+
+def reach_grounding(balls: dict[str, list[float] | np.ndarray], color: str) -> np.ndarray:
+    """[8] values in [-1, 1] of a simulator reach scene (metadata 'balls', 'color'): every ball's sideways
+    (y) and height (z) position within the region balls are placed in, in BALL_NAMES order (red y, red z,
+    green y, ...), then the named ball's y and z. The camera shows these two well and depth (x) hardly,
+    so x is left out."""
+    missing = [c for c in (*BALL_NAMES, color) if c not in balls]
+    if missing:
+        raise ValueError(f"balls {sorted(balls)} lack {missing}")
+    y_mid, y_half = (BALL_REGION_Y[0] + BALL_REGION_Y[1]) / 2, (BALL_REGION_Y[1] - BALL_REGION_Y[0]) / 2
+    z_mid, z_half = (BALL_REGION_Z[0] + BALL_REGION_Z[1]) / 2, (BALL_REGION_Z[1] - BALL_REGION_Z[0]) / 2
+    values = []
+    for name in (*BALL_NAMES, color):
+        _, y, z = np.asarray(balls[name], dtype=np.float64)
+        values += [(y - y_mid) / y_half, (z - z_mid) / z_half]
+    return np.clip(np.array(values), -1.0, 1.0)
 
 
 def episode_grounding(episode: Episode, size: int) -> np.ndarray:
@@ -37,8 +55,6 @@ def episode_grounding(episode: Episode, size: int) -> np.ndarray:
         if values is None or values.ndim != 1 or not np.isfinite(values).all():
             raise DataError(f"{where}: {source} must be a list of finite numbers, got {raw!r}")
     elif meta.get("task") == "reach_ball" and isinstance(meta.get("balls"), dict) and "color" in meta:
-        from vla.sim.tasks import reach_grounding
-
         source = "the reach scene's balls"
         try:
             values = reach_grounding(meta["balls"], meta["color"])

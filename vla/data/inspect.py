@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vla.data.episodes import Episode  # noqa: E402
-from vla.data.statistics import DatasetStatistics  # noqa: E402
+from vla.data.episodes import Episode
+from vla.data.statistics import DatasetStatistics
 
 
 def instruction_counts(episodes: list[Episode]) -> dict[str, Counter]:
@@ -48,7 +46,8 @@ def frame_sheet(frames: list[np.ndarray], captions: list[str], path: Path, title
     """A grid of uint8 [H, W, 3] frames with a caption each, saved as PNG."""
     cols = min(4, len(frames))
     rows = -(-len(frames) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    fig = Figure(figsize=(2.4 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, frame, caption in zip(axes.flat, frames, captions):
@@ -58,7 +57,6 @@ def frame_sheet(frames: list[np.ndarray], captions: list[str], path: Path, title
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -80,10 +78,10 @@ def action_plot(
 ) -> Path:
     """Rows: DoF groups; columns: episodes; one line per dimension of the group over the steps.
     `phases` (per episode, per step; `vla.data.annotate.classify_phases`) shade the background."""
-    fig, axes = plt.subplots(
+    fig = Figure(figsize=(3.6 * len(episodes), 2.2 * len(groups)))
+    axes = fig.subplots(
         len(groups),
         len(episodes),
-        figsize=(3.6 * len(episodes), 2.2 * len(groups)),
         squeeze=False,
         sharex="col",
     )
@@ -105,14 +103,13 @@ def action_plot(
             if col == len(episodes) - 1 and len(dims) <= 8:
                 ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if phases is not None:
-        handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for c in PHASE_COLORS.values()]
+        handles = [Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for c in PHASE_COLORS.values()]
         fig.legend(handles, list(PHASE_COLORS), loc="upper center", ncol=len(PHASE_COLORS), fontsize=7)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
     else:
         fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -74,20 +74,23 @@ def _files_mb(paths: list[Path]) -> float:
     return sum(p.stat().st_size for p in paths) / 2**20
 
 
+# Benchmark backends -> load_policy's backend and the torch dtype / quantization of the torch ones.
+TORCH_BACKENDS = {
+    "torch_fp32": {"dtype": "float32"},
+    "torch_bf16": {"dtype": "bfloat16"},
+    "torch_nf4": {"dtype": "float32", "quantization": "nf4"},
+}
+ONNX_BACKENDS = {"onnx_fp32": "onnx", "onnx_int8": "onnx_int8", "tensorrt": "tensorrt"}
+
+
 def load_backend(name: str, export_dir: Path, threads: int) -> tuple[Any, float]:
-    """The policy for `name` (anything with `.predict(images, instructions)`) and its size on disk."""
-    from vla.export.onnx import OnnxPolicy
-    from vla.model.modeling import OpenVLA
+    """The policy for `name` (`vla.inference.load_policy` on the export folder) and its size on disk."""
+    from vla.inference import load_policy
 
     model_dir, onnx_dir = export_dir / "model", export_dir / "onnx"
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if name.startswith("torch_"):
-        kwargs = {
-            "torch_fp32": {"dtype": "float32"},
-            "torch_bf16": {"dtype": "bfloat16"},
-            "torch_nf4": {"dtype": "float32", "quantization": "nf4"},
-        }[name]
-        return OpenVLA.from_pretrained(model_dir, **kwargs), _files_mb(weights)
+    if name in TORCH_BACKENDS:
+        policy = load_policy(export_dir, "torch", **TORCH_BACKENDS[name])
+        return policy, _files_mb(sorted(model_dir.glob("*.safetensors")))
     if not (onnx_dir / "prefix.onnx").is_file():
         raise Skipped(f"no ONNX graphs in {onnx_dir} (export with onnx=true)")
     if name == "tensorrt":
@@ -99,14 +102,10 @@ def load_backend(name: str, export_dir: Path, threads: int) -> tuple[Any, float]
             raise Skipped("tensorrt does not import on this machine") from None
         if "TensorrtExecutionProvider" not in ort.get_available_providers():
             raise Skipped("onnxruntime has no TensorrtExecutionProvider here")
-        providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-        policy = OnnxPolicy(model_dir, onnx_dir, "fp32", threads, providers)
-        return policy, _files_mb(policy.files)
-    precision = "int8" if name == "onnx_int8" else "fp32"
-    if precision == "int8" and not (onnx_dir / "prefix.int8.onnx").is_file():
+    if name == "onnx_int8" and not (onnx_dir / "prefix.int8.onnx").is_file():
         raise Skipped(f"no int8 graphs in {onnx_dir} (export with int8=true)")
-    policy = OnnxPolicy(model_dir, onnx_dir, precision, threads)
-    return policy, _files_mb(policy.files)
+    policy = load_policy(export_dir, ONNX_BACKENDS[name], threads=threads)
+    return policy, _files_mb(policy.model.files)
 
 
 def time_backend(policy: Any, samples: HeldOut, warmup: int, actions: int) -> list[float]:
@@ -220,13 +219,11 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def latency_plot(report: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ran = [r for r in report["results"] if r["status"] == "ok"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ran) + 2.4))
+    fig = Figure(figsize=(11, 0.6 * len(ran) + 2.4))
+    left, right = fig.subplots(1, 2)
     names = [r["backend"] for r in ran]
     left.boxplot([r["latencies_ms"] for r in ran], vert=False, tick_labels=names, whis=(1, 99))
     left.set_xlabel("latency per action (ms); whiskers p1-p99")
@@ -244,7 +241,6 @@ def latency_plot(report: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

@@ -81,8 +81,10 @@ def held_out_samples(train_cfg: TrainConfig, n: int, source: str) -> HeldOut:
         images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
         return HeldOut(images, ["reach the red ball with the left hand"] * n)
     from vla.data.datamodule import VLADataModule
+    from vla.sim.episodes import resolve_sample_data
 
-    datamodule = VLADataModule(train_cfg.data, cache_dir=train_cfg.paths.cache_dir)
+    data = resolve_sample_data(train_cfg.data, train_cfg.sim, train_cfg.paths.cache_dir)
+    datamodule = VLADataModule(data, cache_dir=train_cfg.paths.cache_dir)
     datamodule.prepare()
     steps = [(ep, t) for ep in datamodule.val_episodes for t in range(ep.num_steps)]
     picks = np.unique(np.linspace(0, len(steps) - 1, n).round().astype(int))
@@ -127,7 +129,8 @@ def onnx_parity(model: OpenVLA, policy: Any, samples: HeldOut, torch_tokens: np.
 
 def export_run(cfg: ExportConfig) -> dict[str, Any]:
     """Merge, save, export and check; returns the report (also written to <out>/export.json)."""
-    from vla.export.onnx import OnnxPolicy, _float32_copy, build_tensorrt_engines, export_onnx, quantize_int8
+    from vla.export.onnx import _float32_copy, build_tensorrt_engines, export_onnx, quantize_int8
+    from vla.inference.onnx_policy import OnnxPolicy
 
     start = time.perf_counter()
     run_dir, out = Path(cfg.run), Path(cfg.out_dir)

@@ -7,7 +7,6 @@ transformers. The language model sees `[<s>] + projected patches + the rest of t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,23 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from vla.model.action_tokenizer import ActionTokenizer, action_stats, unnormalize
+from vla.config.model import ActionLayout
+from vla.model.action_tokenizer import ActionTokenizer, action_stats
+from vla.model.checkpoint import load_pretrained, save_pretrained
 from vla.model.configuration import OpenVLAConfig
+from vla.model.heads import TokenHead, make_head
+from vla.model.layout import (
+    IGNORE_INDEX,
+    ActionPrediction,
+    decoding_rows,
+    layout_from_config,
+    split_prediction,
+    stop_at_eos,
+    store_layout,
+)
 from vla.model.processing import ImageLike, OpenVLAProcessor, build_prompt
 from vla.model.vision import VisionBackbone
 
-IGNORE_INDEX = -100
 # Llama-2's bare '▁' piece; OpenVLA hard-codes it. Models loaded with a tokenizer look it up instead.
 LLAMA2_EMPTY_TOKEN_ID = 29871
 
@@ -46,56 +56,6 @@ class Projector(nn.Module):
         return self.fc3(self.act(x)) if self.fused else x
 
 
-@dataclass
-class ActionPrediction:
-    """One predicted action (or action chunk) per batch row: robot units, normalized [-1, 1], token ids.
-
-    Shapes are [B, D] for single-step models (OpenVLA) and [B, K, D] for models trained with action
-    chunks of K steps (`OpenVLA.action_chunk_size` > 1).
-    """
-
-    actions: np.ndarray  # [B, D] or [B, K, D] float64
-    normalized: np.ndarray  # [B, D] or [B, K, D] float64
-    token_ids: np.ndarray  # [B, D] or [B, K, D] int64
-    prompt_ids: list[list[int]]  # each row's prompt ids as the processor gave them (no padding)
-    input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
-    # [B, G] in [-1, 1]: what a model trained with data.grounding=G wrote before the actions
-    # (vla.data.grounding); [B, 0] for other models.
-    grounding: np.ndarray | None = None
-
-
-def split_prediction(
-    tokenizer: ActionTokenizer,
-    token_ids: np.ndarray,
-    rows: list[list[int]],
-    prompts: list[list[int]],
-    stats: dict[str, Any],
-    n_ground: int,
-    chunk: int,
-) -> ActionPrediction:
-    """Generated ids [B, G + K * D] (after `stop_at_eos` where decoding was free) -> the prediction:
-    the first G are grounding tokens, the rest the action chunk (shared with the onnxruntime policy)."""
-    n_dims = len(stats["q01"])
-    grounding = tokenizer.decode(token_ids[:, :n_ground])
-    token_ids = token_ids[:, n_ground:]
-    if chunk > 1:
-        token_ids = token_ids.reshape(len(rows), chunk, n_dims)
-    normalized = tokenizer.decode(token_ids)
-    return ActionPrediction(unnormalize(normalized, stats), normalized, token_ids, prompts, rows, grounding)
-
-
-def stop_at_eos(rows: list[list[int]], token_ids: np.ndarray, eos: int) -> np.ndarray:
-    """HF `generate` stops a row at `</s>`; OpenVLA then takes the last D ids of the whole
-    sequence, prompt included. Reproduce that per row (shared with the onnxruntime policy)."""
-    n = token_ids.shape[1]
-    out = token_ids.copy()
-    for i, row in enumerate(token_ids):
-        hits = np.flatnonzero(row == eos)
-        if hits.size and hits[0] < n - 1:
-            out[i] = np.asarray(rows[i] + row[: hits[0] + 1].tolist())[-n:]
-    return out
-
-
 class OpenVLA(nn.Module):
     def __init__(self, config: OpenVLAConfig):
         super().__init__()
@@ -112,13 +72,9 @@ class OpenVLA(nn.Module):
     # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> OpenVLA:
-        from vla.model.checkpoint import load_pretrained
-
-        return load_pretrained(path_or_id, **kwargs)
+        return load_pretrained(cls, path_or_id, **kwargs)
 
     def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
-        from vla.model.checkpoint import save_pretrained
-
         return save_pretrained(self, folder, **kwargs)
 
     def attach_processor(self, processor: OpenVLAProcessor) -> None:
@@ -140,20 +96,36 @@ class OpenVLA(nn.Module):
         return self.config.norm_stats or {}
 
     @property
+    def layout(self) -> ActionLayout:
+        """The action layout saved in config.json (`vla.model.layout`): OpenVLA's own when it has none."""
+        return layout_from_config(self.config.extra)
+
+    def set_layout(self, layout: ActionLayout) -> None:
+        """Record `layout` in config.json and apply its centre crop in the processor (so predict(), the
+        simulator evaluation and saved models all use it)."""
+        store_layout(self.config.extra, layout)
+        if self.processor is not None:
+            self.processor.image_transform.center_crop_scale = layout.center_crop_scale
+
+    @property
+    def head(self) -> TokenHead:
+        """The action head of the layout: its training loss and its decoding (`vla.model.heads`)."""
+        return make_head(self.layout, self.action_tokenizer, self.action_placeholder_id)
+
+    @property
     def action_chunk_size(self) -> int:
-        """Future actions predicted per query (K); OpenVLA predicts one. Saved in config.json."""
-        return int(self.config.extra.get("action_chunk_size", 1))
+        """Future actions predicted per query (K); OpenVLA predicts one."""
+        return self.layout.chunk_size
 
     @property
     def grounding_tokens(self) -> int:
-        """Grounding tokens (G) the model writes before its actions (`data.grounding`); 0 is OpenVLA."""
-        return int(self.config.extra.get("grounding_tokens", 0))
+        """Grounding tokens (G) the model writes before its actions; 0 is OpenVLA."""
+        return self.layout.grounding
 
     @property
     def parallel_decoding(self) -> bool:
-        """Whether the action chunk is decoded in one pass over placeholder inputs (`model.parallel_decoding`,
-        OpenVLA-OFT) rather than token by token (OpenVLA)."""
-        return bool(self.config.extra.get("parallel_decoding", False))
+        """Whether the action chunk is decoded in one pass over placeholder inputs (OpenVLA-OFT)."""
+        return self.layout.parallel_decoding
 
     @property
     def action_placeholder_id(self) -> int:
@@ -193,7 +165,7 @@ class OpenVLA(nn.Module):
         return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=mm_labels)
 
     # -- action decoding ---------------------------------------------------------------------
-    def _prefix_batch(
+    def prefix_batch(
         self, rows: list[list[int]], pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Multimodal prefix embeddings, left-padded so that every row ends at the last column."""
@@ -216,15 +188,6 @@ class OpenVLA(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, positions
 
-    def _next_token(self, logits: torch.Tensor, constrain: bool) -> torch.Tensor:
-        if constrain:
-            lo, hi = self.action_tokenizer.first_action_token, self.action_tokenizer.last_action_token
-            blocked = torch.full_like(logits, float("-inf"))
-            blocked[:, lo : hi + 1] = 0.0
-            logits = logits + blocked
-        return logits.argmax(dim=-1)
-
-    @torch.no_grad()
     def generate_action_tokens(
         self,
         rows: list[list[int]],
@@ -234,55 +197,8 @@ class OpenVLA(nn.Module):
         use_cache: bool = True,
         parallel: int = 0,
     ) -> torch.Tensor:
-        """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens].
-
-        `parallel`: the last `parallel` of them (a parallel-decoding model's action chunk) come from one
-        pass over `action_placeholder_id` inputs, so none of them depends on another; the tokens before
-        them are decoded one at a time, each fed back.
-        """
-        embeds, mask, positions = self._prefix_batch(rows, pixel_values)
-        lm = self.language_model
-        embed = lm.get_input_embeddings()
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
-
-        def feed(new: torch.Tensor, past):
-            """Run the LM on `new` input embeddings [B, n, H] after everything before; logits [B, n, V]
-            are the output's last n."""
-            nonlocal embeds, mask, positions
-            n = new.shape[1]
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
-                positions = torch.cat(
-                    [positions, positions[:, -1:] + torch.arange(1, n + 1, device=new.device)], 1
-                )
-            if use_cache:
-                new_positions = positions[:, -n:] if positions is not None else None
-                return lm(
-                    inputs_embeds=new,
-                    attention_mask=mask,
-                    position_ids=new_positions,
-                    past_key_values=past,
-                    use_cache=True,
-                )
-            embeds = torch.cat([embeds, new], dim=1)
-            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
-
-        generated = []
-        for step in range(n_tokens - parallel):
-            token = self._next_token(out.logits[:, -1].float(), constrain)
-            generated.append(token)
-            if step < n_tokens - 1:
-                out = feed(embed(token[:, None]), out.past_key_values)
-        if parallel:
-            logits = out.logits[:, -1:]
-            if parallel > 1:
-                holders = torch.full(
-                    (len(rows), parallel - 1), self.action_placeholder_id, device=logits.device
-                )
-                out = feed(embed(holders), out.past_key_values)
-                logits = torch.cat([logits, out.logits[:, -(parallel - 1) :]], dim=1)
-            generated += [self._next_token(logits[:, j].float(), constrain) for j in range(parallel)]
-        return torch.stack(generated, dim=1)
+        """Greedy decoding of `n_tokens` tokens after each row of prompt ids (`TokenHead.generate`)."""
+        return self.head.generate(self, rows, pixel_values, n_tokens, constrain, use_cache, parallel)
 
     @torch.no_grad()
     def predict_action(
@@ -300,38 +216,30 @@ class OpenVLA(nn.Module):
         produces one token per action dimension (K * D for chunked models), after the G grounding tokens
         of a model trained with them (returned as `grounding`); a parallel-decoding model produces the
         K * D action tokens in one pass. `constrain=True` restricts
-        decoding to the 256 action tokens (default: the checkpoint's `constrain_action_decoding`, set for
+        decoding to the 256 action tokens (default: the layout's `constrain_decoding`, set for
         models trained here); without it a non-action token decodes to an extreme bin and `</s>` stops
         early, as in OpenVLA.
         """
         _, stats = action_stats(self.norm_stats, unnorm_key)
-        n_dims, chunk, n_ground = len(stats["q01"]), self.action_chunk_size, self.grounding_tokens
+        layout = self.layout
         if constrain is None:
-            constrain = bool(self.config.extra.get("constrain_action_decoding", False))
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        prompts = [
-            [t for t, k in zip(ids, keep) if k]
-            for ids, keep in zip(input_ids.tolist(), attention_mask.tolist())
-        ]
-        rows = [ids if ids[-1] == self.empty_token_id else [*ids, self.empty_token_id] for ids in prompts]
+            constrain = layout.constrain_decoding
+        prompts, rows = decoding_rows(input_ids, attention_mask, self.empty_token_id)
         device = next(self.parameters()).device
-        n_actions = n_dims * chunk
-        tokens = self.generate_action_tokens(
+        n_actions = len(stats["q01"]) * layout.chunk_size
+        tokens = self.head.generate(
+            self,
             rows,
             pixel_values.to(device),
-            n_ground + n_actions,
+            layout.n_tokens(len(stats["q01"])),
             constrain,
             use_cache,
-            parallel=n_actions if self.parallel_decoding else 0,
+            parallel=n_actions if layout.parallel_decoding else 0,
         )
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:
-            token_ids = self._stop_at_eos(rows, token_ids)
-        return split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, n_ground, chunk)
-
-    def _stop_at_eos(self, rows: list[list[int]], token_ids: np.ndarray) -> np.ndarray:
-        return stop_at_eos(rows, token_ids, self.language_model.config.eos_token_id)
+            token_ids = stop_at_eos(rows, token_ids, self.language_model.config.eos_token_id)
+        return split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, layout)
 
     def predict(
         self,

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
 from vla.model.configuration import CheckpointError, OpenVLAConfig
+from vla.model.layout import layout_from_config
 
 # OpenVLA (v0.2+) prompt; the caller lower-cases the instruction, as OpenVLA's scripts do.
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
@@ -148,7 +149,7 @@ class ImageTransform:
                 stds = [tuple(s) for s in raw["stds"]]
             if len(means) != len(towers):
                 raise CheckpointError(f"{path}: {len(means)} means for {len(towers)} vision towers")
-        crop = float(config.extra.get("center_crop_scale", 1.0))
+        crop = layout_from_config(config.extra).center_crop_scale
         return cls(size=config.image_size, means=means, stds=stds, center_crop_scale=crop)
 
 

@@ -1,8 +1,9 @@
 """Simulated athena humanoid (MuJoCo, Unitree G1 with a fixed base): tasks, sample data, evaluation.
 
-Importing this package picks the offscreen OpenGL backend before anything imports mujoco: MuJoCo reads
-`MUJOCO_GL` once, at its own import. An explicit `MUJOCO_GL` wins; otherwise EGL (Mesa's software
-renderer here, a GPU's EGL where there is one) and OSMesa when no libEGL is installed.
+Offscreen rendering needs an OpenGL backend chosen before anything imports mujoco (MuJoCo reads
+`MUJOCO_GL` once, at its own import): entry points (train.py, the scripts, the tests' conftest) call
+`select_gl_backend()` first; a program of your own should too, or set MUJOCO_GL itself. Importing
+this package changes nothing.
 
 Public API (imported lazily, so `vla.config.sim` stays cheap):
     AthenaEnv, ensure_sample_dataset, generate_dataset, evaluate_policy, evaluate_with_baselines
@@ -17,20 +18,20 @@ import sys
 import warnings
 
 
-def _select_gl_backend() -> None:
+def select_gl_backend() -> None:
+    """An explicit `MUJOCO_GL` wins; otherwise EGL (Mesa's software renderer here, a GPU's EGL where there
+    is one), and OSMesa when no libEGL is installed."""
     if "MUJOCO_GL" in os.environ:
         return
     if "mujoco" in sys.modules:
         warnings.warn(
-            "mujoco was imported before vla.sim, so MUJOCO_GL could not be chosen; offscreen rendering "
-            "may fail. Import vla.sim first or set MUJOCO_GL=egl (or osmesa).",
+            "mujoco was imported before vla.sim.select_gl_backend(), so MUJOCO_GL could not be chosen; "
+            "offscreen rendering may fail. Call it first or set MUJOCO_GL=egl (or osmesa).",
             stacklevel=3,
         )
         return
     os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
 
-
-_select_gl_backend()
 
 _LAZY = {
     "AthenaEnv": "vla.sim.env",

@@ -22,11 +22,11 @@ import os
 import tempfile
 from pathlib import Path
 
-# vla/sim/__init__.py has chosen MUJOCO_GL by now: a submodule import runs the package first.
+# Entry points choose MUJOCO_GL before this import (vla.sim.select_gl_backend).
 import mujoco
 import numpy as np
 
-from vla.config.sim import SimSettings
+from vla.config.sim import BALL_NAMES, SimSettings
 
 _SIDES = ("left", "right")
 _LEG = ("hip_pitch", "hip_roll", "hip_yaw", "knee", "ankle_pitch", "ankle_roll")
@@ -60,6 +60,7 @@ HOME_POSE[[12, 13, 15]] = (0.2, 0.2, 1.28)
 HOME_POSE[[16, 17, 19]] = (0.2, -0.2, 1.28)
 
 BALL_COLORS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.15), "blue": (0.1, 0.25, 0.95)}
+assert tuple(BALL_COLORS) == BALL_NAMES  # the order grounding values follow (vla.data.grounding)
 BALL_RADIUS = 0.06  # ~5 px across at 64 px, ~17 px at 224 px in the front camera, ~29 px in upper_body
 HIDDEN_BALL_POS = (0.0, 0.0, -5.0)  # below the floor: out of sight in tasks without balls
 # Hand point: centre of the rubber hand, in the wrist-yaw link's frame.

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vla.config.sim import SampleDataSettings, SimSettings
+from vla.config import DataConfig, SampleDataSettings, SimConfig, SimSettings
 from vla.data.isaac import write_isaac_episode
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
 from vla.sim.env import AthenaEnv
@@ -263,3 +263,14 @@ def ensure_sample_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def resolve_sample_data(data: DataConfig, sim: SimConfig | None, cache_dir: str | Path) -> DataConfig:
+    """`data` itself, or for `data=sample` without a root a copy whose root is its generated dataset:
+    `data.sample`'s episodes under `<cache_dir>/sample_data/`, generated on first use. Entry points call
+    this before the data pipeline, which reads the result as Isaac episode folders."""
+    if data.format != "sample" or data.root:
+        return data
+    settings = data.sample.generation_settings(sim)
+    root = ensure_sample_dataset(settings, cache_dir=cache_dir, workers=data.sample.workers)
+    return dataclasses.replace(data, root=str(root))

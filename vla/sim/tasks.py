@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from vla.config.sim import BALL_REGION_X, BALL_REGION_Y, BALL_REGION_Z
 from vla.sim.athena import (
     BALL_COLORS,
     BALL_RADIUS,
@@ -52,9 +53,7 @@ _LEG = {"left": np.arange(0, 6), "right": np.arange(6, 12)}
 _WAIST = np.array(WAIST_DIMS)
 _STANDING_KNEE_Z = 0.3537  # knee body height at the home pose (legs straight)
 
-# Ball region in front of the chest (world frame, m): depth varies little, since a single front camera
-# shows left/right and up/down well but depth only through the ball's size.
-_BALL_X, _BALL_Y, _BALL_Z = (0.26, 0.34), (-0.30, 0.30), (0.88, 1.22)
+_BALL_X, _BALL_Y, _BALL_Z = BALL_REGION_X, BALL_REGION_Y, BALL_REGION_Z  # (vla.config.sim)
 _TARGET_Y = {"left": (-0.05, 0.30), "right": (-0.30, 0.05)}  # reachable by that hand
 _MIN_BALL_GAP = 0.16  # centre to centre: balls never overlap in the image
 
@@ -226,23 +225,6 @@ def swapped_color_instruction(spec: EpisodeSpec) -> str:
         (c for c in spec.balls if c != spec.color), key=lambda c: np.linalg.norm(spec.balls[c] - named)
     )
     return re.sub(rf"\b{spec.color}\b", rival, spec.instruction)
-
-
-def reach_grounding(balls: dict[str, list[float] | np.ndarray], color: str) -> np.ndarray:
-    """[8] values in [-1, 1]: every ball's sideways (y) and height (z) position within the region balls
-    are placed in, in BALL_COLORS order (red y, red z, green y, ...), then the named ball's y and z. The camera shows these
-    two well and depth (x) hardly, so x is left out. A policy trained with `data.grounding` predicts
-    them before its actions (the data layer reads them from the episode's metadata.json)."""
-    missing = [c for c in (*BALL_COLORS, color) if c not in balls]
-    if missing:
-        raise ValueError(f"balls {sorted(balls)} lack {missing}")
-    y_mid, y_half = (_BALL_Y[0] + _BALL_Y[1]) / 2, (_BALL_Y[1] - _BALL_Y[0]) / 2
-    z_mid, z_half = (_BALL_Z[0] + _BALL_Z[1]) / 2, (_BALL_Z[1] - _BALL_Z[0]) / 2
-    values = []
-    for name in (*BALL_COLORS, color):
-        _, y, z = np.asarray(balls[name], dtype=np.float64)
-        values += [(y - y_mid) / y_half, (z - z_mid) / z_half]
-    return np.clip(np.array(values), -1.0, 1.0)
 
 
 def task_dims(spec: EpisodeSpec) -> np.ndarray:

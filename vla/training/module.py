@@ -13,7 +13,7 @@ from torch import nn
 
 from vla.config import OptimConfig
 from vla.model.action_tokenizer import unnormalize
-from vla.model.modeling import IGNORE_INDEX
+from vla.model.layout import IGNORE_INDEX, chunk_span, grounding_positions
 from vla.training.adapters import unwrap
 
 
@@ -62,13 +62,8 @@ class VLAModule(L.LightningModule):
         """Loss (with `with_loss`) and logits of a collated batch; its uint8 `images` are normalized
         here, on the device."""
         pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
-        input_ids = batch["input_ids"]
-        if self.vla.parallel_decoding:
-            # Parallel decoding: the chunk's inputs are placeholders (labels keep the true tokens), as at
-            # prediction, so no action token is predicted from the true ones before it.
-            input_ids = input_ids.scatter(
-                1, self._chunk_span(batch["labels"]), self.vla.action_placeholder_id
-            )
+        # The head decides what the model reads (placeholders at the chunk for parallel decoding).
+        input_ids = self.vla.head.training_inputs(batch["input_ids"], batch["labels"], self.action_dim)
         return self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -76,26 +71,13 @@ class VLAModule(L.LightningModule):
             labels=batch["labels"] if with_loss else None,
         )
 
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_stats["q01"])
+
     def _chunk_span(self, labels: torch.Tensor) -> torch.Tensor:
-        """[B, K*D] positions of each row's action chunk: the K*D tokens right before its `</s>` (the
-        last label that is not IGNORE_INDEX), padded chunk steps included."""
-        n = self.vla.action_chunk_size * len(self.action_stats["q01"])
-        has_label = (labels != IGNORE_INDEX).long()
-        eos = labels.shape[1] - 1 - has_label.flip(1).argmax(1)
-        return eos[:, None] - n + torch.arange(n, device=labels.device)
-
-    def _label_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """[B, L, V]: the logits that predict each text position (text token j is predicted at
-        multimodal position n_patches + j - 1)."""
-        n_patches = logits.shape[1] - labels.shape[1]
-        return logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1]
-
-    def _grounding_positions(self, labels: torch.Tensor) -> torch.Tensor:
-        """[B, L] bool: each row's G grounding tokens, the first G labelled positions (vla.data.grounding)."""
-        has_label = labels != IGNORE_INDEX
-        first = has_label.long().argmax(1)
-        pos = torch.arange(labels.shape[1], device=labels.device)[None]
-        return has_label & (pos >= first[:, None]) & (pos < first[:, None] + self.vla.grounding_tokens)
+        """[B, K*D] positions of each row's action chunk (`vla.model.layout.chunk_span`)."""
+        return chunk_span(labels, self.vla.action_chunk_size * self.action_dim)
 
     def grounding_weight_at(self, step: int) -> float:
         """The loss weight of a grounding token at optimizer step `step`."""
@@ -116,28 +98,20 @@ class VLAModule(L.LightningModule):
         return {**batch, "input_ids": torch.where(hit, (ids + shift).clamp(lo, hi), ids)}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        grounded = bool(self.vla.grounding_tokens)
+        head = self.vla.head
         if self.token_noise > 0:
             batch = self.noisy_action_inputs(batch)
-        out = self(batch, with_loss=not grounded)
+        out = self(batch, with_loss=head.needs_model_loss)
         n = batch["input_ids"].shape[0]
-        if grounded:
-            # Per-token cross-entropy with grounding tokens weighted by data.grounding_weight, instead of
-            # the model's own loss (the unweighted mean, which val/loss reports).
-            labels = batch["labels"]
-            logits = self._label_logits(out.logits, labels).float()
-            ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-            ground = self._grounding_positions(labels).float()
-            extra = self.grounding_weight_at(self.global_step) - 1.0
-            weight = (labels != IGNORE_INDEX).float() + extra * ground
-            out.loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
-            self.log("train/grounding_loss", (ce * ground).sum() / ground.sum(), batch_size=n)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        loss, grounding_loss = head.loss(out, batch["labels"], self.grounding_weight_at(self.global_step))
+        if grounding_loss is not None:
+            self.log("train/grounding_loss", grounding_loss, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         now = time.perf_counter()
         if self._tick is not None:
             self.log("train/samples_per_s", n / (now - self._tick), prog_bar=True, batch_size=n)
         self._tick = now
-        return out.loss
+        return loss
 
     def _action_chunks(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
@@ -149,8 +123,8 @@ class VLAModule(L.LightningModule):
         input ids (the repeated last action), and `valid` leaves them out of every metric.
         """
         labels = batch["labels"]
-        k, d = self.vla.action_chunk_size, len(self.action_stats["q01"])
-        pred = self._label_logits(logits, labels).argmax(-1)
+        k, d = self.vla.action_chunk_size, self.action_dim
+        pred = self.vla.head.predicted_ids(logits, labels)
         span = self._chunk_span(labels)
         pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
         true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
@@ -172,8 +146,8 @@ class VLAModule(L.LightningModule):
         if self.vla.grounding_tokens:
             # Teacher forced, as the action metrics: mean |predicted - true| of the grounding values.
             labels = batch["labels"]
-            ground = self._grounding_positions(labels)
-            pred = self._label_logits(out.logits, labels).argmax(-1)[ground].cpu().numpy()
+            ground = grounding_positions(labels, self.vla.grounding_tokens)
+            pred = self.vla.head.predicted_ids(out.logits, labels)[ground].cpu().numpy()
             true = labels[ground].cpu().numpy()
             err = float(np.abs(tok.decode(pred) - tok.decode(true)).mean())
             self.log("val/grounding_l1", err, batch_size=n, sync_dist=True)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def trajectory_plot(records: list[dict[str, np.ndarray]], n_episodes: int, path: Path, title: str) -> Path:
@@ -21,7 +18,8 @@ def trajectory_plot(records: list[dict[str, np.ndarray]], n_episodes: int, path:
     dims = pred.shape[1]
     cols = min(6, dims)
     rows = -(-dims // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), squeeze=False, sharex=True)
+    fig = Figure(figsize=(2.6 * cols, 1.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
     for d, ax in enumerate(axes.flat):
         if d >= dims:
             ax.axis("off")
@@ -38,13 +36,13 @@ def trajectory_plot(records: list[dict[str, np.ndarray]], n_episodes: int, path:
     fig.suptitle(f"{title}: demonstration (solid) vs prediction (dashed), held-out episodes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
 def dof_error_plot(records: list[dict[str, np.ndarray]], path: Path, title: str) -> Path:
     err = np.abs(np.concatenate([r["pred"] - r["true"] for r in records]))
-    fig, ax = plt.subplots(figsize=(10, 3))
+    fig = Figure(figsize=(10, 3))
+    ax = fig.subplots()
     ax.bar(np.arange(err.shape[1]), err.mean(axis=0), yerr=err.std(axis=0), capsize=2, color="tab:blue")
     ax.set_xlabel("DoF")
     ax.set_ylabel("mean |error| (robot units)")
@@ -52,5 +50,4 @@ def dof_error_plot(records: list[dict[str, np.ndarray]], path: Path, title: str)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

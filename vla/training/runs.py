@@ -14,18 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
+from vla.config import RUN_OVERRIDE_GROUPS, ActionLayout, ConfigError, TrainConfig, to_object
 from vla.data.statistics import load_statistics
-from vla.model.checkpoint import DTYPES, commit_folder, dequantize_language_model, quantize_language_model
+from vla.model.checkpoint import DTYPES, commit_folder
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
-from vla.training.adapters import record_training_layout
-from vla.training.plots import dof_error_plot, trajectory_plot
+from vla.model.quantize import dequantize_language_model, quantize_language_model
 
 
 def required_action_dim(
@@ -84,15 +82,32 @@ def load_run(run_dir: str | Path, merge: bool = True) -> nn.Module:
     return load_trained(run_dir, load_train_config(run_dir), merge)
 
 
-# Keys that define the saved adapter and the token layout it learned: PEFT reads r, alpha and the
-# targets from adapter/adapter_config.json, so a changed value would be ignored or fail deep in PEFT;
-# another quantization, chunk size, grounding size or decoding would be another model than the one trained.
+# Keys that define the saved adapter and the layout it learned: PEFT reads r, alpha and the targets
+# from adapter/adapter_config.json, so a changed value would be ignored or fail deep in PEFT; another
+# quantization, head, chunk size, grounding size or decoding would be another model than the one trained.
 LOCKED_KEYS = {
     "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
     "quantization": ("method",),
-    "data": ("chunk_size", "grounding"),
-    "model": ("parallel_decoding",),
+    "model.layout": ("head", "chunk_size", "grounding", "parallel_decoding"),
 }
+# Where keys of runs saved before the action layout had one home live now (old key -> new key).
+MOVED_KEYS = {
+    "data.chunk_size": "model.layout.chunk_size",
+    "data.grounding": "model.layout.grounding",
+    "model.parallel_decoding": "model.layout.parallel_decoding",
+    "model.constrain_action_decoding": "model.layout.constrain_decoding",
+}
+
+
+def migrate_run_config(saved: DictConfig) -> DictConfig:
+    """A run's saved config.yaml with the keys of MOVED_KEYS in their current place."""
+    saved = OmegaConf.create(OmegaConf.to_container(saved))
+    for old, new in MOVED_KEYS.items():
+        parent, _, key = old.rpartition(".")
+        node = OmegaConf.select(saved, parent)
+        if isinstance(node, DictConfig) and key in node:
+            OmegaConf.update(saved, new, node.pop(key), force_add=True)
+    return saved
 
 
 def load_train_config(run_dir: Path, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
@@ -102,7 +117,7 @@ def load_train_config(run_dir: Path, overrides: dict[str, dict[str, Any]] | None
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise CheckpointError(f"{run_dir}: not a training run (no config.yaml)")
-    saved = OmegaConf.load(config_file)
+    saved = migrate_run_config(OmegaConf.load(config_file))
     trained = to_object(saved, TrainConfig)
     overrides = {group: values for group, values in (overrides or {}).items() if values}
     if not overrides:
@@ -122,7 +137,8 @@ def load_train_config(run_dir: Path, overrides: dict[str, dict[str, Any]] | None
         raise ConfigError(f"{key}: {reason} (overriding {config_file}){valid}") from None
     for group, keys in LOCKED_KEYS.items():
         for key in keys:
-            was, now = getattr(getattr(trained, group), key), getattr(getattr(cfg, group), key)
+            was = OmegaConf.select(OmegaConf.structured(trained), f"{group}.{key}")
+            now = OmegaConf.select(OmegaConf.structured(cfg), f"{group}.{key}")
             if was != now:
                 raise ConfigError(
                     f"{group}.{key}={now!r}: the adapter in {run_dir} was trained with "
@@ -147,11 +163,8 @@ def _load_base(run_dir: Path, cfg: TrainConfig) -> OpenVLA:
 
 def _attach_run_settings(model: OpenVLA, run_dir: Path, cfg: TrainConfig) -> None:
     model.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
-    model.config.extra["constrain_action_decoding"] = bool(cfg.model.constrain_action_decoding)
     # A pretrained base's own config.json does not know how this run trained it.
-    record_training_layout(
-        model, cfg.data.chunk_size, cfg.augment.crop_scale, cfg.data.grounding, cfg.model.parallel_decoding
-    )
+    model.set_layout(ActionLayout.of(cfg.model.layout, cfg.augment.crop_scale))
 
 
 def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:
@@ -190,74 +203,3 @@ def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:
             base.float()
     peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     return (peft_model.merge_and_unload() if merge else peft_model).eval()
-
-
-class RunArtifacts(L.Callback):
-    """At each validation: plots (saved under <run>/plots and logged to W&B); at the end of fit: the
-    adapters (or full model)."""
-
-    def __init__(self, run_dir: Path, plot_episodes: int, full: bool):
-        self.run_dir = run_dir
-        self.plot_episodes = plot_episodes
-        self.full = full
-        self.plot_paths: list[Path] = []
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not module.val_records:
-            return
-        plots = self.run_dir / "plots"
-        plots.mkdir(parents=True, exist_ok=True)
-        step = trainer.global_step
-        traj = trajectory_plot(
-            module.val_records, self.plot_episodes, plots / f"trajectories_step{step:06d}.png", f"step {step}"
-        )
-        dof = dof_error_plot(module.val_records, plots / f"dof_error_step{step:06d}.png", f"step {step}")
-        self.plot_paths = [traj, dof]
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="val/trajectories", images=[str(traj)], step=step)
-                logger.log_image(key="val/dof_error", images=[str(dof)], step=step)
-
-    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            save_trained(module.model, self.run_dir, self.full)
-
-
-class SimSuccessRate(L.Callback):
-    """Every `every_n_val` validations: closed-loop success on held-out simulated episodes, logged as
-    `val/success_rate` (and `val/success_rate/<task>`; for reach_ball also `val/named_ball_rate/reach_ball`,
-    the share of episodes whose hand ends nearest the named ball). Only for data=sample (the simulator's
-    tasks)."""
-
-    def __init__(self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int):
-        """`sim`: the vla.config.sim.SimSettings the training episodes were recorded with."""
-        from vla.config.sim import EvalSettings
-
-        self.settings = EvalSettings(
-            tasks=tasks, episodes_per_task=episodes_per_task, gif_episodes=0, sim=sim
-        )
-        self.every_n_val = every_n_val
-        self.count = 0
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.count += 1
-        if self.count % self.every_n_val or not trainer.is_global_zero:
-            return
-        from vla.sim.evaluate import evaluate_policy
-
-        model = module.vla  # the adapters are injected into it: predictions include them
-
-        def policy(images, instructions):
-            return model.predict(images, instructions).actions
-
-        was_training = module.training
-        module.eval()
-        report = evaluate_policy(policy, self.settings)
-        module.train(was_training)
-        module.log("val/success_rate", report["success_rate"], rank_zero_only=True)
-        for task, result in report["per_task"].items():
-            module.log(f"val/success_rate/{task}", result["success_rate"], rank_zero_only=True)
-            if result["named_ball_rate"] is not None:  # grounding: went for the named ball at all
-                module.log(f"val/named_ball_rate/{task}", result["named_ball_rate"], rank_zero_only=True)

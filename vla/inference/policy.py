@@ -1,0 +1,103 @@
+"""One way to load and run a trained policy, whatever its folder and runtime.
+
+    from vla.inference import load_policy
+    policy = load_policy("outputs/train/<date>/<time>")      # a run, an export or an OpenVLA folder
+    chunk = policy.act(image, "reach the red ball with the left hand")   # [K, D] robot units
+
+`load_policy(path, backend=...)` takes an export folder (`scripts/export.py`: model/ + onnx/), a
+training run folder (config.yaml + adapter/ or model/; adapters merged on load), or an OpenVLA-format
+folder / hub id, and one of BACKENDS: `torch` (any folder), `onnx`, `onnx_int8` and `tensorrt`
+(export folders, whose onnx/ holds the graphs). predict, evaluate, benchmark and the in-training
+simulator checks all run their policy through `Policy`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla.model.configuration import CheckpointError
+from vla.model.policy import Policy, policy_info
+
+BACKENDS = ("torch", "onnx", "onnx_int8", "tensorrt")
+
+
+def folder_kind(path: str | Path) -> str:
+    """export | run | openvla (an OpenVLA-format folder, or a hub id)."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file() and (path / "export.json").is_file():
+        return "export"
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        return "run"
+    return "openvla"
+
+
+def _run_control_hz(run_dir: Path) -> float | None:
+    from vla.training.runs import load_train_config
+
+    data = load_train_config(run_dir).data
+    return float(data.sample.control_hz) if data.format == "sample" else None
+
+
+def load_policy(
+    path: str | Path,
+    backend: str = "torch",
+    *,
+    unnorm_key: str | None = None,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    threads: int = 0,
+) -> Policy:
+    """The policy in `path` (export folder, training run folder, OpenVLA-format folder or hub id) on
+    `backend`. `dtype` / `quantization` (nf4 | int8) apply to the torch backend; `threads` to onnxruntime."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {list(BACKENDS)}")
+    source = str(path)
+    kind = folder_kind(path)
+    path = Path(path)
+    hz = None
+    if kind == "run":
+        hz = _run_control_hz(path)
+    elif kind == "export":
+        hz = _export_control_hz(path)
+    if backend == "torch":
+        if kind == "run":
+            from vla.training.runs import load_run
+
+            model = load_run(path)
+            if dtype or quantization:
+                raise ValueError(
+                    "dtype= and quantization= apply to export and OpenVLA folders, not to run folders"
+                )
+        else:
+            from vla.model.modeling import OpenVLA
+
+            folder = path / "model" if kind == "export" else source
+            model = OpenVLA.from_pretrained(folder, dtype=dtype, quantization=quantization)
+        return Policy(model, policy_info(model, source, backend, kind, unnorm_key, hz))
+    if kind != "export":
+        raise CheckpointError(
+            f"{source}: backend={backend} needs an export folder (model/ + onnx/, from scripts/export.py); "
+            f"this is a {'training run' if kind == 'run' else 'model'} folder: export it first (make export)"
+        )
+    from vla.inference.onnx_policy import OnnxPolicy
+
+    onnx_dir = path / "onnx"
+    if not (onnx_dir / "prefix.onnx").is_file():
+        raise CheckpointError(f"{onnx_dir}: no ONNX graphs (export with onnx=true)")
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    if backend == "tensorrt":
+        providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    precision = "int8" if backend == "onnx_int8" else "fp32"
+    model = OnnxPolicy(path / "model", onnx_dir, precision, threads, providers)
+    return Policy(model, policy_info(model, source, backend, kind, unnorm_key, hz))
+
+
+def _export_control_hz(export_dir: Path) -> float | None:
+    """The control rate of the run an export came from, when that run folder is still there."""
+    import json
+
+    try:
+        run_dir = Path(json.loads((export_dir / "export.json").read_text())["run"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return _run_control_hz(run_dir) if (run_dir / "config.yaml").is_file() else None

@@ -1,0 +1,146 @@
+"""Action heads: how a model's outputs become its training loss and its predicted action chunk.
+
+`TokenHead` is OpenVLA's: each action dimension is one of 256 bin tokens of the vocabulary, trained
+with next-token cross-entropy and decoded greedily (token by token, or the whole chunk in one pass
+over placeholder inputs with `parallel_decoding`, OpenVLA-OFT). `make_head(layout)` picks the class
+for `ActionLayout.head`; a new head (continuous actions, flow matching) is a new class here with the
+same three methods, plus its choice in `vla.config.model.HEADS`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vla.config.model import ActionLayout
+from vla.model.action_tokenizer import ActionTokenizer
+from vla.model.layout import IGNORE_INDEX, chunk_span, grounding_positions
+
+
+def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, L, V]: the logits that predict each text position of a multimodal pass (text token j is
+    predicted at multimodal position n_patches + j - 1)."""
+    n_patches = logits.shape[1] - labels.shape[1]
+    return logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1]
+
+
+class TokenHead:
+    """256-bin action tokens (OpenVLA): inputs, loss and greedy decoding."""
+
+    def __init__(self, layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int):
+        self.layout = layout
+        self.tokenizer = tokenizer
+        # The input at every action position of a parallel-decoding model: `<PAD>`, which no prompt
+        # contains (every OpenVLA embedding has the row: the 7B pads its vocabulary to 32064).
+        self.placeholder_id = placeholder_id
+
+    # -- training ------------------------------------------------------------------------------
+    def training_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
+        """The ids the model reads: with parallel decoding the chunk's inputs are placeholders (labels
+        keep the true tokens), as at prediction, so no action token is predicted from the true ones."""
+        if not self.layout.parallel_decoding:
+            return input_ids
+        span = chunk_span(labels, self.layout.chunk_size * action_dim)
+        return input_ids.scatter(1, span, self.placeholder_id)
+
+    @property
+    def needs_model_loss(self) -> bool:
+        """Whether `loss` uses the language model's own loss (computed in its forward from the labels)."""
+        return not self.layout.grounding
+
+    def loss(
+        self, out, labels: torch.Tensor, grounding_weight: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training loss of a model output `out` (logits, and its own loss when `needs_model_loss`),
+        and the grounding tokens' mean cross-entropy (None without grounding tokens).
+
+        Without grounding tokens: the language model's own loss, the mean cross-entropy over the labelled
+        tokens. With them: per-token cross-entropy with a grounding token weighted `grounding_weight`
+        (an action token 1); val/loss stays the unweighted mean."""
+        if not self.layout.grounding:
+            return out.loss, None
+        logits = label_logits(out.logits, labels).float()
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        ground = grounding_positions(labels, self.layout.grounding).float()
+        weight = (labels != IGNORE_INDEX).float() + (grounding_weight - 1.0) * ground
+        loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
+        return loss, (ce * ground).sum() / ground.sum()
+
+    def predicted_ids(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[B, L] the teacher-forced argmax token at each text position (validation metrics)."""
+        return label_logits(logits, labels).argmax(-1)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def _next_token(self, logits: torch.Tensor, constrain: bool) -> torch.Tensor:
+        if constrain:
+            lo, hi = self.tokenizer.first_action_token, self.tokenizer.last_action_token
+            blocked = torch.full_like(logits, float("-inf"))
+            blocked[:, lo : hi + 1] = 0.0
+            logits = logits + blocked
+        return logits.argmax(dim=-1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: nn.Module,
+        rows: list[list[int]],
+        pixel_values: torch.Tensor,
+        n_tokens: int,
+        constrain: bool,
+        use_cache: bool = True,
+        parallel: int = 0,
+    ) -> torch.Tensor:
+        """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens].
+
+        `parallel`: the last `parallel` of them (a parallel-decoding model's action chunk) come from one
+        pass over placeholder inputs, so none of them depends on another; the tokens before them are
+        decoded one at a time, each fed back.
+        """
+        embeds, mask, positions = model.prefix_batch(rows, pixel_values)
+        lm = model.language_model
+        embed = lm.get_input_embeddings()
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
+
+        def feed(new: torch.Tensor, past):
+            """Run the LM on `new` input embeddings [B, n, H] after everything before; logits [B, n, V]
+            are the output's last n."""
+            nonlocal embeds, mask, positions
+            n = new.shape[1]
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
+                positions = torch.cat(
+                    [positions, positions[:, -1:] + torch.arange(1, n + 1, device=new.device)], 1
+                )
+            if use_cache:
+                new_positions = positions[:, -n:] if positions is not None else None
+                return lm(
+                    inputs_embeds=new,
+                    attention_mask=mask,
+                    position_ids=new_positions,
+                    past_key_values=past,
+                    use_cache=True,
+                )
+            embeds = torch.cat([embeds, new], dim=1)
+            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+
+        generated = []
+        for step in range(n_tokens - parallel):
+            token = self._next_token(out.logits[:, -1].float(), constrain)
+            generated.append(token)
+            if step < n_tokens - 1:
+                out = feed(embed(token[:, None]), out.past_key_values)
+        if parallel:
+            logits = out.logits[:, -1:]
+            if parallel > 1:
+                holders = torch.full((len(rows), parallel - 1), self.placeholder_id, device=logits.device)
+                out = feed(embed(holders), out.past_key_values)
+                logits = torch.cat([logits, out.logits[:, -(parallel - 1) :]], dim=1)
+            generated += [self._next_token(logits[:, j].float(), constrain) for j in range(parallel)]
+        return torch.stack(generated, dim=1)
+
+
+HEAD_CLASSES = {"tokens": TokenHead}
+
+
+def make_head(layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int) -> TokenHead:
+    return HEAD_CLASSES[layout.head](layout, tokenizer, placeholder_id)

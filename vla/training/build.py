@@ -1,0 +1,55 @@
+"""Build the base model to fine-tune: a pretrained OpenVLA or a new tiny one, with the action layout
+it is trained for recorded in its config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vla.config import ActionLayout, ModelConfig, QuantizationConfig
+from vla.model.checkpoint import DTYPES, resolve_checkpoint
+from vla.model.configuration import OpenVLAConfig
+from vla.model.modeling import OpenVLA
+from vla.model.processing import ImageTransform
+from vla.model.quantize import quantize_language_model
+from vla.model.tiny import build_tiny_model, tiny_config
+
+
+def build_base_model(
+    model_cfg: ModelConfig,
+    quant: QuantizationConfig,
+    norm_stats: dict[str, Any],
+    center_crop_scale: float = 1.0,
+) -> OpenVLA:
+    """The frozen base: a pretrained OpenVLA (its statistics replaced by the fine-tune's) or a new
+    tiny one, optionally with a bitsandbytes-quantized language model. Its config.json records the
+    action layout it is trained for: `model_cfg.layout` with the centre crop `center_crop_scale` that
+    mirrors training's random crop (augment.crop_scale)."""
+    dtype = DTYPES[model_cfg.dtype]
+    if model_cfg.pretrained:
+        model = OpenVLA.from_pretrained(model_cfg.pretrained, dtype=dtype, quantization=quant.method)
+        model.config.norm_stats = norm_stats
+    else:
+        model = build_tiny_model(
+            model_cfg.architecture,
+            norm_stats=norm_stats,
+            seed=model_cfg.init_seed,
+            action_token_init=model_cfg.action_token_init,
+        )
+        model.to(dtype)
+        if quant.method:
+            quantize_language_model(model, quant.method, compute_dtype=dtype)
+    model.set_layout(ActionLayout.of(model_cfg.layout, center_crop_scale))
+    return model
+
+
+def base_image_transform(model_cfg: ModelConfig, center_crop_scale: float = 1.0) -> ImageTransform:
+    """The image preprocessing of the model `build_base_model` builds, without building it (for
+    `scripts/inspect_data.py`): the pretrained checkpoint's config.json, or the tiny architecture."""
+    if model_cfg.pretrained:
+        folder = resolve_checkpoint(model_cfg.pretrained)
+        transform = ImageTransform.from_config(OpenVLAConfig.from_json_file(folder / "config.json"), folder)
+    else:
+        # The vocabulary size shapes only the language model's part of the config.
+        transform = ImageTransform.from_config(tiny_config(model_cfg.architecture, vocab_size=0))
+    transform.center_crop_scale = center_crop_scale  # as OpenVLA.set_layout
+    return transform
