@@ -29,18 +29,16 @@ register_configs()
 
 
 def trained_scene(checkpoint: str | None, default: SampleDataConfig) -> SampleDataConfig:
-    """The data.sample a training run was trained on (a policy trained at 5 Hz executes nonsense at
-    25 Hz), or `default` for other checkpoints."""
-    if checkpoint is None or not (Path(checkpoint) / "config.yaml").is_file():
-        return default
-    from vla.training.runs import load_train_config
+    """The data.sample a run (or the run an export came from) was trained on, since a policy trained
+    at 5 Hz executes nonsense at 25 Hz; `default` for other checkpoints."""
+    from vla.inference.policy import training_scene
 
-    data = load_train_config(Path(checkpoint)).data
-    if data.format != "sample":
+    scene = training_scene(checkpoint) if checkpoint is not None else None
+    if scene is None:
         return default
-    sample = data.sample
+    sample = to_object(scene, SampleDataConfig)
     print(
-        f"scene: camera {sample.camera}, {sample.image_size} px, {sample.control_hz} Hz (as the run was trained)"
+        f"scene: camera {sample.camera}, {sample.image_size} px, {sample.control_hz} Hz (as the policy was trained)"
     )
     return sample
 

@@ -1,5 +1,5 @@
 """Curves of a training run logged with logger=csv: val/loss (with train/loss, averaged between
-validations, so overfitting shows), val/action_l1 (with val/grounding_l1 for runs with data.grounding),
+validations, so overfitting shows), val/action_l1 (with val/grounding_l1 for runs with model.layout.grounding),
 val/success_rate (with reach_ball's named-ball rate when the run logged it: the hand went for the
 named ball, within the success radius or not).
 

@@ -15,6 +15,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
+from vla.sim import select_gl_backend  # noqa: E402
+
+select_gl_backend()  # the tests import the simulator (and so mujoco) directly
+
 REF = ROOT.parent / "shared" / "openvla_ref"
 
 

@@ -22,6 +22,7 @@ register_configs()
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     """An export folder as scripts/export.py writes it, for a random tiny model (28 px, 5-dim actions)."""
+    from vla.config import ActionLayout
     from vla.export.merge import HeldOut
     from vla.export.onnx import export_onnx, quantize_int8
     from vla.model.tiny import TinyArchitecture, build_tiny_model
@@ -30,7 +31,7 @@ def export_dir(tmp_path_factory) -> Path:
     action = {k: [0.0] * 5 for k in ("mean", "std", "min", "max")}
     action.update(q01=[-1.0] * 5, q99=[1.0] * 5, mask=[True] * 5)
     model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats={"d": {"action": action}})
-    model.config.extra["constrain_action_decoding"] = True
+    model.set_layout(ActionLayout(constrain_decoding=True))
     model.save_pretrained(out / "model")
     export_onnx(model, out / "onnx")
     quantize_int8(out / "onnx")
@@ -39,6 +40,8 @@ def export_dir(tmp_path_factory) -> Path:
     HeldOut(images, ["reach the red ball", "turn the torso left", "lift the left knee"]).save(
         out / "heldout.npz"
     )
+    # Written last by scripts/export.py: what marks a finished export folder (vla.inference.load_policy).
+    (out / "export.json").write_text(json.dumps({"onnx": {"dir": str(out / "onnx")}}))
     return out
 
 

@@ -144,4 +144,7 @@ def test_other_entry_points_compose(name):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(name)
     if name != "predict":
-        assert cfg.sim.image_size == 224 and cfg.sim.control_hz == 25
+        # The scene's camera, size and rate are the dataset's (data.sample), the sim group the rest.
+        sample = cfg.data.sample
+        assert (sample.image_size, sample.control_hz, sample.camera) == (112, 25, "front")
+        assert cfg.sim.mesh_reduction == 0.85 and cfg.sim.safety.enabled

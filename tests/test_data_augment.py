@@ -152,15 +152,15 @@ def test_train_split_is_augmented_per_epoch_and_validation_only_centre_cropped(t
 
 
 def test_model_trained_with_crops_centre_crops_at_predict_time(tiny, tmp_path):
+    from vla.config import ActionLayout
     from vla.model.modeling import OpenVLA
-    from vla.training.adapters import record_training_layout
 
-    record_training_layout(tiny, chunk_size=1, center_crop_scale=0.25)
+    tiny.set_layout(ActionLayout(center_crop_scale=0.25))
     try:
         tiny.config.norm_stats = {"athena": {"action": stats23()}}
         folder = tiny.save_pretrained(tmp_path / "model")
     finally:
-        record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0)
+        tiny.set_layout(ActionLayout(center_crop_scale=1.0))
     model = OpenVLA.from_pretrained(folder)
     assert model.processor.image_transform.center_crop_scale == 0.25
     # What the model sees of the bordered image is its blue centre, i.e. an all-blue image.

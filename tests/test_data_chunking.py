@@ -8,14 +8,13 @@ import torch
 from data_factories import make_isaac_dataset
 
 from tests.conftest import ROOT
-from vla.config import DataConfig
+from vla.config import ActionLayout, LayoutConfig
 from vla.data.cache import build_frame_cache
-from vla.data.dataset import VLADataset, chunk_steps, collate
+from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import Episode
 from vla.data.isaac import load_isaac_episodes
-from vla.model.modeling import IGNORE_INDEX
+from vla.model.layout import IGNORE_INDEX, chunk_steps
 from vla.model.processing import build_prompt
-from vla.training.adapters import record_training_layout
 
 SIZE = 28
 D = 3
@@ -131,8 +130,8 @@ def test_chunk_size_one_is_the_openvla_sample(tiny, tmp_path, cached):
 def test_chunk_size_must_be_positive():
     from vla.config import ConfigError
 
-    with pytest.raises(ConfigError, match="data.chunk_size"):
-        DataConfig(chunk_size=0)
+    with pytest.raises(ConfigError, match=r"model\.layout\.chunk_size=0 must be >= 1"):
+        LayoutConfig(chunk_size=0)
 
 
 def test_predict_returns_chunks_after_save_and_load(tiny, tmp_path):
@@ -141,12 +140,12 @@ def test_predict_returns_chunks_after_save_and_load(tiny, tmp_path):
     images, texts = [np.zeros((SIZE, SIZE, 3), np.uint8)] * 2, ["wave", "walk forward"]
     tiny.config.norm_stats = {"athena": {"action": identity_stats(23)}}
     assert tiny.predict(images, texts).actions.shape == (2, 23)
-    record_training_layout(tiny, chunk_size=4, center_crop_scale=1.0)
+    tiny.set_layout(ActionLayout(chunk_size=4))
     try:
         assert tiny.predict(images, texts).actions.shape == (2, 4, 23)
         folder = tiny.save_pretrained(tmp_path / "model")
     finally:
-        record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0)
+        tiny.set_layout(ActionLayout(chunk_size=1))
     pred = OpenVLA.from_pretrained(folder).predict(images, texts)
     assert pred.actions.shape == pred.normalized.shape == pred.token_ids.shape == (2, 4, 23)
 
@@ -156,7 +155,7 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
     from vla.config import OptimConfig
     from vla.training.module import VLAModule
 
-    record_training_layout(tiny, chunk_size=3, center_crop_scale=1.0)
+    tiny.set_layout(ActionLayout(chunk_size=3))
     try:
         data = dataset(tiny, 3)
         batch = collate([data[t] for t in (2, 3, 4)], pad_id=tiny.processor.tokenizer.pad_token_id)
@@ -178,7 +177,7 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
         module.validation_step(batch, 0)
         module.on_validation_epoch_end()
     finally:
-        record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0)
+        tiny.set_layout(ActionLayout(chunk_size=1))
     assert logged["val/action_token_acc"] == 1.0 and logged["val/action_l1"] == 0.0
     assert all(logged[f"val/l1_dof/{i}"] == 0.0 for i in range(D))
     record = module.val_records[0]
@@ -192,7 +191,8 @@ def test_validation_metrics_leave_padded_steps_out(tiny):
 
 @pytest.mark.slow  # ~30 s (simulated episodes); the fast chunk training path: test_data_recorder
 def test_chunked_training_run_predicts_chunks_and_runs_in_the_simulator(tmp_path):
-    """train.py with data.chunk_size=4 and augment=openvla -> load_run -> [B, 4, 23] -> evaluate_policy."""
+    """train.py with model.layout.chunk_size=4 and augment=openvla -> load_run -> [B, 4, 23] ->
+    evaluate_policy."""
     from test_train import train
 
     from vla.config.sim import EvalSettings, SimSettings
@@ -201,7 +201,7 @@ def test_chunked_training_run_predicts_chunks_and_runs_in_the_simulator(tmp_path
 
     make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    metrics = train(tmp_path / "run", [*data, "data.chunk_size=4", "augment=openvla"])
+    metrics = train(tmp_path / "run", [*data, "model.layout.chunk_size=4", "augment=openvla"])
     assert np.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/action_token_acc"] <= 1.0
     model = load_run(tmp_path / "run")
     assert model.action_chunk_size == 4 and model.processor.image_transform.center_crop_scale == 0.9

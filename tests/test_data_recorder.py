@@ -195,14 +195,15 @@ def test_recorded_demos_train(tmp_path, format):
 
 
 def test_recorded_pickle_trains_with_chunks_and_augmentation(tmp_path):
-    """Recorder -> pickle -> train.py with data.chunk_size=2 and augment=seed -> a run that predicts
-    2-step chunks of the recorded robot's 23 action dimensions (22 joints + gripper)."""
+    """Recorder -> pickle -> train.py with model.layout.chunk_size=2 and augment=seed -> a run that
+    predicts 2-step chunks of the recorded robot's 23 action dimensions (22 joints + gripper)."""
     from test_train import train
 
     from vla.training.runs import load_run
 
     path = record_demos(n_demos=3, frames=8).save(tmp_path / "demos.pkl", format="pickle")
-    overrides = ["data=pickle", f"data.root={path}", "data.chunk_size=2", "augment=seed"]  # 2 steps (FAST)
+    # 2 training steps (FAST)
+    overrides = ["data=pickle", f"data.root={path}", "model.layout.chunk_size=2", "augment=seed"]
     metrics = train(tmp_path / "run", overrides)
     assert np.isfinite(metrics["val/loss"]) and np.isfinite(metrics["train/loss"])
     model = load_run(tmp_path / "run")

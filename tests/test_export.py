@@ -50,17 +50,17 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[Tra
     Also returns the PEFT model itself, as training held it in memory (eval mode)."""
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
-    from vla.model.checkpoint import DTYPES, quantize_language_model
-    from vla.training.adapters import apply_adapter, build_base_model
+    from vla.model.checkpoint import DTYPES
+    from vla.model.quantize import quantize_language_model
+    from vla.training.adapters import apply_adapter
+    from vla.training.build import build_base_model
     from vla.training.runs import save_run_config, save_trained
 
     cfg = train_config(run_dir, ["data=isaac", f"data.root={isaac_root}", *overrides])
     save_run_config(run_dir, cfg)
-    stats = VLADataModule(cfg.data).prepare()
+    stats = VLADataModule(cfg.data, layout=cfg.model.layout).prepare()
     save_statistics(run_dir / "dataset_statistics.json", stats)
-    base = build_base_model(
-        cfg.model, type(cfg.quantization)(), stats, cfg.data.chunk_size, cfg.augment.crop_scale
-    )
+    base = build_base_model(cfg.model, type(cfg.quantization)(), stats, cfg.augment.crop_scale)
     base.save_pretrained(run_dir / "base_model")
     if cfg.quantization.method:  # as train.py: compute dtype = the base's dtype
         quantize_language_model(base, cfg.quantization.method, compute_dtype=DTYPES[cfg.model.dtype])
@@ -121,7 +121,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, isaac_root, kind):
 
 def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
     from vla.export.merge import HeldOut, action_tokens, export_run
-    from vla.export.onnx import OnnxPolicy
+    from vla.inference.onnx_policy import OnnxPolicy
     from vla.model.modeling import OpenVLA
 
     run_dir, out = tmp_path / "run", tmp_path / "export"
@@ -134,7 +134,8 @@ def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
     config = json.loads((out / "model" / "config.json").read_text())
     stats = json.loads((run_dir / "dataset_statistics.json").read_text())
     assert config["norm_stats"] == stats and "athena_isaac" in config["norm_stats"]
-    assert config["constrain_action_decoding"] is True
+    assert config["action_layout"]["constrain_decoding"] is True
+    assert "constrain_action_decoding" not in config  # the legacy key is gone, the layout has one home
 
     samples = HeldOut.load(out / "heldout.npz")
     before = action_tokens(OpenVLA.from_pretrained(out / "model"), samples)
@@ -206,19 +207,20 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding, parallel):
     policy gives PyTorch's tokens (after `grounding` grounding tokens, which it returns as well), and
     its logits match an uncached PyTorch pass to 1e-4 (for a parallel-decoding model, one pass with
     placeholders at the action positions)."""
-    from vla.export.onnx import OnnxPolicy, export_onnx
+    from vla.config import ActionLayout
+    from vla.export.onnx import export_onnx
+    from vla.inference.onnx_policy import OnnxPolicy
     from vla.model.processing import build_prompt
     from vla.model.tiny import TinyArchitecture, build_tiny_model
 
     action = {k: [0.0] * 5 for k in ("mean", "std", "min", "max")}
     action.update(q01=[-1.0] * 5, q99=[1.0] * 5, mask=[True] * 5)
     model = build_tiny_model(TinyArchitecture(image_size=28), norm_stats={"d": {"action": action}}).eval()
-    model.config.extra["constrain_action_decoding"] = True
-    model.config.extra["grounding_tokens"] = grounding
-    model.config.extra["parallel_decoding"] = parallel
+    model.set_layout(ActionLayout(grounding=grounding, parallel_decoding=parallel, constrain_decoding=True))
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
+    assert policy.layout == model.layout  # read from the exported model folder's config.json
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(3)]
     texts = ["reach the red ball with the left hand", "turn", "lift the right knee"]

@@ -95,13 +95,18 @@ def test_overrides_are_checked_against_the_schema_and_the_adapter(tmp_path):
             "lora.target_modules=['q_proj', 'v_proj', 'up_proj', 'down_proj']",
         ),
         ("quantization", "method", "nf4", "quantization.method=None"),
-        ("data", "chunk_size", 4, "data.chunk_size=1"),
+        ("model", "layout", {"chunk_size": 4}, "model.layout.chunk_size=1"),
+        ("model", "layout", {"grounding": 2}, "model.layout.grounding=0"),
+        ("model", "layout", {"parallel_decoding": True}, "model.layout.parallel_decoding=False"),
     ]
     for group, key, value, trained_with in adapter_keys:
         with pytest.raises(
             ConfigError, match=rf"the adapter in .* was trained with {re.escape(trained_with)}"
         ):
             load_train_config(tmp_path, {group: {key: value}})
+    # The key's old place (before model.layout) is no key of the schema any more.
+    with pytest.raises(ConfigError, match=r"data\.chunk_size: .*valid keys there: \["):
+        load_train_config(tmp_path, {"data": {"chunk_size": 4}})
     # The export fails on a typo before it loads anything (this run has no weights at all).
     with pytest.raises(ConfigError, match=r"model\.dtyp: "):
         export_run(compose_export([f"run={tmp_path}", f"out_dir={tmp_path / 'out'}", "model.dtyp=bfloat16"]))
@@ -152,33 +157,33 @@ def test_bf16_qlora_export_checks_against_the_model_as_trained(tmp_path, isaac_r
 
 
 def test_chunked_centre_crop_run_exports_like_the_run(tmp_path, isaac_root):
-    """A run trained (2 steps) with data.chunk_size=4 augment=openvla: the exported folder (merged model
-    and ONNX) predicts [B, 4, D] chunks with the run's tokens, its config.json carries the chunk size,
-    the centre crop and the statistics, and the crop is applied (frame borders outside it do not
+    """A run trained (2 steps) with model.layout.chunk_size=4 augment=openvla: the exported folder
+    (merged model and ONNX) predicts [B, 4, D] chunks with the run's tokens, its config.json carries the
+    chunk size and the centre crop (its "action_layout") and the statistics, and the crop is applied (frame borders outside it do not
     matter). The base is given as model.pretrained= from a folder whose config.json knows nothing of
     the run, like a hub base."""
     from test_train import train
 
     from vla.export.merge import HeldOut, action_tokens, export_run, held_out_samples
-    from vla.export.onnx import OnnxPolicy
+    from vla.inference.onnx_policy import OnnxPolicy
     from vla.model.modeling import OpenVLA
     from vla.training.runs import load_run, load_train_config
 
     run_dir, out, base = tmp_path / "run", tmp_path / "out", tmp_path / "base"
     data = ["data=isaac", f"data.root={isaac_root}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    train(run_dir, [*data, "data.chunk_size=4", "augment=openvla"])
+    train(run_dir, [*data, "model.layout.chunk_size=4", "augment=openvla"])
     samples = held_out_samples(load_train_config(run_dir), 4, "val")
     expected = action_tokens(load_run(run_dir, merge=False), samples)  # the adapter model, as trained
     (run_dir / "base_model").rename(base)
     raw = json.loads((base / "config.json").read_text())
-    for key in ("action_chunk_size", "center_crop_scale"):
-        del raw[key]
+    del raw["action_layout"]
+    assert not {"action_chunk_size", "center_crop_scale"} & set(raw)  # no legacy layout keys either
     (base / "config.json").write_text(json.dumps(raw))
 
     report = export_run(export_config(run_dir, out, int8=False, model={"pretrained": str(base)}))
     assert report["onnx"]["tokens_identical"]
     config = json.loads((out / "model" / "config.json").read_text())
-    assert config["action_chunk_size"] == 4 and config["center_crop_scale"] == 0.9
+    assert config["action_layout"]["chunk_size"] == 4 and config["action_layout"]["center_crop_scale"] == 0.9
     assert config["norm_stats"] == json.loads((run_dir / "dataset_statistics.json").read_text())
     shutil.rmtree(run_dir)
 

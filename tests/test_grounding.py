@@ -1,5 +1,5 @@
-"""Grounding tokens (data.grounding): targets from metadata, the sample layout, the weighted loss, the
-validation metric, prediction, and a training run that saves and reloads them."""
+"""Grounding tokens (model.layout.grounding): targets from metadata, the sample layout, the weighted loss,
+the validation metric, prediction, and a training run that saves and reloads them."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import torch
 from data_factories import make_isaac_dataset
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.config import ConfigError, DataConfig, OptimConfig
+from vla.config import ActionLayout, ConfigError, DataConfig, LayoutConfig, OptimConfig
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError
 from vla.data.grounding import episode_grounding
-from vla.model.modeling import IGNORE_INDEX
+from vla.model.layout import IGNORE_INDEX
 from vla.model.processing import build_prompt
-from vla.training.adapters import record_training_layout
 
 D = 3  # action dims of known_episode
 
@@ -79,7 +78,7 @@ def test_metadata_grounding_is_used_as_given():
     [
         ({}, "no 'grounding' list"),
         ({"task": "turn_torso"}, "no 'grounding' list"),
-        ({"grounding": [0.1, 0.2]}, "gives 2 values, data.grounding=3"),
+        ({"grounding": [0.1, 0.2]}, "gives 2 values, model.layout.grounding=3"),
         ({"grounding": [0.1, 0.2, 1.5]}, r"outside \[-1, 1\]"),
         ({"grounding": [0.1, "a", 0.2]}, "list of finite numbers"),
         ({"grounding": [0.1, math.nan, 0.2]}, "list of finite numbers"),
@@ -98,7 +97,9 @@ def test_bad_grounding_names_the_episode(metadata, message):
 
 
 def test_config_checks():
-    for key, value in (("grounding", -1), ("grounding_weight", -0.5), ("grounding_weight_steps", -1)):
+    with pytest.raises(ConfigError, match=r"model\.layout\.grounding=-1"):
+        LayoutConfig(grounding=-1)
+    for key, value in (("grounding_weight", -0.5), ("grounding_weight_steps", -1)):
         with pytest.raises(ConfigError, match=f"data.{key}"):
             DataConfig(**{key: value})
 
@@ -152,7 +153,7 @@ def test_training_loss_weights_grounding_tokens(tiny, weight):
     row's 3 grounding + D action + </s> tokens is 3 w log V / (3 w + D + 1)."""
     from vla.training.module import VLAModule
 
-    record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0, grounding=3)
+    tiny.set_layout(ActionLayout(chunk_size=1, grounding=3))
     batch, logits = _batch_and_logits(tiny, right_grounding=False)
     module = VLAModule(tiny, OptimConfig(), identity_stats(), max_steps=1, grounding_weight=weight)
     logged: dict[str, float] = {}
@@ -178,7 +179,7 @@ def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):
 def test_validation_reports_grounding_error(tiny, off_bins):
     from vla.training.module import VLAModule
 
-    record_training_layout(tiny, chunk_size=1, center_crop_scale=1.0, grounding=3)
+    tiny.set_layout(ActionLayout(chunk_size=1, grounding=3))
     batch, logits = _batch_and_logits(tiny, right_grounding=True, off_bins=off_bins)
     module = VLAModule(tiny, OptimConfig(), identity_stats(), max_steps=1)
     logged: dict[str, float] = {}
@@ -194,7 +195,7 @@ def test_validation_reports_grounding_error(tiny, off_bins):
 def test_prediction_writes_grounding_first_and_survives_save_and_load(tiny, tmp_path):
     from vla.model.modeling import OpenVLA
 
-    record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, grounding=3)
+    tiny.set_layout(ActionLayout(chunk_size=2, grounding=3))
     images, texts = [np.full((SIZE, SIZE, 3), 90, np.uint8)] * 2, ["wave", "walk forward"]
     pred = tiny.predict(images, texts, constrain=True)
     assert pred.actions.shape == (2, 2, 23) and pred.grounding.shape == (2, 3)
@@ -212,7 +213,7 @@ def test_prediction_writes_grounding_first_and_survives_save_and_load(tiny, tmp_
 
 
 def test_training_run_with_grounding_from_metadata(tmp_path):
-    """train.py with data.grounding=2 on Isaac episodes whose metadata.json holds 'grounding': the
+    """train.py with model.layout.grounding=2 on Isaac episodes whose metadata.json holds 'grounding': the
     metric is logged, the reloaded run writes 2 grounding values, and an episode without them fails
     before any training naming the episode."""
     from test_train import train
@@ -224,7 +225,7 @@ def test_training_run_with_grounding_from_metadata(tmp_path):
         meta = json.loads((path / "metadata.json").read_text())
         (path / "metadata.json").write_text(json.dumps({**meta, "grounding": [i / 3, -0.5]}))
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    overrides = ["data.grounding=2", "data.grounding_weight=2", "data.grounding_weight_steps=1"]
+    overrides = ["model.layout.grounding=2", "data.grounding_weight=2", "data.grounding_weight_steps=1"]
     metrics = train(tmp_path / "run", [*data, *overrides])
     assert 0.0 <= metrics["val/grounding_l1"] <= 2.0
     model = load_run(tmp_path / "run")
@@ -243,12 +244,12 @@ def test_training_run_with_grounding_from_metadata(tmp_path):
     printed = load_script("predict").run(PredictConfig(**args))
     np.testing.assert_allclose(printed["grounding"], pred.grounding[0])
     np.testing.assert_allclose(printed["action"], pred.actions[0])
-    with pytest.raises(ConfigError, match="data.grounding=3.*trained with data.grounding=2"):
-        load_train_config(tmp_path / "run", {"data": {"grounding": 3}})
+    with pytest.raises(ConfigError, match="model.layout.grounding=3.*trained with model.layout.grounding=2"):
+        load_train_config(tmp_path / "run", {"model": {"layout": {"grounding": 3}}})
 
     meta = json.loads((paths[1] / "metadata.json").read_text())
     del meta["grounding"]
     (paths[1] / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="episode_001.*grounding"):
-        train(tmp_path / "run2", [*data, "data.grounding=2"])
+        train(tmp_path / "run2", [*data, "model.layout.grounding=2"])
     assert not (tmp_path / "run2" / "checkpoints").exists()

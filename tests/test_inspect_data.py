@@ -95,7 +95,7 @@ def test_sheet_shows_the_training_samples_after_augmentation(tmp_path, dataset, 
     import vla.data.inspect as inspect_module
     from vla.config import QuantizationConfig
     from vla.data.datamodule import VLADataModule
-    from vla.training.adapters import build_base_model
+    from vla.training.build import build_base_model
 
     shown: dict[str, list[np.ndarray]] = {}
     real_sheet = inspect_module.frame_sheet
@@ -123,9 +123,11 @@ def test_sheet_shows_the_training_samples_after_augmentation(tmp_path, dataset, 
         assert a.size == b.size and np.asarray(a).tobytes() != np.asarray(b).tobytes()
 
     # Training's own path: DataModule split, frame cache, VLADataset, training sampler keys (epoch 0, i).
-    datamodule = VLADataModule(cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed)
+    datamodule = VLADataModule(
+        cfg.data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed, layout=cfg.model.layout
+    )
     stats = datamodule.prepare()
-    datamodule.attach(build_base_model(cfg.model, QuantizationConfig(), stats, 1, cfg.augment.crop_scale))
+    datamodule.attach(build_base_model(cfg.model, QuantizationConfig(), stats, cfg.augment.crop_scale))
     datamodule.setup("fit")
     for (episode_id, t, index), frame in zip(augmented["sheet"], shown["openvla"]):
         sample = datamodule.train_set[(0, index)]

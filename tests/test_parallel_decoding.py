@@ -1,5 +1,5 @@
-"""Parallel decoding (model.parallel_decoding, OpenVLA-OFT): the action chunk comes from one pass over
-placeholder inputs, in training (teacher forcing never shows an action token the true ones before it)
+"""Parallel decoding (model.layout.parallel_decoding, OpenVLA-OFT): the action chunk comes from one pass
+over placeholder inputs, in training (teacher forcing never shows an action token the true ones before it)
 and at prediction (torch and onnxruntime), and the layout is saved with the model."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.config import ConfigError, OptimConfig
+from vla.config import ActionLayout, ConfigError, OptimConfig
 from vla.data.dataset import VLADataset, collate
-from vla.model.modeling import IGNORE_INDEX
+from vla.model.heads import label_logits
+from vla.model.layout import IGNORE_INDEX
 from vla.model.processing import build_prompt
-from vla.training.adapters import record_training_layout
 
 D = 3  # action dims of known_episode
 IMAGES = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for i in range(3)]
@@ -44,9 +44,7 @@ def _constrained_argmax(model, logits: torch.Tensor) -> np.ndarray:
 def test_prediction_is_one_teacher_forced_pass_over_placeholders(tiny, grounding):
     """The definition: with the prompt, the grounding tokens the model wrote and K*D placeholders as
     input, one plain forward pass (no cache) gives every action token at once."""
-    record_training_layout(
-        tiny, chunk_size=2, center_crop_scale=1.0, grounding=grounding, parallel_decoding=True
-    )
+    tiny.set_layout(ActionLayout(chunk_size=2, grounding=grounding, parallel_decoding=True))
     pred = tiny.predict(IMAGES, TEXTS, constrain=True)
     assert pred.actions.shape == (3, 2, D) and pred.grounding.shape == (3, grounding)
     n_actions = 2 * D
@@ -68,9 +66,9 @@ def test_prediction_is_one_teacher_forced_pass_over_placeholders(tiny, grounding
 
 def test_parallel_and_autoregressive_decoding_differ(tiny):
     """The switch does something: the same weights decode other chunks token by token."""
-    record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, parallel_decoding=True)
+    tiny.set_layout(ActionLayout(chunk_size=2, parallel_decoding=True))
     parallel = tiny.predict(IMAGES, TEXTS, constrain=True).token_ids
-    record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, parallel_decoding=False)
+    tiny.set_layout(ActionLayout(chunk_size=2, parallel_decoding=False))
     serial = tiny.predict(IMAGES, TEXTS, constrain=True).token_ids
     assert not np.array_equal(parallel, serial)
     np.testing.assert_array_equal(parallel[:, 0, 0], serial[:, 0, 0])  # the first token sees no other
@@ -82,7 +80,7 @@ def _training_logits(tiny, batch):
     module = VLAModule(tiny, OptimConfig(), identity_stats(D), max_steps=1)
     with torch.no_grad():
         out = module(batch)
-    return module._label_logits(out.logits, batch["labels"]), out.loss
+    return label_logits(out.logits, batch["labels"]), out.loss
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -90,7 +88,7 @@ def test_training_never_shows_an_action_token_the_true_ones_before_it(tiny, para
     """Teacher forcing: change every action token of the inputs (labels unchanged). With parallel
     decoding the logits and the loss stay the same (the inputs there are placeholders); without it the
     later action tokens' logits move."""
-    record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, parallel_decoding=parallel)
+    tiny.set_layout(ActionLayout(chunk_size=2, parallel_decoding=parallel))
     data = VLADataset(
         [known_episode()], tiny.processor, tiny.action_tokenizer, identity_stats(), chunk_size=2
     )
@@ -115,7 +113,7 @@ def test_training_never_shows_an_action_token_the_true_ones_before_it(tiny, para
 def test_saved_model_keeps_parallel_decoding(tiny, tmp_path):
     from vla.model.modeling import OpenVLA
 
-    record_training_layout(tiny, chunk_size=2, center_crop_scale=1.0, grounding=1, parallel_decoding=True)
+    tiny.set_layout(ActionLayout(chunk_size=2, grounding=1, parallel_decoding=True))
     pred = tiny.predict(IMAGES, TEXTS, constrain=True)
     reloaded = OpenVLA.from_pretrained(tiny.save_pretrained(tmp_path / "model"))
     assert reloaded.parallel_decoding and reloaded.grounding_tokens == 1
@@ -125,7 +123,7 @@ def test_saved_model_keeps_parallel_decoding(tiny, tmp_path):
 
 
 def test_training_run_with_parallel_decoding(tmp_path):
-    """train.py with model.parallel_decoding=true: the reloaded run decodes in parallel, and the key
+    """train.py with model.layout.parallel_decoding=true: the reloaded run decodes in parallel, and the key
     cannot change after training."""
     from data_factories import make_isaac_dataset
     from test_train import train
@@ -134,12 +132,15 @@ def test_training_run_with_parallel_decoding(tmp_path):
 
     make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=6)
     data = ["data=isaac", f"data.root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    metrics = train(tmp_path / "run", [*data, "model.parallel_decoding=true", "data.chunk_size=2"])
+    metrics = train(
+        tmp_path / "run", [*data, "model.layout.parallel_decoding=true", "model.layout.chunk_size=2"]
+    )
     assert np.isfinite(metrics["val/loss"])
     model = load_run(tmp_path / "run")
     assert model.parallel_decoding and model.action_chunk_size == 2
     assert model.predict([np.zeros((40, 40, 3), np.uint8)], ["reach"]).actions.shape[:2] == (1, 2)
     with pytest.raises(
-        ConfigError, match="model.parallel_decoding=False.*trained with model.parallel_decoding=True"
+        ConfigError,
+        match="model.layout.parallel_decoding=False.*trained with model.layout.parallel_decoding=True",
     ):
-        load_train_config(tmp_path / "run", {"model": {"parallel_decoding": False}})
+        load_train_config(tmp_path / "run", {"model": {"layout": {"parallel_decoding": False}}})

@@ -150,8 +150,8 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
     cfg = compose(
         "make_sample_data",
         overrides=[
-            "episodes_per_task=1", "tasks=[turn_torso]", "sim.image_size=48", f"output_dir={out}",
-            "expert_noise=0.2",
+            "data.sample.episodes_per_task=1", "data.sample.tasks=[turn_torso]", "data.sample.image_size=48",
+            f"output_dir={out}", "data.sample.expert_noise=0.2",
         ],
     )  # fmt: skip
     result = script.run(to_settings(cfg, MakeSampleDataConfig))
@@ -162,12 +162,13 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
         48,
         3,
     )
-    bad = compose("make_sample_data", overrides=["+episodes_per_tsk=1"])
+    # The schema is in the config's defaults: an unknown key fails as it is composed.
     with pytest.raises(ConfigKeyError, match="episodes_per_tsk"):
-        to_settings(bad, MakeSampleDataConfig)
-    bad = compose("make_sample_data", overrides=["+sim.safty.enabled=false"])
+        to_settings(
+            compose("make_sample_data", overrides=["+data.sample.episodes_per_tsk=1"]), MakeSampleDataConfig
+        )
     with pytest.raises(ConfigKeyError, match="safty"):
-        to_settings(bad, MakeSampleDataConfig)
+        to_settings(compose("make_sample_data", overrides=["+sim.safty.enabled=false"]), MakeSampleDataConfig)
 
 
 def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path):
@@ -175,13 +176,14 @@ def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path
     scene and the same timed expert motion as at 25 Hz, in about a fifth of the steps;
     `data.sample.camera` records them from that camera (a separate cache entry)."""
     from vla.config import DataConfig, SampleDataConfig
-    from vla.data.datamodule import sample_dataset_root
+    from vla.sim.episodes import resolve_sample_data
 
     def steps_and_fps(hz: int, camera: str = "front") -> tuple[int, int, np.ndarray]:
         sample = SampleDataConfig(
             tasks=["raise_arm"], episodes_per_task=1, image_size=64, control_hz=hz, camera=camera
         )
-        root = sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / "cache")
+        data = resolve_sample_data(DataConfig(format="sample", sample=sample), None, tmp_path / "cache")
+        root = Path(data.root)
         (episode,) = [p for p in root.iterdir() if p.is_dir()]
         metadata = json.loads((episode / "metadata.json").read_text())
         assert metadata["camera"] == camera
@@ -199,12 +201,13 @@ def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path
 
 def test_data_sample_expert_noise_reaches_the_generated_episodes(tmp_path):
     from vla.config import DataConfig, SampleDataConfig
-    from vla.data.datamodule import sample_dataset_root
+    from vla.sim.episodes import resolve_sample_data
 
     roots = []
     for noise in (0.0, 0.3):
         sample = SampleDataConfig(tasks=["raise_arm"], episodes_per_task=1, image_size=48, expert_noise=noise)
-        roots.append(sample_dataset_root(DataConfig(format="sample", sample=sample), tmp_path / "cache"))
+        data = resolve_sample_data(DataConfig(format="sample", sample=sample), None, tmp_path / "cache")
+        roots.append(Path(data.root))
     assert roots[0] != roots[1]  # separate cache entries
     (clean, noisy) = [next(p for p in root.iterdir() if p.is_dir()) for root in roots]
     assert json.loads((noisy / "metadata.json").read_text())["expert_noise"] == 0.3

@@ -242,7 +242,7 @@ def test_evaluate_script_runs_baselines(tmp_path):
             "tasks": ["turn_torso"],
             "episodes_per_task": 2,
             "gif_episodes": 1,
-            "sim": {"image_size": 64},
+            "data": {"sample": {"image_size": 64}},  # the scene of checkpoints other than sample runs
         },
         EvaluateConfig,
     )
@@ -270,19 +270,22 @@ def test_expert_at_least_95_and_random_under_10_percent_per_task(tmp_path):
 def test_shipped_configs_compose():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf.errors import MissingMandatoryValue
 
-    from vla.config import MakeSampleDataConfig
+    from vla.config import MakeSampleDataConfig, SampleDataConfig
 
+    # The shipped scene: data.sample's camera, size and rate with the sim group's defaults.
+    scene = SimSettings(image_size=SampleDataConfig().image_size)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             data = to_settings(compose("make_sample_data"), MakeSampleDataConfig)
-            assert data.settings().sim == SimSettings() and data.tasks == list(TASK_NAMES)
+            generated = data.data.sample.generation_settings(data.sim)
+            assert generated.sim == scene and generated.tasks == list(TASK_NAMES)
             evaluate = to_settings(compose("evaluate", overrides=["checkpoint=null"]), EvaluateConfig)
-            assert evaluate.settings().sim == SimSettings() and evaluate.seed == 1_000_000
-            with pytest.raises(MissingMandatoryValue, match="checkpoint"):
-                to_settings(compose("evaluate"), EvaluateConfig)
+            assert evaluate.settings().sim == scene and evaluate.seed == 1_000_000
+            assert evaluate.tasks == list(TASK_NAMES)
+            # Without checkpoint= the latest training run is evaluated (vla.outputs.resolve_latest).
+            assert to_settings(compose("evaluate"), EvaluateConfig).checkpoint == "latest"
     finally:
         GlobalHydra.instance().clear()
 

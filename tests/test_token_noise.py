@@ -8,10 +8,9 @@ import pytest
 import torch
 from test_data_chunking import SIZE, identity_stats, known_episode
 
-from vla.config import ConfigError, DataConfig, OptimConfig
+from vla.config import ActionLayout, ConfigError, DataConfig, OptimConfig
 from vla.data.dataset import VLADataset, collate
-from vla.model.modeling import IGNORE_INDEX
-from vla.training.adapters import record_training_layout
+from vla.model.layout import IGNORE_INDEX
 
 D = 3  # action dims of known_episode
 
@@ -22,7 +21,7 @@ def tiny():
 
     model = build_tiny_model(TinyArchitecture(image_size=SIZE))
     model.config.norm_stats = {"athena": {"action": identity_stats(D)}}
-    record_training_layout(model, chunk_size=2, center_crop_scale=1.0, grounding=2)
+    model.set_layout(ActionLayout(chunk_size=2, grounding=2))
     return model
 
 

@@ -91,7 +91,7 @@ def test_pickle_demos_train(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "pipeline", [[], ["augment=openvla", "data.chunk_size=2"]], ids=["plain", "augmented_chunked"]
+    "pipeline", [[], ["augment=openvla", "model.layout.chunk_size=2"]], ids=["plain", "augmented_chunked"]
 )
 def test_resume_is_exact(tmp_path, isaac_root, pipeline):
     """2 steps, stop, resume to 4 == 4 steps in one go: same batches, optimizer and schedule state.
@@ -255,8 +255,9 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
 
     train(tmp_path / "run", ["data=isaac", f"data.root={isaac_root}"])
     script = load_script("evaluate")
+    # An Isaac run is evaluated in the composed data.sample's scene.
     settings = {"checkpoint": str(tmp_path / "run"), "tasks": ["turn_torso"], "episodes_per_task": 1,
-                "gif_episodes": 1, "baselines": ["random"], "sim": {"image_size": 64}}  # fmt: skip
+                "gif_episodes": 1, "baselines": ["random"], "data": {"sample": {"image_size": 64}}}  # fmt: skip
     report = script.run(to_settings(settings, EvaluateConfig), tmp_path / "eval")
     assert set(report["results"]) == {"model", "random"}
     assert 0.0 <= report["results"]["model"]["success_rate"] <= 1.0
@@ -266,25 +267,33 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
 
 def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path):
     """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz)
-    and with its camera, unless the command line names them; runs on other data keep the evaluation
-    config."""
+    and with its camera and image size (its own data.sample); runs on other data, and the baselines
+    alone, are evaluated in the composed data.sample's scene."""
     from omegaconf import OmegaConf
+
+    from vla.config import EvaluateConfig
 
     script = load_script("evaluate")
 
-    def evaluation(data: dict, overridden: set[str]) -> tuple[int, int, str]:
-        saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"run_dir": str(tmp_path), "data": data})
-        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))  # as a run saves it
+    def evaluation(data: dict | None) -> tuple[int, int, str]:
+        checkpoint = None
+        if data is not None:
+            saved = OmegaConf.merge(
+                OmegaConf.structured(TrainConfig), {"run_dir": str(tmp_path), "data": data}
+            )
+            (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))  # as a run saves it
+            checkpoint = str(tmp_path)
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path}", "sim.image_size=224"])
-        script.match_training_run(cfg, overridden)
-        return cfg.sim.image_size, cfg.sim.control_hz, cfg.sim.camera
+            overrides = [f"checkpoint={checkpoint or 'null'}", "data.sample.image_size=224"]
+            cfg = to_object(compose("evaluate", overrides=overrides), EvaluateConfig)
+        sim = cfg.settings(script.trained_scene(checkpoint, cfg.data.sample)).sim
+        return sim.image_size, sim.control_hz, sim.camera
 
     sample = {"format": "sample", "sample": {"image_size": 112, "control_hz": 5, "camera": "upper_body"}}
-    assert evaluation(sample, set()) == (112, 5, "upper_body")
-    assert evaluation(sample, {"sim.control_hz", "sim.image_size", "sim.camera"}) == (224, 25, "front")
-    assert evaluation({"format": "isaac", "root": "/data"}, set()) == (224, 25, "front")
+    assert evaluation(sample) == (112, 5, "upper_body")
+    assert evaluation({"format": "isaac", "root": "/data"}) == (224, 25, "front")
+    assert evaluation(None) == (224, 25, "front")
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])
@@ -297,7 +306,7 @@ def test_gradient_checkpointing_trains(tmp_path, isaac_root, quant):
 @pytest.mark.parametrize("quant", [None, "nf4"])
 def test_gradient_checkpointing_is_switched_on(quant):
     from vla.config import LoraConfig
-    from vla.model.checkpoint import quantize_language_model
+    from vla.model.quantize import quantize_language_model
     from vla.model.tiny import TinyArchitecture, build_tiny_model
     from vla.training.adapters import apply_adapter
 

@@ -2,7 +2,7 @@
 
 Embodied chain-of-thought (ECoT, Zawalski et al. 2024) trains OpenVLA to write out what it sees (object
 boxes, the gripper's position) before the action tokens, so the actions can attend to it. With
-`data.grounding=N` each sample's labels become N grounding tokens, then the action chunk, then `</s>`;
+`model.layout.grounding=N` each sample's labels become N grounding tokens, then the action chunk, then `</s>`;
 the prompt is unchanged, and at prediction time the model writes the N tokens first
 (`OpenVLA.predict_action` returns them as `ActionPrediction.grounding`).
 
@@ -64,11 +64,11 @@ def episode_grounding(episode: Episode, size: int) -> np.ndarray:
             ) from None
     else:
         raise DataError(
-            f"{where}: data.grounding={size} needs grounding targets, but its metadata has no 'grounding' "
+            f"{where}: model.layout.grounding={size} needs grounding targets, but its metadata has no 'grounding' "
             "list (N numbers in [-1, 1]) and it is not a simulator reach_ball episode (task, balls, color)"
         )
     if values.shape != (size,):
-        raise DataError(f"{where}: {source} gives {values.size} values, data.grounding={size}")
+        raise DataError(f"{where}: {source} gives {values.size} values, model.layout.grounding={size}")
     if np.abs(values).max() > 1.0:
         raise DataError(f"{where}: {source} has values outside [-1, 1]: {values.round(3).tolist()}")
     return values

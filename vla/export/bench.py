@@ -154,6 +154,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if not (export_dir / "model" / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint={export_dir}: not an export folder (no model/config.json); "
                                 "run scripts/export.py run=<training run> first")  # fmt: skip
+    if not (export_dir / "export.json").is_file():  # written last: its absence means an unfinished export
+        raise FileNotFoundError(f"checkpoint={export_dir}: the export did not finish (no export.json); "
+                                "export the run again")  # fmt: skip
     out_dir = Path(cfg.out_dir or export_dir)
     samples = HeldOut.load(export_dir / "heldout.npz")
     threads = cfg.threads or os.cpu_count() or 1

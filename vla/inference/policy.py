@@ -31,11 +31,26 @@ def folder_kind(path: str | Path) -> str:
     return "openvla"
 
 
-def _run_control_hz(run_dir: Path) -> float | None:
-    from vla.training.runs import load_train_config
+def training_scene(path: str | Path) -> dict | None:
+    """The `data.sample` settings (camera, image_size, control_hz, ...) a policy was trained on when it
+    was trained on simulator data: from a run folder's config.yaml or an export's export.json; None
+    otherwise (other data, or an OpenVLA folder)."""
+    import dataclasses
+    import json
 
-    data = load_train_config(run_dir).data
-    return float(data.sample.control_hz) if data.format == "sample" else None
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind == "run":
+        from vla.training.runs import load_train_config
+
+        data = load_train_config(path).data
+        return dataclasses.asdict(data.sample) if data.format == "sample" else None
+    if kind == "export":
+        try:
+            return json.loads((path / "export.json").read_text()).get("sim_scene")
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def load_policy(
@@ -54,11 +69,8 @@ def load_policy(
     source = str(path)
     kind = folder_kind(path)
     path = Path(path)
-    hz = None
-    if kind == "run":
-        hz = _run_control_hz(path)
-    elif kind == "export":
-        hz = _export_control_hz(path)
+    scene = training_scene(path)
+    hz = float(scene["control_hz"]) if scene else None
     if backend == "torch":
         if kind == "run":
             from vla.training.runs import load_run
@@ -90,14 +102,3 @@ def load_policy(
     precision = "int8" if backend == "onnx_int8" else "fp32"
     model = OnnxPolicy(path / "model", onnx_dir, precision, threads, providers)
     return Policy(model, policy_info(model, source, backend, kind, unnorm_key, hz))
-
-
-def _export_control_hz(export_dir: Path) -> float | None:
-    """The control rate of the run an export came from, when that run folder is still there."""
-    import json
-
-    try:
-        run_dir = Path(json.loads((export_dir / "export.json").read_text())["run"])
-    except (OSError, ValueError, KeyError):
-        return None
-    return _run_control_hz(run_dir) if (run_dir / "config.yaml").is_file() else None

@@ -4,11 +4,14 @@
 with next-token cross-entropy and decoded greedily (token by token, or the whole chunk in one pass
 over placeholder inputs with `parallel_decoding`, OpenVLA-OFT). `make_head(layout)` picks the class
 for `ActionLayout.head`; a new head (continuous actions, flow matching) is a new class here with the
-same three methods, plus its choice in `vla.config.model.HEADS`.
+same methods (training_inputs, loss, teacher_forced, generate), plus its choice in `vla.config.model.HEADS`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +25,16 @@ def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     predicted at multimodal position n_patches + j - 1)."""
     n_patches = logits.shape[1] - labels.shape[1]
     return logits[:, n_patches - 1 : n_patches + labels.shape[1] - 1]
+
+
+@dataclass
+class TeacherForced:
+    """A head's prediction of each row's action chunk in a teacher-forced pass (validation)."""
+
+    pred: np.ndarray  # [B, K, D] normalized actions in [-1, 1]
+    true: np.ndarray  # [B, K, D]
+    valid: np.ndarray  # [B, K] bool: real chunk steps (not padding past the episode's end)
+    metrics: dict[str, float]  # the head's own validation metrics (logged as val/<name>)
 
 
 class TokenHead:
@@ -66,9 +79,46 @@ class TokenHead:
         loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
         return loss, (ce * ground).sum() / ground.sum()
 
+    def noisy_inputs(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int, p: float, bins: int
+    ) -> torch.Tensor:
+        """Teacher-forcing noise: each labelled action token of the inputs (the chunk's; padded chunk
+        steps carry no label) moved, with probability `p`, by a uniform shift of -bins..bins and kept
+        within the 256 action tokens; labels unchanged. Draws from torch's global generator."""
+        lo, hi = self.tokenizer.first_action_token, self.tokenizer.last_action_token
+        span = chunk_span(labels, self.layout.chunk_size * action_dim)
+        chunk = torch.zeros_like(labels, dtype=torch.bool).scatter(1, span, True)
+        actions = chunk & (labels != IGNORE_INDEX)
+        hit = actions & (torch.rand(input_ids.shape, device=input_ids.device) < p)
+        shift = torch.randint(-bins, bins + 1, input_ids.shape, device=input_ids.device)
+        return torch.where(hit, (input_ids + shift).clamp(lo, hi), input_ids)
+
     def predicted_ids(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, L] the teacher-forced argmax token at each text position (validation metrics)."""
         return label_logits(logits, labels).argmax(-1)
+
+    def teacher_forced(self, out, batch: dict[str, torch.Tensor], action_dim: int) -> TeacherForced:
+        """The chunk a teacher-forced pass predicts, for the validation metrics.
+
+        Each row's K*D action tokens sit right before its `</s>`. Padded chunk steps have IGNORE_INDEX
+        labels; their true ids come from the input ids (the repeated last action), and `valid` leaves
+        them out. Metrics: `action_token_acc` (exact bins) and, with grounding tokens, `grounding_l1`
+        (mean |predicted - true| of the grounding values)."""
+        labels = batch["labels"]
+        k, d = self.layout.chunk_size, action_dim
+        pred = self.predicted_ids(out.logits, labels)
+        span = chunk_span(labels, k * d)
+        pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
+        true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
+        valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()
+        metrics = {"action_token_acc": float((pred_ids == true_ids)[valid].mean())}
+        if self.layout.grounding:
+            ground = grounding_positions(labels, self.layout.grounding)
+            pred_g, true_g = pred[ground].cpu().numpy(), labels[ground].cpu().numpy()
+            metrics["grounding_l1"] = float(
+                np.abs(self.tokenizer.decode(pred_g) - self.tokenizer.decode(true_g)).mean()
+            )
+        return TeacherForced(self.tokenizer.decode(pred_ids), self.tokenizer.decode(true_ids), valid, metrics)
 
     # -- prediction ----------------------------------------------------------------------------
     def _next_token(self, logits: torch.Tensor, constrain: bool) -> torch.Tensor:

@@ -47,18 +47,22 @@ def layout_from_config(extra: dict[str, Any], source: str = "config.json") -> Ac
     fail naming them), else the legacy keys, else OpenVLA's own layout (one action, no grounding)."""
     raw = extra.get(LAYOUT_KEY)
     if raw is None:
-        return ActionLayout(**{field: extra[key] for key, field in LEGACY_KEYS.items() if key in extra})
-    if not isinstance(raw, dict):
+        raw, where = {field: extra[key] for key, field in LEGACY_KEYS.items() if key in extra}, ""
+        names = {field: key for key, field in LEGACY_KEYS.items()}  # report the key as the file has it
+    elif not isinstance(raw, dict):
         raise CheckpointError(f"{source}: {LAYOUT_KEY} must be an object, got {type(raw).__name__}")
-    names = {f.name: f for f in dataclasses.fields(ActionLayout)}
-    unknown = sorted(set(raw) - set(names))
+    else:
+        where, names = f"{LAYOUT_KEY}.", {}
+    fields = {f.name: f for f in dataclasses.fields(ActionLayout)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise CheckpointError(f"{source}: {LAYOUT_KEY} has unknown keys {unknown}; known: {sorted(names)}")
+        raise CheckpointError(f"{source}: {LAYOUT_KEY} has unknown keys {unknown}; known: {sorted(fields)}")
     kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
     for key, value in raw.items():
-        kind = kinds[str(names[key].type)]
+        kind = kinds[str(fields[key].type)]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-            raise CheckpointError(f"{source}: {LAYOUT_KEY}.{key}={value!r} must be {names[key].type}")
+            shown = f"{where}{names.get(key, key)}"
+            raise CheckpointError(f"{source}: {shown}={value!r} must be {fields[key].type}")
     try:
         return ActionLayout(**raw)
     except ValueError as err:

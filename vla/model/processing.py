@@ -149,7 +149,8 @@ class ImageTransform:
                 stds = [tuple(s) for s in raw["stds"]]
             if len(means) != len(towers):
                 raise CheckpointError(f"{path}: {len(means)} means for {len(towers)} vision towers")
-        crop = layout_from_config(config.extra).center_crop_scale
+        source = str(folder / "config.json") if folder is not None else "config.json"
+        crop = layout_from_config(config.extra, source).center_crop_scale
         return cls(size=config.image_size, means=means, stds=stds, center_crop_scale=crop)
 
 

@@ -94,9 +94,9 @@ def g1_dir() -> Path:
 
 
 def cache_root() -> Path:
-    """Root of derived files (simplified meshes, sample datasets): $ATHENA_VLA_CACHE or <repo>/.cache/athena_vla."""
-    env = os.environ.get("ATHENA_VLA_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "athena_vla"
+    """Where the simplified meshes are kept: the checkout's `.cache/athena_vla` (paths.cache_dir's
+    default; datasets go where paths.cache_dir says)."""
+    return Path(__file__).resolve().parents[2] / ".cache" / "athena_vla"
 
 
 def read_binary_stl(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from vla.config import DataConfig, SampleDataSettings, SimConfig, SimSettings
 from vla.data.isaac import write_isaac_episode
-from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot, cache_root
+from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import SafetyFilter
 from vla.sim.tasks import expert_noise_offsets
@@ -230,7 +230,7 @@ def ensure_sample_dataset(
     settings: SampleDataSettings | None = None,
     sim: SimSettings | None = None,
     *,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path,
     workers: int = 1,
     progress: bool = True,
 ) -> Path:
@@ -240,7 +240,7 @@ def ensure_sample_dataset(
     Args:
         settings: what to generate (default: `SampleDataSettings()`).
         sim: replaces `settings.sim` when given (e.g. `SimSettings(image_size=112)`).
-        cache_dir: cache root; default `cache_root()` ($ATHENA_VLA_CACHE or <repo>/.cache/athena_vla).
+        cache_dir: the cache root (`paths.cache_dir`).
         workers: rendering processes on a first-use generation (the content does not depend on it).
 
     Generation writes to a temporary folder renamed into place at the end, so an interrupted run never
@@ -249,7 +249,7 @@ def ensure_sample_dataset(
     settings = settings or SampleDataSettings()
     if sim is not None:
         settings = dataclasses.replace(settings, sim=sim)
-    final = Path(cache_dir or cache_root()) / "sample_data" / f"athena-{sample_dataset_key(settings)}"
+    final = Path(cache_dir) / "sample_data" / f"athena-{sample_dataset_key(settings)}"
     if final.is_dir():
         return final
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"

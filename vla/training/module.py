@@ -13,7 +13,7 @@ from torch import nn
 
 from vla.config import OptimConfig
 from vla.model.action_tokenizer import unnormalize
-from vla.model.layout import IGNORE_INDEX, chunk_span, grounding_positions
+from vla.model.layout import chunk_span
 from vla.training.adapters import unwrap
 
 
@@ -85,17 +85,11 @@ class VLAModule(L.LightningModule):
         return self.grounding_weight if steps is None or step < steps else 1.0
 
     def noisy_action_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`batch` with each labelled action token of `input_ids` (the chunk's, `_chunk_span`; padded
-        chunk steps carry no label) moved, with probability `token_noise`, by a uniform shift of
-        -bins..bins and kept within the 256 action tokens; labels unchanged."""
-        ids, labels = batch["input_ids"], batch["labels"]
-        tokenizer = self.vla.action_tokenizer
-        lo, hi = tokenizer.first_action_token, tokenizer.last_action_token
-        chunk = torch.zeros_like(labels, dtype=torch.bool).scatter(1, self._chunk_span(labels), True)
-        actions = chunk & (labels != IGNORE_INDEX)
-        hit = actions & (torch.rand(ids.shape, device=ids.device) < self.token_noise)
-        shift = torch.randint(-self.token_noise_bins, self.token_noise_bins + 1, ids.shape, device=ids.device)
-        return {**batch, "input_ids": torch.where(hit, (ids + shift).clamp(lo, hi), ids)}
+        """`batch` with teacher-forcing noise on the chunk's inputs (`TokenHead.noisy_inputs`)."""
+        ids = self.vla.head.noisy_inputs(
+            batch["input_ids"], batch["labels"], self.action_dim, self.token_noise, self.token_noise_bins
+        )
+        return {**batch, "input_ids": ids}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         head = self.vla.head
@@ -113,44 +107,18 @@ class VLAModule(L.LightningModule):
         self._tick = now
         return loss
 
-    def _action_chunks(
-        self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predicted and true action-token ids [B, K, D] and which chunk steps are real [B, K].
-
-        Each row's K*D action tokens sit right before its `</s>` (the last label that is not
-        IGNORE_INDEX). Padded chunk steps have IGNORE_INDEX labels; their true ids come from the
-        input ids (the repeated last action), and `valid` leaves them out of every metric.
-        """
-        labels = batch["labels"]
-        k, d = self.vla.action_chunk_size, self.action_dim
-        pred = self.vla.head.predicted_ids(logits, labels)
-        span = self._chunk_span(labels)
-        pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
-        true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
-        valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()
-        return pred_ids, true_ids, valid
-
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
         n = batch["input_ids"].shape[0]
         self.log("val/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)
-        pred_ids, true_ids, valid = self._action_chunks(out.logits, batch)
-        tok = self.vla.action_tokenizer
-        pred_norm, true_norm = tok.decode(pred_ids), tok.decode(true_ids)
+        # The head's teacher-forced chunk [B, K, D] (normalized), which steps are real, its own metrics.
+        result = self.vla.head.teacher_forced(out, batch, self.action_dim)
+        pred_norm, true_norm, valid = result.pred, result.true, result.valid
+        for name, value in result.metrics.items():
+            self.log(f"val/{name}", value, batch_size=n, sync_dist=True)
         # Means over the real chunk steps only (padding repeats the last action and has no loss).
-        acc = float((pred_ids == true_ids)[valid].mean())
         l1 = float(np.abs(pred_norm - true_norm)[valid].mean())
-        self.log("val/action_token_acc", acc, batch_size=n, sync_dist=True)
         self.log("val/action_l1", l1, batch_size=n, sync_dist=True)
-        if self.vla.grounding_tokens:
-            # Teacher forced, as the action metrics: mean |predicted - true| of the grounding values.
-            labels = batch["labels"]
-            ground = grounding_positions(labels, self.vla.grounding_tokens)
-            pred = self.vla.head.predicted_ids(out.logits, labels)[ground].cpu().numpy()
-            true = labels[ground].cpu().numpy()
-            err = float(np.abs(tok.decode(pred) - tok.decode(true)).mean())
-            self.log("val/grounding_l1", err, batch_size=n, sync_dist=True)
         pred, true = unnormalize(pred_norm, self.action_stats), unnormalize(true_norm, self.action_stats)
         self.val_records.append(
             {
