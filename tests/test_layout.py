@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -169,3 +170,17 @@ def test_datamodule_refuses_a_model_of_another_layout(tmp_path):
         model.set_layout(other)
         with pytest.raises(ConfigError, match=r"model\.layout\.chunk_size=2, model\.layout\.grounding=0"):
             module.setup("fit")
+
+
+def test_a_run_config_written_before_the_restructure_loads(tmp_path):
+    """tests/fixtures/run_config_96dffab.yaml is the config.yaml `python train.py` wrote at commit
+    96dffab (the layout keys in data/model, and paths.root_dir / experiment, since removed)."""
+    import shutil
+
+    from vla.training.runs import load_train_config
+
+    shutil.copy(Path(__file__).parent / "fixtures" / "run_config_96dffab.yaml", tmp_path / "config.yaml")
+    cfg = load_train_config(tmp_path)
+    assert (cfg.model.layout.chunk_size, cfg.model.layout.grounding) == (1, 0)
+    assert cfg.model.layout.parallel_decoding is False and cfg.model.layout.constrain_decoding is True
+    assert cfg.lora.name == "humanoid_default" and cfg.data.dataset_key == "athena_sim"

@@ -98,10 +98,19 @@ MOVED_KEYS = {
     "model.constrain_action_decoding": "model.layout.constrain_decoding",
 }
 
+# Keys runs saved before they were removed for doing nothing; dropped when such a run is loaded.
+REMOVED_KEYS = ("paths.root_dir", "experiment")
+
 
 def migrate_run_config(saved: DictConfig) -> DictConfig:
-    """A run's saved config.yaml with the keys of MOVED_KEYS in their current place."""
+    """A run's saved config.yaml with the keys of MOVED_KEYS in their current place and those of
+    REMOVED_KEYS left out."""
     saved = OmegaConf.create(OmegaConf.to_container(saved))
+    for old in REMOVED_KEYS:
+        parent, _, key = old.rpartition(".")
+        node = OmegaConf.select(saved, parent) if parent else saved
+        if isinstance(node, DictConfig) and key in node:
+            node.pop(key)
     for old, new in MOVED_KEYS.items():
         parent, _, key = old.rpartition(".")
         node = OmegaConf.select(saved, parent)
