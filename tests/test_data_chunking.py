@@ -238,3 +238,21 @@ def test_drop_idle_leaves_out_steps_whose_chunk_repeats_the_previous_action(tiny
     assert [t for _, t in dataset(tiny, 1, [held_episode(values)], drop_idle=True).index] == [0, 4]
     # The kept samples are the same samples as without the option.
     assert torch.equal(moving[1]["labels"], everything[2]["labels"])
+
+
+def test_samples_carry_the_chunk_as_normalized_actions(tiny):
+    """Beside the tokens, each sample (and batch) holds the chunk in [-1, 1] and which of its steps are
+    real, for heads that regress actions: identity statistics make them the episode's own values."""
+    chunked = dataset(tiny, 3)
+    for t, expected_steps, real in [(0, [0, 1, 2], [True, True, True]), (4, [4, 4, 4], [True, False, False])]:
+        sample = chunked[t]
+        expected = np.repeat(np.array(STEP_VALUES, np.float32)[expected_steps][:, None], D, axis=1)
+        np.testing.assert_allclose(sample["actions"].numpy(), expected, atol=1e-6)  # (q99 - q01 + 1e-8)
+        assert sample["actions"].dtype == torch.float32 and sample["action_steps"].tolist() == real
+        # The tokens are those of the same values (the bins OpenVLA's tokenizer gives them).
+        np.testing.assert_array_equal(
+            tiny.action_tokenizer.encode(sample["actions"].numpy().astype(np.float64)).reshape(-1),
+            sample["input_ids"][-1 - 3 * D : -1].numpy(),
+        )
+    batch = collate([chunked[0], chunked[4]], pad_id=0)
+    assert batch["actions"].shape == (2, 3, D) and batch["action_steps"].tolist() == [[True] * 3, real]

@@ -109,10 +109,12 @@ class VLADataset(Dataset):
         self.images = SampleImages(
             self.episodes, processor.image_transform, frames=frames, augment=augment, seed=seed
         )
-        # Tokenize each episode's actions once, and each distinct instruction once.
-        self.action_tokens = [
-            action_tokenizer.encode(normalize(ep.actions, action_stats)) for ep in self.episodes
-        ]
+        # Normalize and tokenize each episode's actions once, and each distinct instruction once. Samples
+        # carry both: the token layout (input ids, labels) and the chunk in [-1, 1] (`actions`), for a
+        # head that regresses actions rather than classifying bins.
+        normalized = [normalize(ep.actions, action_stats) for ep in self.episodes]  # float64, as OpenVLA bins
+        self.action_tokens = [action_tokenizer.encode(actions) for actions in normalized]
+        self.normalized = [actions.astype(np.float32) for actions in normalized]
         # Grounding values per episode (vla.data.grounding), tokenized like actions; they come first.
         self.grounding_tokens = [
             action_tokenizer.encode(np.asarray(values)).astype(np.int64).reshape(-1)
@@ -160,6 +162,8 @@ class VLADataset(Dataset):
         return {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),
+            "actions": torch.from_numpy(self.normalized[e][steps]),  # float32 [K, D] in [-1, 1]
+            "action_steps": torch.tensor(real),  # bool [K]: real steps (not padding past the end)
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
@@ -181,6 +185,8 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
         "input_ids": torch.from_numpy(ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(mask),
+        "actions": torch.from_numpy(np.stack([s["actions"].numpy() for s in samples])),
+        "action_steps": torch.from_numpy(np.stack([s["action_steps"].numpy() for s in samples])),
         "images": torch.from_numpy(np.stack([s["images"].numpy() for s in samples])),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),
