@@ -1,4 +1,5 @@
-"""Shared fixtures: the OpenVLA reference material beside the checkout, loaded once per session."""
+"""Shared fixtures: Hydra composition of the shipped configs (`compose_config`, fixture `compose`), and
+the OpenVLA reference material beside the checkout, loaded once per session."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,57 @@ from vla.sim import select_gl_backend  # noqa: E402
 
 select_gl_backend()  # the tests import the simulator (and so mujoco) directly
 
+CONF = ROOT / "conf"
 REF = ROOT.parent / "shared" / "openvla_ref"
+
+
+def compose_config(
+    config_name: str,
+    overrides: Sequence[str] = (),
+    schema: type | None = None,
+    return_hydra_config: bool = False,
+) -> Any:
+    """`conf/<config_name>.yaml` composed with `overrides` as on the command line: the DictConfig, or with
+    `schema` the typed object (`vla.config.to_object`, which runs the dataclasses' checks).
+
+    Hydra's global state is cleared before and after, so calls are independent of each other and of
+    the test order. Fields set to `${hydra:runtime.output_dir}` (train's and inspect_data's `run_dir`,
+    export's `out_dir`) resolve only inside a Hydra app: give them on the command line (`run_dir=DIR`),
+    or pass `return_hydra_config=True` with `hydra.runtime.output_dir=DIR` among the overrides. Then the
+    config keeps its `hydra` node, and with `schema` Hydra's runtime config is set while it is converted,
+    as in the app (and restored after)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from vla.config import register_configs, to_object
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+    if schema is None:
+        return cfg
+    if not return_hydra_config:
+        return to_object(cfg, schema)
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    hydra_config.set_config(cfg)
+    try:
+        # The hydra node itself holds interpolations only a running app fills (hydra.job.num).
+        return to_object(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), schema)
+    finally:
+        hydra_config.cfg = previous
+
+
+@pytest.fixture
+def compose():
+    """`compose_config`, for tests that take their helpers as fixtures."""
+    return compose_config
 
 
 def load_script(name: str):

@@ -5,13 +5,9 @@ from __future__ import annotations
 import math
 
 from data_factories import make_isaac_dataset
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import ROOT, load_script
-from vla.config import BenchDataConfig, register_configs, to_object
-
-register_configs()
+from tests.conftest import compose_config, load_script
+from vla.config import BenchDataConfig
 
 
 def test_bench_data_reports_rates_and_ratios(tmp_path, capsys):
@@ -26,9 +22,7 @@ def test_bench_data_reports_rates_and_ratios(tmp_path, capsys):
         "train_steps=1",
         "warmup_steps=1",
     ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_object(compose("bench_data", overrides=overrides), BenchDataConfig)
+    cfg = compose_config("bench_data", overrides, BenchDataConfig)
     script = load_script("bench_data")
     result = script.run(cfg)
     rates = ("cold_samples_per_s", "cached_samples_per_s", "trainer_samples_per_s")

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from tests.conftest import ROOT
-from vla.config import BenchmarkConfig, ConfigError, register_configs, to_object
-
-register_configs()
+from tests.conftest import ROOT, compose_config
+from vla.config import BenchmarkConfig, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +92,7 @@ def test_benchmark_config_is_checked(tmp_path):
         BenchmarkConfig(checkpoint="x", backends=["onnx_fp16"])
     with pytest.raises(FileNotFoundError, match="not an export folder"):
         run_benchmark(bench_config(tmp_path))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("benchmark", overrides=["checkpoint=x", "logger=wandb", "actions=7"])
-    typed = to_object(cfg, BenchmarkConfig)
+    typed = compose_config("benchmark", ["checkpoint=x", "logger=wandb", "actions=7"], BenchmarkConfig)
     assert typed.actions == 7 and typed.logger.name == "wandb" and typed.target_tokens_per_s == 8.0
 
 

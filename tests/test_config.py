@@ -3,42 +3,111 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from tests.conftest import ROOT
-from vla.config import ConfigError, TrainConfig, register_configs, to_object
+from tests.conftest import CONF, compose_config
+from vla.config import (
+    BenchDataConfig,
+    BenchmarkConfig,
+    ConfigError,
+    EvaluateConfig,
+    ExportConfig,
+    InspectDataConfig,
+    MakeSampleDataConfig,
+    PredictConfig,
+    TrainConfig,
+)
 
-CONF = ROOT / "conf"
-register_configs()
+# Each entry point's config (conf/<name>.yaml), its schema and the keys it needs from the command line
+# (the ones Hydra fills from its run folder are given here, as no app is running).
+STAGES = {
+    "train": (TrainConfig, ["run_dir=/tmp/never-written"]),
+    "predict": (PredictConfig, ["image=frame.png", "instruction=reach the red ball"]),
+    "export": (ExportConfig, ["out_dir=/tmp/never-written"]),
+    "benchmark": (BenchmarkConfig, []),
+    "evaluate": (EvaluateConfig, []),
+    "make_sample_data": (MakeSampleDataConfig, []),
+    "inspect_data": (InspectDataConfig, ["run_dir=/tmp/never-written"]),
+    "bench_data": (BenchDataConfig, []),
+}
+# Group choices that need a key of their own.
+CHOICE_OVERRIDES = {("data", "isaac"): ["data.root=/x"], ("data", "pickle"): ["data.root=/x"]}
 
 
 def compose_train(overrides: list[str]) -> TrainConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "run_dir=/tmp/never-written"])
-    return to_object(cfg, TrainConfig)
+    return compose_config("train", [*overrides, "run_dir=/tmp/never-written"], TrainConfig)
 
 
-def group_files() -> list[tuple[str, str]]:
+def config_groups(name: str) -> list[str]:
+    """The groups in conf/<name>.yaml's defaults list (not Hydra's own, not `override`s)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")).get("defaults", [])
+    return [
+        next(iter(entry))
+        for entry in defaults
+        if isinstance(entry, dict) and not next(iter(entry)).startswith(("override ", "hydra/"))
+    ]
+
+
+def group_folders() -> list[str]:
+    return sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def group_files() -> list[tuple[str, str, str]]:
+    """(config, group, choice) for every YAML file of every group folder, with every entry point's
+    config that has that group."""
     out = []
-    # conf/sim is the simulator's group, used by make_sample_data.yaml and evaluate.yaml.
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "sim"):
-        for f in sorted(group.glob("*.yaml")):
-            out.append((group.name, f.stem))
+    for group in group_folders():
+        for f in sorted((CONF / group).glob("*.yaml")):
+            for name in sorted(STAGES):
+                if group in config_groups(name):
+                    out.append((name, group, f.stem))
     return out
 
 
-@pytest.mark.parametrize("group,choice", group_files(), ids=lambda v: str(v))
-def test_every_group_file_composes(group, choice):
-    extra = {"data": {"isaac": ["data.root=/x"], "pickle": ["data.root=/x"]}}
-    overrides = [f"{group}={choice}", *extra.get(group, {}).get(choice, [])]
-    if group == "hparams_search":
-        pytest.skip("the sweeper config is exercised by the Optuna test")
-    cfg = compose_train(overrides)
-    assert isinstance(cfg, TrainConfig)
+def test_stage_table_lists_every_entry_point_and_every_group_is_used():
+    assert set(STAGES) == {p.stem for p in CONF.glob("*.yaml")}
+    used = {group for name in STAGES for group in config_groups(name)}
+    assert set(group_folders()) <= used, f"groups in no entry point's defaults: {set(group_folders()) - used}"
+    # The train config has every group (experiment, debug and hparams_search are train-only).
+    assert set(config_groups("train")) == set(group_folders())
+
+
+@pytest.mark.parametrize("name,group,choice", group_files(), ids=lambda v: str(v))
+def test_every_group_file_composes(name, group, choice):
+    schema, required = STAGES[name]
+    overrides = [*required, f"{group}={choice}", *CHOICE_OVERRIDES.get((group, choice), [])]
+    if name == "make_sample_data" and group == "data" and choice != "sample":
+        with pytest.raises(ConfigError, match="make_sample_data generates data=sample's episodes"):
+            compose_config(name, overrides, schema)
+        return
+    cfg = compose_config(name, overrides, schema)
+    assert isinstance(cfg, schema)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_entry_point_composes_with_its_required_keys(name):
+    schema, required = STAGES[name]
+    assert isinstance(compose_config(name, required, schema), schema)
+
+
+def test_hydra_output_dir_is_the_run_folder():
+    """Without run_dir=, train's run_dir (export's out_dir) is the folder Hydra runs in."""
+    run = compose_config("train", ["hydra.runtime.output_dir=/tmp/r"], TrainConfig, return_hydra_config=True)
+    export = compose_config(
+        "export", ["hydra.runtime.output_dir=/tmp/e"], ExportConfig, return_hydra_config=True
+    )
+    assert (run.run_dir, export.out_dir) == ("/tmp/r", "/tmp/e")
+
+
+@pytest.mark.parametrize("choice", sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")))
+def test_search_spaces_name_existing_keys(choice):
+    cfg = compose_config(
+        "train", [f"hparams_search={choice}", "run_dir=/tmp/never-written"], return_hydra_config=True
+    )
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key, throw_on_missing=True) is not None, key
 
 
 def test_lora_choices_hold_the_specified_values():
@@ -140,9 +209,7 @@ def test_bad_values_fail_with_the_key(overrides, message):
 
 @pytest.mark.parametrize("name", ["make_sample_data", "evaluate", "predict"])
 def test_other_entry_points_compose(name):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(name)
+    cfg = compose_config(name)
     if name != "predict":
         # The scene's camera, size and rate are the dataset's (data.sample), the sim group the rest.
         sample = cfg.data.sample

@@ -5,26 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import ROOT
-from vla.config import AugmentConfig, ConfigError, TrainConfig, register_configs, to_object
+from tests.conftest import ROOT, compose_config
+from vla.config import AugmentConfig, ConfigError, TrainConfig, to_object
 from vla.data.augment import make_augment, sample_seed
 from vla.data.dataset import VLADataset
 from vla.data.episodes import Episode
 from vla.model.processing import center_crop
 
-register_configs()
 SIZE = 28
 RED, BLUE = (200, 30, 30), (20, 40, 220)
 
 
 def preset(name: str) -> AugmentConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"augment={name}", "run_dir=/tmp/never-written"])
-    return to_object(cfg, TrainConfig).augment
+    return compose_config("train", [f"augment={name}", "run_dir=/tmp/never-written"], TrainConfig).augment
 
 
 def frame(seed: int = 0) -> np.ndarray:
@@ -180,8 +174,6 @@ def test_model_trained_with_crops_centre_crops_at_predict_time(tiny, tmp_path):
     ["augment.crop_scale=1.5", "augment.crop_scale=0", "augment.noise_p=2", "augment.contrast=[1.2,0.8]"],
 )
 def test_bad_augment_values_fail_at_start_up(override):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["augment=openvla", override, "run_dir=/tmp/never-written"])
+    cfg = compose_config("train", ["augment=openvla", override, "run_dir=/tmp/never-written"])
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         to_object(cfg, TrainConfig)

@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 from data_factories import ACTION_DIM, make_isaac_dataset
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
-from vla.config import ConfigError, ExportConfig, TrainConfig, register_configs, to_object
+from tests.conftest import compose_config
+from vla.config import ConfigError, ExportConfig, TrainConfig
 
-register_configs()
 Q_PROJ = "language_model.model.layers.0.self_attn.q_proj"
 # The QLoRA runs' base has random action-token rows: in an untrained model with the default ordinal
 # code, neighbouring bins' logits nearly tie, and the rounding between NF4 inference and the merged
@@ -37,11 +34,8 @@ def isaac_root(tmp_path_factory) -> Path:
 
 
 def train_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "model.architecture.image_size=56", *overrides,
-                                          f"run_dir={run_dir}"])  # fmt: skip
-    return to_object(cfg, TrainConfig)
+    overrides = ["logger=none", "model.architecture.image_size=56", *overrides, f"run_dir={run_dir}"]
+    return compose_config("train", overrides, TrainConfig)
 
 
 def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[TrainConfig, torch.nn.Module]:
@@ -248,7 +242,4 @@ def test_export_config_is_checked():
         ExportConfig(run="r", out_dir="o", samples_from="test")
     with pytest.raises(ConfigError, match="int8=true needs onnx=true"):
         ExportConfig(run="r", out_dir="o", onnx=False)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("export", overrides=["run=some/run", "out_dir=x", "held_out=3"])
-    assert to_object(cfg, ExportConfig).held_out == 3
+    assert compose_config("export", ["run=some/run", "out_dir=x", "held_out=3"], ExportConfig).held_out == 3

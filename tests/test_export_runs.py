@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 import torch
 from data_factories import ACTION_DIM, make_isaac_dataset
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from test_export import LORA, export_config, make_run, train_config
 
-from tests.conftest import ROOT
-from vla.config import ConfigError, ExportConfig, register_configs, to_object
+from tests.conftest import compose_config
+from vla.config import ConfigError, ExportConfig
 from vla.data.episodes import DataError
 from vla.model.configuration import CheckpointError
-
-register_configs()
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +30,7 @@ def isaac_root(tmp_path_factory) -> Path:
 
 def compose_export(overrides: list[str]) -> ExportConfig:
     """scripts/export.py's config for these command-line overrides."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_object(compose("export", overrides=overrides), ExportConfig)
+    return compose_config("export", overrides, ExportConfig)
 
 
 def test_export_finds_a_moved_base_and_moved_data(tmp_path, isaac_root):

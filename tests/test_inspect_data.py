@@ -9,14 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from data_factories import make_isaac_dataset, write_isaac_episode
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from tests.conftest import ROOT
-from vla.config import ConfigError, InspectDataConfig, register_configs, to_object
-
-register_configs()
+from tests.conftest import ROOT, compose_config
+from vla.config import ConfigError, InspectDataConfig
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +24,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def config(run_dir: Path, overrides: list[str]) -> InspectDataConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("inspect_data", overrides=[*overrides, f"run_dir={run_dir}"])
-    return to_object(cfg, InspectDataConfig)
+    return compose_config("inspect_data", [*overrides, f"run_dir={run_dir}"], InspectDataConfig)
 
 
 def run(run_dir: Path, overrides: list[str]) -> dict:

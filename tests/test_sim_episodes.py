@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf.errors import ConfigKeyError
 from PIL import Image
 
 import vla.sim.episodes as episodes
-from tests.conftest import ROOT, load_script
+from tests.conftest import compose_config, load_script
 from vla.config import (
     EVALUATION_SEED_BASE,
     TASK_NAMES,
@@ -22,7 +20,6 @@ from vla.config import (
     MakeSampleDataConfig,
     SampleDataSettings,
     SimSettings,
-    to_settings,
 )
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES
 
@@ -136,25 +133,14 @@ def test_settings_validation():
         SimSettings(control_hz=30)
 
 
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
-
-
-def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
+def test_entry_point_runs_and_rejects_unknown_keys(tmp_path):
     script = load_script("make_sample_data")
     out = tmp_path / "out"
-    cfg = compose(
-        "make_sample_data",
-        overrides=[
-            "data.sample.episodes_per_task=1", "data.sample.tasks=[turn_torso]", "data.sample.image_size=48",
-            f"output_dir={out}", "data.sample.expert_noise=0.2",
-        ],
-    )  # fmt: skip
-    result = script.run(to_settings(cfg, MakeSampleDataConfig))
+    overrides = [
+        "data.sample.episodes_per_task=1", "data.sample.tasks=[turn_torso]", "data.sample.image_size=48",
+        f"output_dir={out}", "data.sample.expert_noise=0.2",
+    ]  # fmt: skip
+    result = script.run(compose_config("make_sample_data", overrides, MakeSampleDataConfig))
     assert result["episodes"] == 1 and (out / "turn_torso_000000" / "metadata.json").is_file()
     assert json.loads((out / "turn_torso_000000" / "metadata.json").read_text())["expert_noise"] == 0.2
     assert np.asarray(Image.open(out / "turn_torso_000000" / "images" / "frame_000000.png")).shape == (
@@ -164,11 +150,9 @@ def test_entry_point_runs_and_rejects_unknown_keys(hydra_conf, tmp_path):
     )
     # The schema is in the config's defaults: an unknown key fails as it is composed.
     with pytest.raises(ConfigKeyError, match="episodes_per_tsk"):
-        to_settings(
-            compose("make_sample_data", overrides=["+data.sample.episodes_per_tsk=1"]), MakeSampleDataConfig
-        )
+        compose_config("make_sample_data", ["+data.sample.episodes_per_tsk=1"], MakeSampleDataConfig)
     with pytest.raises(ConfigKeyError, match="safty"):
-        to_settings(compose("make_sample_data", overrides=["+sim.safty.enabled=false"]), MakeSampleDataConfig)
+        compose_config("make_sample_data", ["+sim.safty.enabled=false"], MakeSampleDataConfig)
 
 
 def test_data_sample_control_hz_and_camera_reach_the_generated_episodes(tmp_path):

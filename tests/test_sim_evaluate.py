@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, load_script
+from tests.conftest import compose_config, load_script
 from vla.config import TASK_NAMES, EvalSettings, EvaluateConfig, SimSettings, to_settings
 from vla.sim.athena import HOME_POSE, AthenaRobot
 from vla.sim.evaluate import check_actions, evaluate_policy, evaluate_with_baselines
@@ -268,26 +268,18 @@ def test_expert_at_least_95_and_random_under_10_percent_per_task(tmp_path):
 
 
 def test_shipped_configs_compose():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from vla.config import MakeSampleDataConfig, SampleDataConfig
 
     # The shipped scene: data.sample's camera, size and rate with the sim group's defaults.
     scene = SimSettings(image_size=SampleDataConfig().image_size)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            data = to_settings(compose("make_sample_data"), MakeSampleDataConfig)
-            generated = data.data.sample.generation_settings(data.sim)
-            assert generated.sim == scene and generated.tasks == list(TASK_NAMES)
-            evaluate = to_settings(compose("evaluate", overrides=["checkpoint=null"]), EvaluateConfig)
-            assert evaluate.settings().sim == scene and evaluate.seed == 1_000_000
-            assert evaluate.tasks == list(TASK_NAMES)
-            # Without checkpoint= the latest training run is evaluated (vla.outputs.resolve_latest).
-            assert to_settings(compose("evaluate"), EvaluateConfig).checkpoint == "latest"
-    finally:
-        GlobalHydra.instance().clear()
+    data = compose_config("make_sample_data", schema=MakeSampleDataConfig)
+    generated = data.data.sample.generation_settings(data.sim)
+    assert generated.sim == scene and generated.tasks == list(TASK_NAMES)
+    evaluate = compose_config("evaluate", ["checkpoint=null"], EvaluateConfig)
+    assert evaluate.settings().sim == scene and evaluate.seed == 1_000_000
+    assert evaluate.tasks == list(TASK_NAMES)
+    # Without checkpoint= the latest training run is evaluated (vla.outputs.resolve_latest).
+    assert compose_config("evaluate", schema=EvaluateConfig).checkpoint == "latest"
 
 
 def test_log_to_wandb_offline(tmp_path, monkeypatch):

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from tests.conftest import ROOT
 from vla.cli import user_errors
@@ -20,7 +18,6 @@ from vla.config import (
     MakeSampleDataConfig,
     PredictConfig,
     TrainConfig,
-    register_configs,
     to_object,
 )
 from vla.outputs import latest_folder, resolve_latest
@@ -91,31 +88,22 @@ def test_entry_points_say_what_is_missing_in_one_line(tmp_path, script, args, ex
     assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-@pytest.fixture
-def composer():
-    GlobalHydra.instance().clear()
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        yield compose
-    GlobalHydra.instance().clear()
-
-
-def test_make_sample_data_writes_the_dataset_train_reads(composer):
+def test_make_sample_data_writes_the_dataset_train_reads(compose):
     """Both compose the same data and sim groups, so the generation settings (and the cache key, their
     hash) are the same, also when a data.sample key is overridden on both command lines."""
     from vla.sim.episodes import sample_dataset_key
 
     for extra in ([], ["data.sample.episodes_per_task=3", "data.sample.image_size=64"]):
-        train = to_object(composer("train", overrides=["run_dir=x", *extra]), TrainConfig)
-        make = to_object(composer("make_sample_data", overrides=extra), MakeSampleDataConfig)
+        train = compose("train", ["run_dir=x", *extra], TrainConfig)
+        make = compose("make_sample_data", extra, MakeSampleDataConfig)
         ours = make.data.sample.generation_settings(make.sim)
         theirs = train.data.sample.generation_settings(train.sim)
         assert ours == theirs and sample_dataset_key(ours) == sample_dataset_key(theirs)
     assert make.data.sample.episodes_per_task == 3 and ours.sim.image_size == 64
 
 
-def test_evaluate_scene_is_the_data_sample_one_unless_a_run_says_otherwise(composer):
-    cfg = to_object(composer("evaluate", overrides=["checkpoint=null"]), EvaluateConfig)
+def test_evaluate_scene_is_the_data_sample_one_unless_a_run_says_otherwise(compose):
+    cfg = compose("evaluate", ["checkpoint=null"], EvaluateConfig)
     sim = cfg.settings().sim
     sample = cfg.data.sample
     assert (sim.image_size, sim.camera, sim.control_hz) == (

@@ -12,14 +12,11 @@ import numpy as np
 import pytest
 import torch
 from data_factories import make_isaac_dataset, make_pickle_demos, write_isaac_episode
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import ROOT, load_script
-from vla.config import ConfigError, TrainConfig, register_configs, to_object
+from tests.conftest import ROOT, compose_config, load_script
+from vla.config import ConfigError, TrainConfig
 from vla.data.episodes import DataError
 
-register_configs()
 FAST = [
     "logger=none",
     "trainer.max_steps=2",
@@ -39,10 +36,7 @@ def isaac_root(tmp_path_factory) -> Path:
 
 
 def config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*FAST, *overrides, f"run_dir={run_dir}"])
-    return to_object(cfg, TrainConfig)
+    return compose_config("train", [*FAST, *overrides, f"run_dir={run_dir}"], TrainConfig)
 
 
 def train(run_dir: Path, overrides: list[str]) -> dict:
@@ -283,10 +277,8 @@ def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path)
             )
             (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))  # as a run saves it
             checkpoint = str(tmp_path)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            overrides = [f"checkpoint={checkpoint or 'null'}", "data.sample.image_size=224"]
-            cfg = to_object(compose("evaluate", overrides=overrides), EvaluateConfig)
+        overrides = [f"checkpoint={checkpoint or 'null'}", "data.sample.image_size=224"]
+        cfg = compose_config("evaluate", overrides, EvaluateConfig)
         sim = cfg.settings(script.trained_scene(checkpoint, cfg.data.sample)).sim
         return sim.image_size, sim.control_hz, sim.camera
 

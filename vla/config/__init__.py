@@ -104,9 +104,10 @@ def register_configs() -> None:
 def to_object(cfg: DictConfig | dict, cls: type):
     """Composed config (or a plain dict) -> `cls` instance; unknown keys and wrong types fail by name,
     and the dataclasses' `__post_init__` checks run here."""
-    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
-    if "hydra" in cfg:
-        del cfg["hydra"]
+    cfg = OmegaConf.create(cfg)
+    if "hydra" in cfg:  # Hydra's own node resolves only inside a running app: leave it out first
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     merged = OmegaConf.merge(OmegaConf.structured(cls), cfg)
     return OmegaConf.to_object(merged)
 
