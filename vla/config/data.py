@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from vla.config.base import ConfigError, check_choice
 from vla.config.sim import CAMERAS, SampleDataSettings, SimConfig, SimSettings
@@ -170,6 +172,11 @@ class DataConfig:
     # for the step's motion phase (data.annotation); both: a seeded per-step choice between the two.
     instructions: str = "metadata"
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+
+    def sim_scene(self) -> dict[str, Any] | None:
+        """`sample`'s settings (camera, image size, control rate, ...) when the data is the simulator's,
+        recorded with a trained policy so evaluation runs it in the scene it learned; None otherwise."""
+        return dataclasses.asdict(self.sample) if self.format == "sample" else None
 
     def __post_init__(self) -> None:
         check_choice("data.format", self.format, ("sample", "isaac", "pickle"))

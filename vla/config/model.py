@@ -87,6 +87,11 @@ class ActionLayout(LayoutConfig):
         """Tokens the model writes per query: G grounding + K * D action tokens."""
         return self.grounding + self.chunk_size * action_dim
 
+    def parallel_tokens(self, action_dim: int) -> int:
+        """How many of those come from one pass over placeholder inputs: the K * D action tokens with
+        parallel decoding, else none (all decoded one at a time)."""
+        return self.chunk_size * action_dim if self.parallel_decoding else 0
+
 
 @dataclass
 class ModelConfig:

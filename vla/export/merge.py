@@ -27,7 +27,6 @@ trained, and the export says so.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -152,7 +151,7 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         "held_out": len(samples.images),
         "samples_from": cfg.samples_from,
         # The scene a policy trained on simulator data expects (evaluate.py and load_policy read it).
-        "sim_scene": dataclasses.asdict(train_cfg.data.sample) if train_cfg.data.format == "sample" else None,
+        "sim_scene": train_cfg.data.sim_scene(),
     }
     key = train_cfg.data.dataset_key
     if key not in merged.norm_stats:

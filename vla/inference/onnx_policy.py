@@ -123,9 +123,7 @@ class OnnxPolicy:
         graphs take no padding mask). With `return_logits`, also the logits of every step."""
         _, stats = action_stats(self.norm_stats, unnorm_key)
         layout = self.layout
-        n_actions = len(stats["q01"]) * layout.chunk_size
-        n_tokens = layout.n_tokens(len(stats["q01"]))
-        parallel = n_actions if layout.parallel_decoding else 0
+        n_tokens, parallel = layout.n_tokens(len(stats["q01"])), layout.parallel_tokens(len(stats["q01"]))
         if constrain is None:
             constrain = layout.constrain_decoding
         prompts, rows = decoding_rows(input_ids, attention_mask, self.meta["empty_token_id"])

@@ -35,7 +35,6 @@ def training_scene(path: str | Path) -> dict | None:
     """The `data.sample` settings (camera, image_size, control_hz, ...) a policy was trained on when it
     was trained on simulator data: from a run folder's config.yaml or an export's export.json; None
     otherwise (other data, or an OpenVLA folder)."""
-    import dataclasses
     import json
 
     path = Path(path)
@@ -43,8 +42,7 @@ def training_scene(path: str | Path) -> dict | None:
     if kind == "run":
         from vla.training.runs import load_train_config
 
-        data = load_train_config(path).data
-        return dataclasses.asdict(data.sample) if data.format == "sample" else None
+        return load_train_config(path).data.sim_scene()
     if kind == "export":
         try:
             return json.loads((path / "export.json").read_text()).get("sim_scene")
@@ -69,17 +67,21 @@ def load_policy(
     source = str(path)
     kind = folder_kind(path)
     path = Path(path)
-    scene = training_scene(path)
+    if kind == "run":  # its config once: for the scene and for loading
+        from vla.training.runs import load_train_config, load_trained
+
+        train_cfg = load_train_config(path)
+        scene = train_cfg.data.sim_scene()
+    else:
+        scene = training_scene(path)
     hz = float(scene["control_hz"]) if scene else None
     if backend == "torch":
         if kind == "run":
-            from vla.training.runs import load_run
-
-            model = load_run(path)
             if dtype or quantization:
                 raise ValueError(
                     "dtype= and quantization= apply to export and OpenVLA folders, not to run folders"
                 )
+            model = load_trained(path, train_cfg, merge=True)
         else:
             from vla.model.modeling import OpenVLA
 

@@ -47,13 +47,17 @@ class TokenHead:
         # contains (every OpenVLA embedding has the row: the 7B pads its vocabulary to 32064).
         self.placeholder_id = placeholder_id
 
+    def _chunk_span(self, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
+        """[B, K*D] positions of each row's action chunk (`vla.model.layout.chunk_span`)."""
+        return chunk_span(labels, self.layout.chunk_size * action_dim)
+
     # -- training ------------------------------------------------------------------------------
     def training_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
         """The ids the model reads: with parallel decoding the chunk's inputs are placeholders (labels
         keep the true tokens), as at prediction, so no action token is predicted from the true ones."""
         if not self.layout.parallel_decoding:
             return input_ids
-        span = chunk_span(labels, self.layout.chunk_size * action_dim)
+        span = self._chunk_span(labels, action_dim)
         return input_ids.scatter(1, span, self.placeholder_id)
 
     @property
@@ -86,7 +90,7 @@ class TokenHead:
         steps carry no label) moved, with probability `p`, by a uniform shift of -bins..bins and kept
         within the 256 action tokens; labels unchanged. Draws from torch's global generator."""
         lo, hi = self.tokenizer.first_action_token, self.tokenizer.last_action_token
-        span = chunk_span(labels, self.layout.chunk_size * action_dim)
+        span = self._chunk_span(labels, action_dim)
         chunk = torch.zeros_like(labels, dtype=torch.bool).scatter(1, span, True)
         actions = chunk & (labels != IGNORE_INDEX)
         hit = actions & (torch.rand(input_ids.shape, device=input_ids.device) < p)
@@ -107,7 +111,7 @@ class TokenHead:
         labels = batch["labels"]
         k, d = self.layout.chunk_size, action_dim
         pred = self.predicted_ids(out.logits, labels)
-        span = chunk_span(labels, k * d)
+        span = self._chunk_span(labels, d)
         pred_ids = pred.gather(1, span).view(-1, k, d).cpu().numpy()
         true_ids = batch["input_ids"].gather(1, span).view(-1, k, d).cpu().numpy()
         valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()

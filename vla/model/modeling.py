@@ -226,15 +226,15 @@ class OpenVLA(nn.Module):
             constrain = layout.constrain_decoding
         prompts, rows = decoding_rows(input_ids, attention_mask, self.empty_token_id)
         device = next(self.parameters()).device
-        n_actions = len(stats["q01"]) * layout.chunk_size
+        n_dims = len(stats["q01"])
         tokens = self.head.generate(
             self,
             rows,
             pixel_values.to(device),
-            layout.n_tokens(len(stats["q01"])),
+            layout.n_tokens(n_dims),
             constrain,
             use_cache,
-            parallel=n_actions if layout.parallel_decoding else 0,
+            parallel=layout.parallel_tokens(n_dims),
         )
         token_ids = tokens.cpu().numpy().astype(np.int64)
         if not constrain:

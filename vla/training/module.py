@@ -13,7 +13,6 @@ from torch import nn
 
 from vla.config import OptimConfig
 from vla.model.action_tokenizer import unnormalize
-from vla.model.layout import chunk_span
 from vla.training.adapters import unwrap
 
 
@@ -74,10 +73,6 @@ class VLAModule(L.LightningModule):
     @property
     def action_dim(self) -> int:
         return len(self.action_stats["q01"])
-
-    def _chunk_span(self, labels: torch.Tensor) -> torch.Tensor:
-        """[B, K*D] positions of each row's action chunk (`vla.model.layout.chunk_span`)."""
-        return chunk_span(labels, self.vla.action_chunk_size * self.action_dim)
 
     def grounding_weight_at(self, step: int) -> float:
         """The loss weight of a grounding token at optimizer step `step`."""
