@@ -114,18 +114,18 @@ def test_legacy_run_config_loads_with_the_keys_in_their_new_place(tmp_path):
     saved.data.grounding = 2
     saved.model.parallel_decoding = True
     saved.model.constrain_action_decoding = False
-    assert set(MOVED_KEYS) == {
+    assert {
         "data.chunk_size",
         "data.grounding",
         "model.parallel_decoding",
         "model.constrain_action_decoding",
-    }
+    } <= set(MOVED_KEYS)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
 
     loaded = load_train_config(tmp_path)
     assert loaded.model.layout.chunk_size == 3 and loaded.model.layout.parallel_decoding is True
     assert loaded.model.layout.grounding == 2 and loaded.model.layout.constrain_decoding is False
-    assert loaded.model.layout.head == "tokens"
+    assert loaded.model.action_head == "tokens" and loaded.model.proprio is False
     assert loaded.data == TrainConfig(run_dir=str(tmp_path)).data  # nothing else moved
     # Overrides apply on top of the migrated config, and the locked keys are those the run had.
     assert load_train_config(tmp_path, {"model": {"dtype": "bfloat16"}}).model.layout.chunk_size == 3
@@ -135,6 +135,20 @@ def test_legacy_run_config_loads_with_the_keys_in_their_new_place(tmp_path):
         r"model\.layout\.chunk_size=3",
     ):
         load_train_config(tmp_path, {"model": {"layout": {"chunk_size": 2}}})
+
+
+def test_run_config_with_the_head_in_the_layout_loads(tmp_path):
+    """Runs saved while the head was `model.layout.head` load with it as `model.action_head`, locked."""
+    from vla.config import ConfigError, TrainConfig
+    from vla.training.runs import load_train_config
+
+    saved = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(TrainConfig(run_dir=str(tmp_path)))))
+    del saved.model["action_head"]
+    saved.model.layout.head = "l1"
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert load_train_config(tmp_path).model.action_head == "l1"
+    with pytest.raises(ConfigError, match=r"model\.action_head='tokens': the adapter .* model\.action_head='l1'"):
+        load_train_config(tmp_path, {"model": {"action_head": "tokens"}})
 
 
 def test_datamodule_refuses_a_model_of_another_layout(tmp_path):
@@ -161,7 +175,7 @@ def test_datamodule_refuses_a_model_of_another_layout(tmp_path):
     stats = module.prepare()
     model_cfg = ModelConfig(architecture=TinyArchitecture(image_size=SIZE), layout=layout)
     model = build_base_model(model_cfg, QuantizationConfig(), stats)
-    assert model.layout == ActionLayout.of(layout) and model.layout.constrain_decoding is True
+    assert model.layout == ActionLayout.of(model_cfg) and model.layout.constrain_decoding is True
     module.attach(model)
     module.setup("fit")
     assert module.train_set.chunk_size == 2

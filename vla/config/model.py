@@ -26,32 +26,35 @@ class TinyArchitecture:
     llm_intermediate: int = 352  # SwiGLU width, a multiple of 32 for bitsandbytes' CPU kernel
 
 
-HEADS = ("tokens",)
+# tokens: OpenVLA's 256-bin action tokens, cross-entropy, greedy decoding (autoregressive or parallel).
+# l1: OpenVLA-OFT's continuous head: the chunk's K*D positions read placeholder inputs, an MLP maps the
+# LLM's final hidden states there to K x D normalized actions, L1 loss, one forward pass per chunk.
+HEADS = ("tokens", "l1")
 
 
 @dataclass
 class LayoutConfig:
     """The `model.layout` keys: what the model writes after the prompt and how it is decoded
     (`vla.model.layout`). Part of the trained model: saved in its config.json as `action_layout`
-    (with the centre crop, `ActionLayout`) and locked when a run is reloaded."""
+    (with the head, the centre crop and the input sizes, `ActionLayout`) and locked when a run is
+    reloaded."""
 
-    head: str = "tokens"  # tokens: OpenVLA's 256-bin action tokens, cross-entropy, greedy decoding
-    # K future actions per sample and per query (K*D action tokens); 1 is OpenVLA.
+    # K future actions per sample and per query (K*D action positions); 1 is OpenVLA.
     chunk_size: int = 1
     # Grounding values predicted before the actions (vla.data.grounding, ECoT-style): this many per
     # episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
+    # Token head only.
     grounding: int = 0
     # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
     # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
     # it (in training they are teacher forced, at prediction the model's own, errors and all).
-    # Grounding tokens stay autoregressive.
+    # Grounding tokens stay autoregressive. (The l1 head always reads placeholders.)
     parallel_decoding: bool = False
     # Decode only the 256 action tokens (OpenVLA decodes freely: a non-action token maps to an extreme
     # bin and `</s>` ends early).
     constrain_decoding: bool = True
 
     def __post_init__(self) -> None:
-        check_choice("model.layout.head", self.head, HEADS)
         if self.chunk_size < 1:
             raise ConfigError(
                 f"model.layout.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)"
@@ -63,28 +66,63 @@ class LayoutConfig:
 
 
 @dataclass
-class ActionLayout(LayoutConfig):
-    """A model's saved layout: the `model.layout` keys plus the centre crop that prediction applies to
-    mirror training's random crop (`augment.crop_scale`). Read from config.json by
-    `vla.model.layout.layout_from_config`; a folder without one has OpenVLA's layout."""
+class ActionLayout:
+    """A model's saved layout: its head, the `model.layout` keys, the centre crop that prediction
+    applies to mirror training's random crop (`augment.crop_scale`) and the sizes the head's weights
+    are built for. Read from config.json by `vla.model.layout.layout_from_config`; a folder without one
+    has OpenVLA's layout."""
 
+    head: str = "tokens"  # HEADS
+    chunk_size: int = 1
+    grounding: int = 0
+    parallel_decoding: bool = False
     constrain_decoding: bool = False  # OpenVLA's own checkpoints decode freely
     center_crop_scale: float = 1.0
+    # D of the continuous head's output (its MLP is built for it); 0 for the token head, whose D is the
+    # statistics key's.
+    action_dim: int = 0
+    # S robot-state values projected into one input token after the image patches; 0: no state input.
+    proprio_dim: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_choice("action_layout.head", self.head, HEADS)
+        LayoutConfig.__post_init__(self)  # type: ignore[arg-type]  (the same range checks)
         if not 0.0 < self.center_crop_scale <= 1.0:
             raise ConfigError(f"center_crop_scale={self.center_crop_scale} must be in (0, 1] (1: no crop)")
+        if self.action_dim < 0 or self.proprio_dim < 0:
+            raise ConfigError(f"action_dim={self.action_dim} and proprio_dim={self.proprio_dim} must be >= 0")
+        if self.head == "l1" and self.action_dim < 1:
+            raise ConfigError("the l1 head needs action_dim >= 1 (the size of the actions it regresses)")
+        if self.head == "l1" and self.grounding:
+            raise ConfigError(
+                f"model.layout.grounding={self.grounding}: grounding tokens need model.action_head=tokens"
+            )
 
     @classmethod
-    def of(cls, layout: LayoutConfig, center_crop_scale: float = 1.0) -> ActionLayout:
+    def of(
+        cls, model: ModelConfig, center_crop_scale: float = 1.0, action_dim: int = 0, proprio_dim: int = 0
+    ) -> ActionLayout:
+        """The layout `model` (the `model` group) trains, for data with `action_dim` action and
+        `proprio_dim` state values per step (`model.proprio=false` stores no state input)."""
+        layout = model.layout
         return cls(
-            **{f.name: getattr(layout, f.name) for f in fields(LayoutConfig)},
+            head=model.action_head,
+            chunk_size=layout.chunk_size,
+            grounding=layout.grounding,
+            parallel_decoding=layout.parallel_decoding,
+            constrain_decoding=layout.constrain_decoding,
             center_crop_scale=center_crop_scale,
+            action_dim=action_dim if model.action_head != "tokens" else 0,
+            proprio_dim=proprio_dim if model.proprio else 0,
         )
 
+    @property
+    def continuous(self) -> bool:
+        """Whether the head regresses actions (no action tokens are decoded)."""
+        return self.head != "tokens"
+
     def n_tokens(self, action_dim: int) -> int:
-        """Tokens the model writes per query: G grounding + K * D action tokens."""
+        """Tokens a token-head model writes per query: G grounding + K * D action tokens."""
         return self.grounding + self.chunk_size * action_dim
 
     def parallel_tokens(self, action_dim: int) -> int:
@@ -106,11 +144,21 @@ class ModelConfig:
     # New tiny model: "ordinal" gives the 256 action tokens' embeddings a code in which neighbouring
     # bins are alike (vla.model.tiny.init_action_tokens_ordinal); "random" initialises them as any token.
     action_token_init: str = "ordinal"
+    # How actions come out of the LLM (HEADS): tokens (OpenVLA) or l1 (OpenVLA-OFT's continuous head).
+    action_head: str = "tokens"
+    # Feed the robot state (Isaac `states`/`observations`, pickle `robot_state`, the simulator's 47
+    # values), normalized with its own statistics, to the LLM as one projected token after the image.
+    proprio: bool = False
     layout: LayoutConfig = field(default_factory=LayoutConfig)  # the action layout (model.layout.*)
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         check_choice("model.action_token_init", self.action_token_init, ACTION_TOKEN_INITS)
+        check_choice("model.action_head", self.action_head, HEADS)
+        if self.action_head != "tokens" and self.layout.grounding:
+            raise ConfigError(
+                f"model.layout.grounding={self.layout.grounding}: grounding tokens need model.action_head=tokens"
+            )
 
 
 @dataclass

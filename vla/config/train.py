@@ -92,6 +92,11 @@ class TrainConfig:
     optimized_metric: str | None = "val/loss"  # what train.py returns to a sweeper
 
     def __post_init__(self) -> None:
+        if self.model.action_head != "tokens" and self.data.token_noise > 0:
+            raise ConfigError(
+                f"data.token_noise={self.data.token_noise} perturbs action tokens, which "
+                f"model.action_head={self.model.action_head} does not read; set it to 0"
+            )
         if self.lora.kind == "full" and self.quantization.method is not None:
             raise ConfigError(
                 "lora=full cannot train a quantized base; use a LoRA choice with quantization=nf4"

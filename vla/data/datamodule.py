@@ -29,6 +29,7 @@ from vla.data.pickle_demos import load_pickle_demos
 from vla.data.quality import FilterResult, filter_episodes
 from vla.data.statistics import compute_statistics, split_episodes
 from vla.model.modeling import OpenVLA
+from vla.model.proprio import proprio_stats
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,14 @@ class VLADataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         layout: LayoutConfig | None = None,
+        proprio: bool = False,
     ):
-        """`layout`: the action layout of the model to train (`model.layout`; default OpenVLA's)."""
+        """`layout`: the action layout of the model to train (`model.layout`; default OpenVLA's);
+        `proprio`: the model reads the robot state (`model.proprio`), so every episode must have one."""
         super().__init__()
         self.cfg = cfg
         self.layout = layout or LayoutConfig()
+        self.proprio = proprio
         self.cache_dir = cache_dir
         self.augment = augment or AugmentConfig()
         self.seed = seed  # of the training augmentation
@@ -166,17 +170,27 @@ class VLADataModule(L.LightningDataModule):
             raise DataError(
                 f"only {len(filtered.kept)} usable episode(s): need at least 2 for a train/val split"
             )
+        if self.proprio:
+            stateless = [e for e in filtered.kept if e.state_dim == 0]
+            if stateless:
+                first = stateless[0]
+                raise DataError(
+                    f"model.proprio=true needs a robot state at every step, but episode {first.episode_id!r} "
+                    f"({first.path}) has none ({len(stateless)} of {len(filtered.kept)} episodes); Isaac "
+                    "episodes keep it as `states` or `observations`, pickled demos as `robot_state`"
+                )
         # Checked here, before the model is built: an episode without its grounding targets fails now.
         self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding)
         self.val_grounding = dataset_grounding(self.val_episodes, self.layout.grounding)
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}
         log.info(
-            "data: %d train / %d val episodes, %d train steps, action dim %d",
+            "data: %d train / %d val episodes, %d train steps, action dim %d, state dim %d",
             len(self.train_episodes),
             len(self.val_episodes),
             sum(e.num_steps for e in self.train_episodes),
             self.train_episodes[0].action_dim,
+            self.train_episodes[0].state_dim,
         )
         return self.statistics
 
@@ -188,7 +202,15 @@ class VLADataModule(L.LightningDataModule):
             self.prepare()
         if self.model is None:
             raise RuntimeError("VLADataModule.attach(model) must be called before training")
-        stats = self.statistics[self.cfg.dataset_key]["action"]
+        key = self.cfg.dataset_key
+        stats = self.statistics[key]["action"]
+        state_stats = None
+        if self.model.proprio_dim:
+            state_stats = proprio_stats(self.statistics[key], key)
+            if len(state_stats["q01"]) != self.model.proprio_dim:
+                raise ConfigError(
+                    f"the model reads {self.model.proprio_dim} state values, the data has {len(state_stats['q01'])}"
+                )
         transform = self.model.processor.image_transform
         # The samples follow the model's layout; validation (and later prediction) must centre-crop
         # what training randomly crops.
@@ -213,6 +235,7 @@ class VLADataModule(L.LightningDataModule):
             action_tokenizer=self.model.action_tokenizer,
             action_stats=stats,
             chunk_size=layout.chunk_size,
+            state_stats=state_stats,
         )
         augment = make_augment(self.augment, transform.size)
         self.train_set = make(

@@ -25,6 +25,7 @@ from vla.data.episodes import Episode
 from vla.model.action_tokenizer import ActionTokenizer, normalize
 from vla.model.layout import IGNORE_INDEX, chunk_steps, encode_sample
 from vla.model.processing import ImageTransform, OpenVLAProcessor, build_prompt
+from vla.model.proprio import normalize_state
 
 
 class SampleImages:
@@ -99,6 +100,7 @@ class VLADataset(Dataset):
         seed: int = 0,
         drop_idle: bool = False,
         grounding: Sequence[np.ndarray] | None = None,
+        state_stats: dict[str, Any] | None = None,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -115,6 +117,14 @@ class VLADataset(Dataset):
         normalized = [normalize(ep.actions, action_stats) for ep in self.episodes]  # float64, as OpenVLA bins
         self.action_tokens = [action_tokenizer.encode(actions) for actions in normalized]
         self.normalized = [actions.astype(np.float32) for actions in normalized]
+        # The robot state at each step, normalized with the proprio statistics (`state_stats`: q01/q99
+        # of the statistics key's `proprio`), for a model with a state input; else [T, 0].
+        self.states = [
+            normalize_state(ep.states, state_stats)
+            if state_stats is not None
+            else np.zeros((ep.num_steps, 0), dtype=np.float32)
+            for ep in self.episodes
+        ]
         # Grounding values per episode (vla.data.grounding), tokenized like actions; they come first.
         self.grounding_tokens = [
             action_tokenizer.encode(np.asarray(values)).astype(np.int64).reshape(-1)
@@ -164,6 +174,7 @@ class VLADataset(Dataset):
             "labels": torch.from_numpy(labels),
             "actions": torch.from_numpy(self.normalized[e][steps]),  # float32 [K, D] in [-1, 1]
             "action_steps": torch.tensor(real),  # bool [K]: real steps (not padding past the end)
+            "states": torch.from_numpy(self.states[e][t]),  # float32 [S] normalized robot state ([0]: none)
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
@@ -187,6 +198,7 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
         "attention_mask": torch.from_numpy(mask),
         "actions": torch.from_numpy(np.stack([s["actions"].numpy() for s in samples])),
         "action_steps": torch.from_numpy(np.stack([s["action_steps"].numpy() for s in samples])),
+        "states": torch.from_numpy(np.stack([s["states"].numpy() for s in samples])),
         "images": torch.from_numpy(np.stack([s["images"].numpy() for s in samples])),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),

@@ -2,9 +2,14 @@
 
 `TokenHead` is OpenVLA's: each action dimension is one of 256 bin tokens of the vocabulary, trained
 with next-token cross-entropy and decoded greedily (token by token, or the whole chunk in one pass
-over placeholder inputs with `parallel_decoding`, OpenVLA-OFT). `make_head(layout)` picks the class
-for `ActionLayout.head`; a new head (continuous actions, flow matching) is a new class here with the
-same methods (training_inputs, loss, teacher_forced, generate), plus its choice in `vla.config.model.HEADS`.
+over placeholder inputs with `parallel_decoding`, OpenVLA-OFT). `L1Head` is OpenVLA-OFT's continuous
+head: the chunk's K*D positions read placeholder inputs, `vla.model.projectors.ActionMLP` maps the
+final hidden states there to normalized actions, L1 loss, one forward pass per chunk.
+
+Every head has the same methods: `output` (what the model's forward returns for it: "logits" or
+"hidden"), `training_inputs`, `loss`, `validation_loss`, `teacher_forced` and `predict`.
+`make_head(layout)` picks the class for `ActionLayout.head`; a new head (flow matching) is a new class
+here plus its choice in `vla.config.model.HEADS`.
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ import torch
 from torch import nn
 
 from vla.config.model import ActionLayout
-from vla.model.action_tokenizer import ActionTokenizer
-from vla.model.layout import IGNORE_INDEX, chunk_span, grounding_positions
+from vla.model.action_tokenizer import ActionTokenizer, unnormalize
+from vla.model.layout import (
+    IGNORE_INDEX,
+    ActionPrediction,
+    chunk_span,
+    grounding_positions,
+    split_prediction,
+    stop_at_eos,
+)
 
 
 def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,8 +49,15 @@ class TeacherForced:
     metrics: dict[str, float]  # the head's own validation metrics (logged as val/<name>)
 
 
+def with_placeholders(input_ids: torch.Tensor, labels: torch.Tensor, n: int, placeholder_id: int) -> torch.Tensor:
+    """`input_ids` with each row's n chunk positions (`chunk_span`) replaced by the placeholder id."""
+    return input_ids.scatter(1, chunk_span(labels, n), placeholder_id)
+
+
 class TokenHead:
     """256-bin action tokens (OpenVLA): inputs, loss and greedy decoding."""
+
+    output = "logits"
 
     def __init__(self, layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int):
         self.layout = layout
@@ -57,8 +76,7 @@ class TokenHead:
         keep the true tokens), as at prediction, so no action token is predicted from the true ones."""
         if not self.layout.parallel_decoding:
             return input_ids
-        span = self._chunk_span(labels, action_dim)
-        return input_ids.scatter(1, span, self.placeholder_id)
+        return with_placeholders(input_ids, labels, self.layout.chunk_size * action_dim, self.placeholder_id)
 
     @property
     def needs_model_loss(self) -> bool:
@@ -66,7 +84,7 @@ class TokenHead:
         return not self.layout.grounding
 
     def loss(
-        self, out, labels: torch.Tensor, grounding_weight: float = 1.0
+        self, out, batch: dict[str, torch.Tensor], grounding_weight: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training loss of a model output `out` (logits, and its own loss when `needs_model_loss`),
         and the grounding tokens' mean cross-entropy (None without grounding tokens).
@@ -76,12 +94,17 @@ class TokenHead:
         (an action token 1); val/loss stays the unweighted mean."""
         if not self.layout.grounding:
             return out.loss, None
+        labels = batch["labels"]
         logits = label_logits(out.logits, labels).float()
         ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         ground = grounding_positions(labels, self.layout.grounding).float()
         weight = (labels != IGNORE_INDEX).float() + (grounding_weight - 1.0) * ground
         loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
         return loss, (ce * ground).sum() / ground.sum()
+
+    def validation_loss(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The language model's mean cross-entropy over the labelled tokens (grounding and actions)."""
+        return out.loss
 
     def noisy_inputs(
         self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int, p: float, bins: int
@@ -143,6 +166,7 @@ class TokenHead:
         constrain: bool,
         use_cache: bool = True,
         parallel: int = 0,
+        proprio: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens].
 
@@ -150,7 +174,7 @@ class TokenHead:
         pass over placeholder inputs, so none of them depends on another; the tokens before them are
         decoded one at a time, each fed back.
         """
-        embeds, mask, positions = model.prefix_batch(rows, pixel_values)
+        embeds, mask, positions = model.prefix_batch(rows, pixel_values, proprio)
         lm = model.language_model
         embed = lm.get_input_embeddings()
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
@@ -193,8 +217,130 @@ class TokenHead:
         return torch.stack(generated, dim=1)
 
 
-HEAD_CLASSES = {"tokens": TokenHead}
+    def predict(
+        self,
+        model: nn.Module,
+        rows: list[list[int]],
+        prompts: list[list[int]],
+        pixel_values: torch.Tensor,
+        proprio: torch.Tensor | None,
+        stats: dict,
+        constrain: bool,
+        use_cache: bool = True,
+    ) -> ActionPrediction:
+        """Greedy decoding of the G grounding and K * D action tokens after each row, split back into
+        grounding values and the action chunk (`split_prediction`)."""
+        n_dims = len(stats["q01"])
+        tokens = self.generate(
+            model,
+            rows,
+            pixel_values,
+            self.layout.n_tokens(n_dims),
+            constrain,
+            use_cache,
+            parallel=self.layout.parallel_tokens(n_dims),
+            proprio=proprio,
+        )
+        token_ids = tokens.cpu().numpy().astype(np.int64)
+        if not constrain:
+            token_ids = stop_at_eos(rows, token_ids, model.language_model.config.eos_token_id)
+        return split_prediction(self.tokenizer, token_ids, rows, prompts, stats, self.layout)
 
 
-def make_head(layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int) -> TokenHead:
-    return HEAD_CLASSES[layout.head](layout, tokenizer, placeholder_id)
+class L1Head:
+    """Continuous actions (OpenVLA-OFT's L1 regression head): the chunk's K*D positions read
+    placeholder inputs; the LLM's final hidden states there, one chunk step's D of them concatenated,
+    go through `ActionMLP` to that step's D normalized actions. Trained with the mean absolute error
+    over the real chunk steps; one forward pass predicts the whole chunk, with nothing fed back, so a
+    teacher-forced validation pass is exactly what prediction does."""
+
+    output = "hidden"
+    needs_model_loss = False
+
+    def __init__(self, layout: ActionLayout, placeholder_id: int, module: nn.Module):
+        self.layout = layout
+        self.placeholder_id = placeholder_id
+        self.module = module  # ActionMLP (or PEFT's modules_to_save wrapper around it)
+
+    @property
+    def n_positions(self) -> int:
+        return self.layout.chunk_size * self.layout.action_dim
+
+    def training_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
+        self._check_dim(action_dim)
+        return with_placeholders(input_ids, labels, self.n_positions, self.placeholder_id)
+
+    def _check_dim(self, action_dim: int) -> None:
+        if action_dim != self.layout.action_dim:
+            raise ValueError(
+                f"the l1 head predicts {self.layout.action_dim}-dimensional actions; the data or statistics "
+                f"key has {action_dim}"
+            )
+
+    def actions(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, K*D, H] hidden states at the chunk's positions -> [B, K, D] normalized actions."""
+        k, d = self.layout.chunk_size, self.layout.action_dim
+        weight = next(self.module.parameters())
+        return self.module(hidden.reshape(hidden.shape[0], k, d * hidden.shape[-1]).to(weight.dtype))
+
+    def _chunk(self, out, labels: torch.Tensor) -> torch.Tensor:
+        span = chunk_span(labels, self.n_positions)
+        hidden = out.hidden.gather(1, span[..., None].expand(-1, -1, out.hidden.shape[-1]))
+        return self.actions(hidden)
+
+    def loss(
+        self, out, batch: dict[str, torch.Tensor], grounding_weight: float = 1.0
+    ) -> tuple[torch.Tensor, None]:
+        """Mean |predicted - true| over the real chunk steps and every dimension (normalized units)."""
+        pred = self._chunk(out, batch["labels"]).float()
+        real = batch["action_steps"][..., None].to(pred.dtype)
+        err = (pred - batch["actions"].to(pred.dtype)).abs() * real
+        return err.sum() / (real.sum() * pred.shape[-1]).clamp(min=1.0), None
+
+    def validation_loss(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(out, batch)[0]
+
+    def teacher_forced(self, out, batch: dict[str, torch.Tensor], action_dim: int) -> TeacherForced:
+        self._check_dim(action_dim)
+        pred = self._chunk(out, batch["labels"]).float().clamp(-1.0, 1.0)
+        return TeacherForced(
+            pred.detach().cpu().numpy(),
+            batch["actions"].float().cpu().numpy(),
+            batch["action_steps"].cpu().numpy(),
+            {},
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: nn.Module,
+        rows: list[list[int]],
+        prompts: list[list[int]],
+        pixel_values: torch.Tensor,
+        proprio: torch.Tensor | None,
+        stats: dict,
+        constrain: bool = False,
+        use_cache: bool = True,
+    ) -> ActionPrediction:
+        """One forward pass over each row's prompt followed by K*D placeholders."""
+        self._check_dim(len(stats["q01"]))
+        n = self.n_positions
+        holders = [[*row, *([self.placeholder_id] * n)] for row in rows]
+        embeds, mask, positions = model.prefix_batch(holders, pixel_values, proprio)
+        hidden = model.language_model.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        normalized = self.actions(hidden[:, -n:]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        grounding = np.zeros((len(rows), 0))
+        return ActionPrediction(unnormalize(normalized, stats), normalized, None, prompts, rows, grounding)
+
+
+def make_head(
+    layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int, module: nn.Module | None = None
+) -> TokenHead | L1Head:
+    """The head of `layout`; `module` is the model's `action_head` (needed by the continuous heads)."""
+    if layout.head == "tokens":
+        return TokenHead(layout, tokenizer, placeholder_id)
+    if module is None:
+        raise ValueError(f"the {layout.head} head needs the model's action_head module, which it does not have")
+    return L1Head(layout, placeholder_id, module)

@@ -119,13 +119,14 @@ def grounding_positions(labels: torch.Tensor, n_grounding: int) -> torch.Tensor:
 class ActionPrediction:
     """One predicted action (or action chunk) per batch row: robot units, normalized [-1, 1], token ids.
 
-    Shapes are [B, D] for single-step models (OpenVLA) and [B, K, D] for models trained with action
-    chunks of K steps (`ActionLayout.chunk_size` > 1).
+    Shapes are [B, D] for single-step token models (OpenVLA) and [B, K, D] for models trained with
+    action chunks of K steps (`ActionLayout.chunk_size` > 1) and for continuous heads (K = 1 included).
+    `vla.model.policy.Policy` always returns [B, K, D].
     """
 
     actions: np.ndarray  # [B, D] or [B, K, D] float64
     normalized: np.ndarray  # [B, D] or [B, K, D] float64
-    token_ids: np.ndarray  # [B, D] or [B, K, D] int64
+    token_ids: np.ndarray | None  # [B, D] or [B, K, D] int64; None for continuous heads
     prompt_ids: list[list[int]]  # each row's prompt ids as the processor gave them (no padding)
     input_ids: list[list[int]]  # what decoding started from: the prompt ids plus the appended '▁'
     # [B, G] in [-1, 1]: what a model trained with G grounding tokens wrote before the actions; [B, 0]

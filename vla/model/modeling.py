@@ -7,6 +7,7 @@ transformers. The language model sees `[<s>] + projected patches + the rest of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,11 @@ from vla.config.model import ActionLayout
 from vla.model.action_tokenizer import ActionTokenizer, action_stats
 from vla.model.checkpoint import load_pretrained, save_pretrained
 from vla.model.configuration import OpenVLAConfig
-from vla.model.heads import TokenHead, make_head
-from vla.model.layout import (
-    IGNORE_INDEX,
-    ActionPrediction,
-    decoding_rows,
-    layout_from_config,
-    split_prediction,
-    stop_at_eos,
-    store_layout,
-)
+from vla.model.heads import L1Head, TokenHead, make_head
+from vla.model.layout import IGNORE_INDEX, ActionPrediction, decoding_rows, layout_from_config, store_layout
 from vla.model.processing import ImageLike, OpenVLAProcessor, build_prompt
+from vla.model.projectors import build_modules
+from vla.model.proprio import normalize_proprio
 from vla.model.vision import VisionBackbone
 
 # Llama-2's bare '▁' piece; OpenVLA hard-codes it. Models loaded with a tokenizer look it up instead.
@@ -56,6 +51,13 @@ class Projector(nn.Module):
         return self.fc3(self.act(x)) if self.fused else x
 
 
+@dataclass
+class HiddenOutput:
+    """A forward pass's final hidden states [B, L, H] at the text positions (aligned with input_ids)."""
+
+    hidden: torch.Tensor
+
+
 class OpenVLA(nn.Module):
     def __init__(self, config: OpenVLAConfig):
         super().__init__()
@@ -68,6 +70,11 @@ class OpenVLA(nn.Module):
         self.action_tokenizer = ActionTokenizer(config.vocab_size, config.n_action_bins)
         self.processor: OpenVLAProcessor | None = None
         self.empty_token_id = LLAMA2_EMPTY_TOKEN_ID
+        # A fine-tune's own modules (vla.model.projectors), as its layout asks: None for OpenVLA.
+        self.action_head: nn.Module | None = None
+        self.proprio_projector: nn.Module | None = None
+        layout = self.layout
+        build_modules(self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, llama.hidden_size)
 
     # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
     @classmethod
@@ -100,17 +107,25 @@ class OpenVLA(nn.Module):
         """The action layout saved in config.json (`vla.model.layout`): OpenVLA's own when it has none."""
         return layout_from_config(self.config.extra)
 
-    def set_layout(self, layout: ActionLayout) -> None:
-        """Record `layout` in config.json and apply its centre crop in the processor (so predict(), the
-        simulator evaluation and saved models all use it)."""
+    def set_layout(self, layout: ActionLayout, seed: int = 0) -> None:
+        """Record `layout` in config.json, apply its centre crop in the processor (so predict(), the
+        simulator evaluation and saved models all use it) and give the model the modules it needs (a
+        continuous head, a state projector: new ones drawn from `seed`, matching ones kept)."""
         store_layout(self.config.extra, layout)
         if self.processor is not None:
             self.processor.image_transform.center_crop_scale = layout.center_crop_scale
+        hidden = self.language_model.config.hidden_size
+        build_modules(self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, hidden, seed)
 
     @property
-    def head(self) -> TokenHead:
+    def head(self) -> TokenHead | L1Head:
         """The action head of the layout: its training loss and its decoding (`vla.model.heads`)."""
-        return make_head(self.layout, self.action_tokenizer, self.action_placeholder_id)
+        return make_head(self.layout, self.action_tokenizer, self.action_placeholder_id, self.action_head)
+
+    @property
+    def proprio_dim(self) -> int:
+        """Robot-state values the model reads (0: none)."""
+        return self.layout.proprio_dim
 
     @property
     def action_chunk_size(self) -> int:
@@ -142,22 +157,46 @@ class OpenVLA(nn.Module):
         dtype = self.projector.fc1.weight.dtype
         return self.projector(self.vision_backbone(pixel_values.to(dtype)))
 
+    def visual_prefix(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
+        """[B, N, H] what the LLM reads between `<s>` and the prompt: the projected image patches, then
+        (for a model with a state input) the projected robot state as one more token."""
+        patches = self.project_image(pixel_values)
+        if not self.proprio_dim:
+            return patches
+        if proprio is None:
+            raise ValueError(f"this model reads a {self.proprio_dim}-value robot state: pass one per row")
+        if proprio.ndim != 2 or proprio.shape != (patches.shape[0], self.proprio_dim):
+            raise ValueError(
+                f"robot state of shape {tuple(proprio.shape)}; this model reads [batch={patches.shape[0]}, "
+                f"{self.proprio_dim}]"
+            )
+        weight = next(self.proprio_projector.parameters())
+        token = self.proprio_projector(proprio.to(weight.device, weight.dtype))
+        return torch.cat([patches, token[:, None].to(patches.dtype)], dim=1)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        proprio: torch.Tensor | None = None,
+        output: str = "logits",
     ):
-        """Teacher-forced pass; `labels` (same shape as `input_ids`, -100 = no loss) give the loss."""
-        patches = self.project_image(pixel_values)
+        """Teacher-forced pass; `labels` (same shape as `input_ids`, -100 = no loss) give the loss.
+        `output="hidden"`: the final hidden states at the text positions (`HiddenOutput`, for a
+        continuous head) instead of the logits; the language-model head is not run."""
+        prefix = self.visual_prefix(pixel_values, proprio)
         tokens = self.language_model.get_input_embeddings()(input_ids)
-        embeds = torch.cat([tokens[:, :1], patches.to(tokens.dtype), tokens[:, 1:]], dim=1)
-        b, n = patches.shape[:2]
+        embeds = torch.cat([tokens[:, :1], prefix.to(tokens.dtype), tokens[:, 1:]], dim=1)
+        b, n = prefix.shape[:2]
         mask = None
         if attention_mask is not None:
             ones = attention_mask.new_ones(b, n)
             mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        if output == "hidden":
+            hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            return HiddenOutput(torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1))
         mm_labels = None
         if labels is not None:
             ignore = labels.new_full((b, n), IGNORE_INDEX)
@@ -166,10 +205,10 @@ class OpenVLA(nn.Module):
 
     # -- action decoding ---------------------------------------------------------------------
     def prefix_batch(
-        self, rows: list[list[int]], pixel_values: torch.Tensor
+        self, rows: list[list[int]], pixel_values: torch.Tensor, proprio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Multimodal prefix embeddings, left-padded so that every row ends at the last column."""
-        patches = self.project_image(pixel_values)
+        patches = self.visual_prefix(pixel_values, proprio)
         embed = self.language_model.get_input_embeddings()
         device = patches.device
         seqs = []
@@ -209,37 +248,36 @@ class OpenVLA(nn.Module):
         unnorm_key: str | None = None,
         constrain: bool | None = None,
         use_cache: bool = True,
+        proprio: np.ndarray | torch.Tensor | None = None,
     ) -> ActionPrediction:
         """OpenVLA's `predict_action` for a batch of any size.
 
-        Each row's prompt gets the '▁' token appended unless it already ends with it; greedy decoding
-        produces one token per action dimension (K * D for chunked models), after the G grounding tokens
-        of a model trained with them (returned as `grounding`); a parallel-decoding model produces the
-        K * D action tokens in one pass. `constrain=True` restricts
-        decoding to the 256 action tokens (default: the layout's `constrain_decoding`, set for
-        models trained here); without it a non-action token decodes to an extreme bin and `</s>` stops
-        early, as in OpenVLA.
+        Each row's prompt gets the '▁' token appended unless it already ends with it. Token head: greedy
+        decoding produces one token per action dimension (K * D for chunked models), after the G
+        grounding tokens of a model trained with them (returned as `grounding`); a parallel-decoding
+        model produces the K * D action tokens in one pass. `constrain=True` restricts decoding to the
+        256 action tokens (default: the layout's `constrain_decoding`, set for models trained here);
+        without it a non-action token decodes to an extreme bin and `</s>` stops early, as in OpenVLA.
+        Continuous head: one pass gives the [B, K, D] chunk.
+
+        `proprio`: [B, S] robot states in robot units, for a model trained with them (normalized here
+        with the statistics key's `proprio` statistics).
         """
-        _, stats = action_stats(self.norm_stats, unnorm_key)
+        key, stats = action_stats(self.norm_stats, unnorm_key)
         layout = self.layout
         if constrain is None:
             constrain = layout.constrain_decoding
         prompts, rows = decoding_rows(input_ids, attention_mask, self.empty_token_id)
         device = next(self.parameters()).device
-        n_dims = len(stats["q01"])
-        tokens = self.head.generate(
-            self,
-            rows,
-            pixel_values.to(device),
-            layout.n_tokens(n_dims),
-            constrain,
-            use_cache,
-            parallel=layout.parallel_tokens(n_dims),
+        state = None
+        if self.proprio_dim:
+            state = torch.from_numpy(normalize_proprio(proprio, self.norm_stats[key], len(rows), key))
+            state = state.to(device)
+        elif proprio is not None:
+            raise ValueError("this model was not trained with a robot state; pass proprio=None")
+        return self.head.predict(
+            self, rows, prompts, pixel_values.to(device), state, stats, constrain, use_cache
         )
-        token_ids = tokens.cpu().numpy().astype(np.int64)
-        if not constrain:
-            token_ids = stop_at_eos(rows, token_ids, self.language_model.config.eos_token_id)
-        return split_prediction(self.action_tokenizer, token_ids, rows, prompts, stats, layout)
 
     def predict(
         self,
@@ -247,9 +285,11 @@ class OpenVLA(nn.Module):
         instructions: Sequence[str],
         unnorm_key: str | None = None,
         constrain: bool | None = None,
+        proprio: np.ndarray | None = None,
     ) -> ActionPrediction:
-        """Actions for raw images (PIL or HxWx3 uint8) and natural-language instructions."""
+        """Actions for raw images (PIL or HxWx3 uint8), natural-language instructions and, for a model
+        trained with them, robot states [B, S] in robot units."""
         if self.processor is None:
             raise RuntimeError("this model has no processor; load it with OpenVLA.from_pretrained")
         inputs = self.processor(images, [build_prompt(t) for t in instructions])
-        return self.predict_action(**inputs, unnorm_key=unnorm_key, constrain=constrain)
+        return self.predict_action(**inputs, unnorm_key=unnorm_key, constrain=constrain, proprio=proprio)

@@ -51,24 +51,39 @@ class Policy:
         state: np.ndarray | None = None,
         unnorm_key: str | None = None,
     ) -> ActionPrediction:
-        """A batch: one image (PIL or HxWx3 uint8) and one instruction per row. Actions are [B, D] for
-        single-step policies and [B, K, D] for chunked ones, in robot units."""
+        """A batch: one image (PIL or HxWx3 uint8), one instruction and, for a policy trained with a
+        robot state (`info.state_dim` > 0), one state per row ([B, S] in robot units). `actions` and
+        `normalized` are [B, K, D] (K = 1 for single-step policies), in robot units."""
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images for {len(instructions)} instructions: give one per row")
-        if state is not None and not self.info.state_dim:
+        kwargs = {}
+        if self.info.state_dim:
+            if state is None:
+                raise ValueError(
+                    f"{self.info.source}: this policy reads the robot state: pass state [B, {self.info.state_dim}]"
+                )
+            kwargs["proprio"] = state
+        elif state is not None:
             raise ValueError(
                 f"{self.info.source}: this policy was not trained with a robot state; pass state=None"
             )
-        return self.model.predict(images, instructions, unnorm_key=unnorm_key or self.info.dataset_key)
+        pred = self.model.predict(images, instructions, unnorm_key=unnorm_key or self.info.dataset_key, **kwargs)
+        shape = (len(images), self.info.chunk_size, -1)
+        pred.actions, pred.normalized = pred.actions.reshape(shape), pred.normalized.reshape(shape)
+        if pred.token_ids is not None:
+            pred.token_ids = pred.token_ids.reshape(shape)
+        return pred
 
     def act(self, image: ImageLike, instruction: str, state: np.ndarray | None = None) -> np.ndarray:
         """One observation -> the action chunk [K, D] in robot units (K = 1 for single-step policies)."""
-        actions = self.predict([image], [instruction], state).actions[0]
-        return actions.reshape(self.info.chunk_size, -1)
+        return self.predict([image], [instruction], None if state is None else np.asarray(state)[None]).actions[0]
 
-    def __call__(self, images: Sequence[ImageLike], instructions: Sequence[str]) -> np.ndarray:
-        """Actions only (what `vla.sim.evaluate.evaluate_policy` calls)."""
-        return self.predict(images, instructions).actions
+    def __call__(
+        self, images: Sequence[ImageLike], instructions: Sequence[str], states: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Actions only, [B, K, D] (what `vla.sim.evaluate.evaluate_policy` calls; it passes the robot
+        states, which a policy without a state input leaves unused)."""
+        return self.predict(images, instructions, states if self.info.state_dim else None).actions
 
 
 def policy_info(
@@ -87,4 +102,5 @@ def policy_info(
         image_size=model.config.image_size,
         dataset_key=key,
         control_hz=hz,
+        state_dim=layout.proprio_dim,
     )

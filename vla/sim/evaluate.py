@@ -4,7 +4,8 @@ random policy as baselines through the same loop, and reports (eval.json, eval.m
 A policy is any callable `policy(images, instructions) -> actions`: `images` a list of B RGB uint8
 [H, W, 3] frames from the camera (sim.camera), `instructions` B strings, `actions` [B, 23] joint targets or
 [B, K, 23] action chunks (all K steps are executed before the policy is asked again, as OpenVLA-OFT
-and LeRobot's ACT do). Actions pass through the safety filter (`vla.sim.safety`) unless
+and LeRobot's ACT do). A `Policy` trained with the robot state (`info.state_dim` > 0) is called as
+`policy(images, instructions, states)` with each robot's 47-value state (`AthenaRobot.state`). Actions pass through the safety filter (`vla.sim.safety`) unless
 `sim.safety.enabled` is false; every intervention is counted in the result.
 
 Episodes of a task run in lockstep, so the policy sees batches of up to `episodes_per_task` frames.
@@ -163,7 +164,10 @@ def _query(policy, envs, instructions, need, images, rng) -> np.ndarray:
         limits = envs[0].robot.joint_limits
         return rng.uniform(limits[:, 0], limits[:, 1], size=(len(need), 1, NUM_JOINTS))
     frames = [images[i] if i in images else envs[i].render() for i in need]
-    return check_actions(policy(frames, [instructions[i] for i in need]), len(need))
+    told = [instructions[i] for i in need]
+    if getattr(getattr(policy, "info", None), "state_dim", 0):  # a Policy that reads the robot state
+        return check_actions(policy(frames, told, np.stack([envs[i].state() for i in need])), len(need))
+    return check_actions(policy(frames, told), len(need))
 
 
 def _write_gif(path: Path, frames: list[list[np.ndarray]], outcomes: list[bool], fps: int) -> None:

@@ -16,6 +16,7 @@ from vla.config import ConfigError, LoraConfig
 from vla.model.modeling import OpenVLA
 
 log = logging.getLogger(__name__)
+EXTRA_MODULES = ("action_head", "proprio_projector")  # OpenVLA.set_layout's modules (vla.model.projectors)
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> None:
@@ -52,6 +53,9 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    # A continuous head and a state projector are new modules: trained in full beside the adapter,
+    # saved with it and merged by export (PEFT's modules_to_save).
+    extra = [name for name in EXTRA_MODULES if getattr(model, name, None) is not None]
     config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -59,6 +63,7 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
         target_modules=list(lora.target_modules),
         use_dora=lora.use_dora,
         bias="none",
+        modules_to_save=extra or None,
     )
     peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

@@ -22,8 +22,9 @@ def build_base_model(
 ) -> OpenVLA:
     """The frozen base: a pretrained OpenVLA (its statistics replaced by the fine-tune's) or a new
     tiny one, optionally with a bitsandbytes-quantized language model. Its config.json records the
-    action layout it is trained for: `model_cfg.layout` with the centre crop `center_crop_scale` that
-    mirrors training's random crop (augment.crop_scale)."""
+    action layout it is trained for (`training_layout`: the head, `model_cfg.layout`, the centre crop
+    `center_crop_scale` that mirrors training's random crop, augment.crop_scale, the action and state
+    sizes), and it gets the head and state-projector modules the layout needs."""
     dtype = DTYPES[model_cfg.dtype]
     if model_cfg.pretrained:
         model = OpenVLA.from_pretrained(model_cfg.pretrained, dtype=dtype, quantization=quant.method)
@@ -38,8 +39,20 @@ def build_base_model(
         model.to(dtype)
         if quant.method:
             quantize_language_model(model, quant.method, compute_dtype=dtype)
-    model.set_layout(ActionLayout.of(model_cfg.layout, center_crop_scale))
+    model.set_layout(training_layout(model_cfg, norm_stats, center_crop_scale), seed=model_cfg.init_seed)
     return model
+
+
+def training_layout(model_cfg: ModelConfig, norm_stats: dict[str, Any], center_crop_scale: float) -> ActionLayout:
+    """The layout `model_cfg` trains on the data of `norm_stats` (one statistics key: its action and
+    state sizes shape a continuous head and a state projector)."""
+    if len(norm_stats) != 1:
+        raise ValueError(f"expected the statistics of one dataset key, got {sorted(norm_stats)}")
+    entry = next(iter(norm_stats.values()))
+    proprio = entry.get("proprio") or {}
+    return ActionLayout.of(
+        model_cfg, center_crop_scale, len(entry["action"]["q01"]), len(proprio.get("q01", []))
+    )
 
 
 def base_image_transform(model_cfg: ModelConfig, center_crop_scale: float = 1.0) -> ImageTransform:

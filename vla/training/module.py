@@ -1,4 +1,5 @@
-"""The LightningModule: next-token cross-entropy on action tokens, action metrics, AdamW + cosine."""
+"""The LightningModule: the action head's loss (cross-entropy on action tokens, or L1 on continuous
+actions), the same action metrics for every head, AdamW + cosine."""
 
 from __future__ import annotations
 
@@ -58,16 +59,22 @@ class VLAModule(L.LightningModule):
         return unwrap(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor], with_loss: bool = True):
-        """Loss (with `with_loss`) and logits of a collated batch; its uint8 `images` are normalized
-        here, on the device."""
-        pixel_values = self.vla.processor.image_transform.normalize_batch(batch["images"])
+        """The model's output for a collated batch as its head wants it (logits, with the language
+        model's loss when `with_loss`; or final hidden states); its uint8 `images` are normalized here,
+        on the device."""
+        vla, head = self.vla, self.vla.head
+        pixel_values = vla.processor.image_transform.normalize_batch(batch["images"])
         # The head decides what the model reads (placeholders at the chunk for parallel decoding).
-        input_ids = self.vla.head.training_inputs(batch["input_ids"], batch["labels"], self.action_dim)
+        input_ids = head.training_inputs(batch["input_ids"], batch["labels"], self.action_dim)
+        kwargs = {"proprio": batch["states"]} if vla.proprio_dim else {}
+        if head.output == "hidden":
+            kwargs["output"] = "hidden"
         return self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=batch["attention_mask"],
-            labels=batch["labels"] if with_loss else None,
+            labels=batch["labels"] if with_loss and head.output == "logits" else None,
+            **kwargs,
         )
 
     @property
@@ -92,7 +99,7 @@ class VLAModule(L.LightningModule):
             batch = self.noisy_action_inputs(batch)
         out = self(batch, with_loss=head.needs_model_loss)
         n = batch["input_ids"].shape[0]
-        loss, grounding_loss = head.loss(out, batch["labels"], self.grounding_weight_at(self.global_step))
+        loss, grounding_loss = head.loss(out, batch, self.grounding_weight_at(self.global_step))
         if grounding_loss is not None:
             self.log("train/grounding_loss", grounding_loss, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -103,11 +110,12 @@ class VLAModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        head = self.vla.head
         out = self(batch)
         n = batch["input_ids"].shape[0]
-        self.log("val/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/loss", head.validation_loss(out, batch), prog_bar=True, batch_size=n, sync_dist=True)
         # The head's teacher-forced chunk [B, K, D] (normalized), which steps are real, its own metrics.
-        result = self.vla.head.teacher_forced(out, batch, self.action_dim)
+        result = head.teacher_forced(out, batch, self.action_dim)
         pred_norm, true_norm, valid = result.pred, result.true, result.valid
         for name, value in result.metrics.items():
             self.log(f"val/{name}", value, batch_size=n, sync_dist=True)

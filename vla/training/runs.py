@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from vla.config import RUN_OVERRIDE_GROUPS, ActionLayout, ConfigError, TrainConfig, to_object
+from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
 from vla.data.statistics import load_statistics
+from vla.training.build import training_layout
 from vla.model.checkpoint import DTYPES, commit_folder
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
@@ -88,7 +89,8 @@ def load_run(run_dir: str | Path, merge: bool = True) -> nn.Module:
 LOCKED_KEYS = {
     "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
     "quantization": ("method",),
-    "model.layout": ("head", "chunk_size", "grounding", "parallel_decoding"),
+    "model": ("action_head", "proprio"),
+    "model.layout": ("chunk_size", "grounding", "parallel_decoding"),
 }
 # Where keys of runs saved before the action layout had one home live now (old key -> new key).
 MOVED_KEYS = {
@@ -96,6 +98,7 @@ MOVED_KEYS = {
     "data.grounding": "model.layout.grounding",
     "model.parallel_decoding": "model.layout.parallel_decoding",
     "model.constrain_action_decoding": "model.layout.constrain_decoding",
+    "model.layout.head": "model.action_head",
 }
 
 # Keys runs saved before they were removed for doing nothing; dropped when such a run is loaded.
@@ -173,7 +176,8 @@ def _load_base(run_dir: Path, cfg: TrainConfig) -> OpenVLA:
 def _attach_run_settings(model: OpenVLA, run_dir: Path, cfg: TrainConfig) -> None:
     model.config.norm_stats = load_statistics(run_dir / "dataset_statistics.json")
     # A pretrained base's own config.json does not know how this run trained it.
-    model.set_layout(ActionLayout.of(cfg.model.layout, cfg.augment.crop_scale))
+    stats = {cfg.data.dataset_key: model.config.norm_stats[cfg.data.dataset_key]}
+    model.set_layout(training_layout(cfg.model, stats, cfg.augment.crop_scale), seed=cfg.model.init_seed)
 
 
 def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:

@@ -1,0 +1,192 @@
+"""The continuous action head (model.action_head=l1, OpenVLA-OFT) and the robot-state input
+(model.proprio): the layout and weights round-trip, the head regresses below the token resolution,
+the state reaches the model with either head, a training run saves, reloads and merges them, and
+missing or mismatched states fail naming the episode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_factories import make_isaac_dataset, write_isaac_episode
+from safetensors.torch import load_file
+
+from tests.conftest import compose_config
+from vla.config import LayoutConfig, ModelConfig, QuantizationConfig, TinyArchitecture, TrainConfig
+from vla.data.dataset import VLADataset, collate
+from vla.data.episodes import DataError, Episode
+from vla.model.modeling import OpenVLA
+from vla.model.policy import Policy, policy_info
+from vla.training.build import build_base_model
+
+SIZE = 28
+IMAGES = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for i in range(2)]
+TEXTS = ["wave", "reach the red ball with your left hand"]
+
+
+def statistics(d: int, s: int) -> dict:
+    def summary(n: int, lo: float) -> dict:
+        return {"mean": [0.0] * n, "std": [1.0] * n, "min": [lo] * n, "max": [-lo] * n, "q01": [lo] * n, "q99": [-lo] * n}
+
+    action = {**summary(d, -1.0), "mask": [True] * d}
+    return {"k": {"action": action, "proprio": summary(s, -2.0), "num_transitions": 1, "num_trajectories": 1}}
+
+
+def tiny(head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2) -> OpenVLA:
+    cfg = ModelConfig(
+        architecture=TinyArchitecture(image_size=SIZE),
+        action_head=head,
+        proprio=proprio,
+        layout=LayoutConfig(chunk_size=chunk, parallel_decoding=head == "tokens"),
+    )
+    return build_base_model(cfg, QuantizationConfig(), statistics(d, s)).eval()
+
+
+def perturb(model: OpenVLA) -> OpenVLA:
+    """Move the language model's weights so that decoding depends on every input (a fresh tiny model's
+    ordinal action rows tie and decode one bin everywhere)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.language_model.parameters():
+            weight.add_(0.5 * torch.randn(weight.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize(("head", "proprio"), [("tokens", False), ("tokens", True), ("l1", False), ("l1", True)])
+def test_layout_and_weights_round_trip(tmp_path, head, proprio):
+    """Saved and reloaded, a model keeps its layout and predicts the same; the head and the projector
+    are stored under their own prefixes, and a model with neither has only OpenVLA's keys."""
+    model = tiny(head, proprio)
+    states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
+    before = model.predict(IMAGES, TEXTS, proprio=states)
+    model.save_pretrained(tmp_path)
+    loaded = OpenVLA.from_pretrained(tmp_path)
+    assert loaded.layout == model.layout
+    assert (loaded.layout.head, loaded.layout.proprio_dim) == (head, 4 if proprio else 0)
+    assert loaded.layout.action_dim == (3 if head == "l1" else 0)
+    after = loaded.predict(IMAGES, TEXTS, proprio=states)
+    np.testing.assert_array_equal(after.actions, before.actions)
+    assert before.actions.shape == (2, 2, 3)
+    assert (before.token_ids is None) == (head == "l1")
+    keys = load_file(str(tmp_path / "model.safetensors"))
+    assert any(k.startswith("action_head.") for k in keys) == (head == "l1")
+    assert any(k.startswith("proprio_projector.") for k in keys) == proprio
+    plain = set(tiny("tokens", False).state_dict())
+    assert {k for k in keys if not k.startswith(("action_head.", "proprio_projector."))} == plain
+
+
+def test_l1_regresses_below_the_token_resolution():
+    """Targets on the bin edges of OpenVLA's 256 bins: no token can decode closer than half a bin width
+    (1/255, computed below through the tokenizer), while the l1 head, trained on the same four samples,
+    gets well under it."""
+    d = 2
+    edges = np.linspace(-1.0, 1.0, 256)
+    targets = edges[[[40, 200], [90, 10], [150, 120], [230, 60]]].astype(np.float32)
+    frames = np.stack([np.full((SIZE, SIZE, 3), v, np.uint8) for v in (0, 80, 160, 240)])
+    episode = Episode("e", "pickle", Path("."), "move", ["move"], targets, np.zeros((4, 0), np.float32), frames=frames)
+    model = tiny("l1", False, d=d, chunk=1)
+    tokenizer = model.action_tokenizer
+    token_floor = np.abs(tokenizer.decode(tokenizer.encode(targets.astype(np.float64))) - targets).mean()
+    assert token_floor == pytest.approx(1 / 255, rel=1e-3)
+
+    dataset = VLADataset([episode], model.processor, tokenizer, statistics(d, 0)["k"]["action"])
+    batch = collate([dataset[i] for i in range(4)], model.processor.tokenizer.pad_token_id)
+    pixels = model.processor.image_transform.normalize_batch(batch["images"])
+    head, steps = model.head, 120
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
+        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    pred = model.predict(list(frames), ["move"] * 4)
+    error = np.abs(pred.actions.reshape(4, d) - targets).mean()
+    assert error < token_floor / 2, (error, token_floor)
+
+
+@pytest.mark.parametrize("head", ["tokens", "l1"])
+def test_the_state_reaches_the_model(head):
+    """With model.proprio the robot state is one more input token: another state, another action; the
+    same state, the same action; a missing or mis-sized state is refused."""
+    model = perturb(tiny(head, True))
+    a = np.array([[1.5, -1.5, 1.5, -1.5]] * 2)
+    first = model.predict(IMAGES, TEXTS, proprio=a).actions
+    np.testing.assert_array_equal(model.predict(IMAGES, TEXTS, proprio=a).actions, first)
+    assert not np.array_equal(model.predict(IMAGES, TEXTS, proprio=-a).actions, first)
+    with pytest.raises(ValueError, match=r"reads a 4-value robot state"):
+        model.predict(IMAGES, TEXTS)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\); this model reads \[batch=2, 4\]"):
+        model.predict(IMAGES, TEXTS, proprio=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.predict(IMAGES, TEXTS, proprio=np.full((2, 4), np.nan))
+
+
+@pytest.mark.parametrize(("head", "chunk"), [("tokens", 1), ("tokens", 2), ("l1", 1), ("l1", 2)])
+def test_policy_returns_chunks_for_every_head(head, chunk):
+    model = tiny(head, True, chunk=chunk)
+    policy = Policy(model, policy_info(model, "memory", "torch", "openvla"))
+    assert policy.info.state_dim == 4 and policy.info.chunk_size == chunk
+    states = np.zeros((2, 4))
+    assert policy.predict(IMAGES, TEXTS, states).actions.shape == (2, chunk, 3)
+    assert policy(IMAGES, TEXTS, states).shape == (2, chunk, 3)
+    assert policy.act(IMAGES[0], TEXTS[0], states[0]).shape == (chunk, 3)
+    with pytest.raises(ValueError, match="reads the robot state"):
+        policy.predict(IMAGES, TEXTS)
+
+
+def test_samples_carry_the_normalized_state(tmp_path):
+    """Training samples hold each step's state mapped with the proprio q01/q99 to [-1, 1]."""
+    from vla.config import DataConfig
+    from vla.data.datamodule import VLADataModule
+
+    make_isaac_dataset(tmp_path / "data", n_episodes=3, steps=5, state_dim=6)
+    cfg = DataConfig(format="isaac", root=str(tmp_path / "data"), cache_images=False, dataset_key="k")
+    module = VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=True)
+    stats = module.prepare()
+    model_cfg = ModelConfig(architecture=TinyArchitecture(image_size=SIZE), action_head="l1", proprio=True)
+    module.attach(build_base_model(model_cfg, QuantizationConfig(), stats))
+    module.setup("fit")
+    sample = module.train_set[0]
+    episode = module.train_episodes[0]
+    low, high = (np.array(stats["k"]["proprio"][q]) for q in ("q01", "q99"))
+    expected = np.clip(2 * (episode.states[0] - low) / (high - low + 1e-8) - 1, -1, 1)
+    np.testing.assert_allclose(sample["states"].numpy(), expected, atol=1e-6)
+    assert sample["states"].shape == (6,)
+
+
+def test_missing_or_mismatched_states_fail_naming_the_episode(tmp_path):
+    from vla.config import DataConfig
+    from vla.data.datamodule import VLADataModule
+
+    stateless = tmp_path / "stateless"
+    make_isaac_dataset(stateless, n_episodes=3, steps=5, state_dim=0)
+    cfg = DataConfig(format="isaac", root=str(stateless), cache_images=False)
+    with pytest.raises(DataError, match=r"model\.proprio=true needs a robot state .* episode '.+' .* has none"):
+        VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=True).prepare()
+    VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=False).prepare()  # fine without a state input
+
+    mixed = tmp_path / "mixed"
+    make_isaac_dataset(mixed, n_episodes=3, steps=5, state_dim=6)
+    write_isaac_episode(mixed / "odd_episode", steps=5, state_dim=4, seed=9)
+    cfg = DataConfig(format="isaac", root=str(mixed), cache_images=False)
+    with pytest.raises(DataError, match=r"episode 'odd_episode' .*state dimension 4 differs"):
+        VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=True).prepare()
+
+
+def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
+    from vla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grounding tokens need model.action_head=tokens"):
+        compose_config("train", ["model.action_head=l1", "model.layout.grounding=2", f"run_dir={tmp_path}"], TrainConfig)
+    with pytest.raises(ConfigError, match=r"data\.token_noise=0\.5 perturbs action tokens"):
+        compose_config("train", ["model.action_head=l1", "data.token_noise=0.5", f"run_dir={tmp_path}"], TrainConfig)
+    with pytest.raises(ConfigError, match=r"model\.action_head"):
+        compose_config("train", ["model.action_head=flow", f"run_dir={tmp_path}"], TrainConfig)

@@ -1,0 +1,86 @@
+"""The small trainable modules a fine-tune adds beside OpenVLA's weights (OpenVLA-OFT's design).
+
+`ActionMLP` maps the LLM's final hidden states at one chunk step's D action positions to that step's D
+normalized actions (OFT's `L1RegressionActionHead`: an MLP with residual blocks). `ProprioProjector`
+maps a normalized robot state to one LLM input embedding (OFT's `ProprioProjector`). Their weights
+live in the model's safetensors under the prefixes `action_head.` and `proprio_projector.`; a model
+without them (every OpenVLA checkpoint) has none of these keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTION_HEAD_PREFIX = "action_head."
+PROPRIO_PREFIX = "proprio_projector."
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.fc(self.norm(x)))
+
+
+class ActionMLP(nn.Module):
+    """[..., D * H] (a chunk step's D hidden states, concatenated) -> [..., D] normalized actions."""
+
+    def __init__(self, llm_dim: int, action_dim: int, blocks: int = 2):
+        super().__init__()
+        self.action_dim = action_dim
+        self.norm_in = nn.LayerNorm(action_dim * llm_dim)
+        self.fc_in = nn.Linear(action_dim * llm_dim, llm_dim)
+        self.act = nn.ReLU()
+        self.blocks = nn.ModuleList([_ResidualBlock(llm_dim) for _ in range(blocks)])
+        self.norm_out = nn.LayerNorm(llm_dim)
+        self.fc_out = nn.Linear(llm_dim, action_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc_in(self.norm_in(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.fc_out(self.norm_out(x))
+
+
+class ProprioProjector(nn.Module):
+    """[B, S] normalized robot state -> [B, H] one input embedding of the LLM."""
+
+    def __init__(self, proprio_dim: int, llm_dim: int):
+        super().__init__()
+        self.proprio_dim = proprio_dim
+        self.fc1 = nn.Linear(proprio_dim, llm_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(llm_dim, llm_dim)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(state)))
+
+
+def build_modules(model: nn.Module, action_dim: int, proprio_dim: int, llm_dim: int, seed: int = 0) -> None:
+    """Give `model` the modules its layout needs (`action_head` when action_dim > 0, `proprio_projector`
+    when proprio_dim > 0), keeping ones that already have the right sizes (loaded or trained weights)
+    and removing ones the layout no longer has. New weights are drawn from `seed`, not from torch's
+    global generator, so adding them changes no other random draw of a run."""
+    wanted = {
+        "action_head": (action_dim, lambda: ActionMLP(llm_dim, action_dim)),
+        "proprio_projector": (proprio_dim, lambda: ProprioProjector(proprio_dim, llm_dim)),
+    }
+    for name, (size, make) in wanted.items():
+        current = getattr(model, name, None)
+        current = getattr(current, "original_module", current)  # PEFT's modules_to_save wrapper
+        have = getattr(current, "action_dim", None) or getattr(current, "proprio_dim", None)
+        if size and have == size:
+            continue
+        if size:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                module = make()
+            reference = next(model.projector.parameters())
+            setattr(model, name, module.to(reference.device))
+        elif current is not None:
+            setattr(model, name, None)
