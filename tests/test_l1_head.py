@@ -28,7 +28,14 @@ TEXTS = ["wave", "reach the red ball with your left hand"]
 
 def statistics(d: int, s: int) -> dict:
     def summary(n: int, lo: float) -> dict:
-        return {"mean": [0.0] * n, "std": [1.0] * n, "min": [lo] * n, "max": [-lo] * n, "q01": [lo] * n, "q99": [-lo] * n}
+        return {
+            "mean": [0.0] * n,
+            "std": [1.0] * n,
+            "min": [lo] * n,
+            "max": [-lo] * n,
+            "q01": [lo] * n,
+            "q99": [-lo] * n,
+        }
 
     action = {**summary(d, -1.0), "mask": [True] * d}
     return {"k": {"action": action, "proprio": summary(s, -2.0), "num_transitions": 1, "num_trajectories": 1}}
@@ -54,7 +61,9 @@ def perturb(model: OpenVLA) -> OpenVLA:
     return model
 
 
-@pytest.mark.parametrize(("head", "proprio"), [("tokens", False), ("tokens", True), ("l1", False), ("l1", True)])
+@pytest.mark.parametrize(
+    ("head", "proprio"), [("tokens", False), ("tokens", True), ("l1", False), ("l1", True)]
+)
 def test_layout_and_weights_round_trip(tmp_path, head, proprio):
     """Saved and reloaded, a model keeps its layout and predicts the same; the head and the projector
     are stored under their own prefixes, and a model with neither has only OpenVLA's keys."""
@@ -85,7 +94,9 @@ def test_l1_regresses_below_the_token_resolution():
     edges = np.linspace(-1.0, 1.0, 256)
     targets = edges[[[40, 200], [90, 10], [150, 120], [230, 60]]].astype(np.float32)
     frames = np.stack([np.full((SIZE, SIZE, 3), v, np.uint8) for v in (0, 80, 160, 240)])
-    episode = Episode("e", "pickle", Path("."), "move", ["move"], targets, np.zeros((4, 0), np.float32), frames=frames)
+    episode = Episode(
+        "e", "pickle", Path("."), "move", ["move"], targets, np.zeros((4, 0), np.float32), frames=frames
+    )
     model = tiny("l1", False, d=d, chunk=1)
     tokenizer = model.action_tokenizer
     token_floor = np.abs(tokenizer.decode(tokenizer.encode(targets.astype(np.float64))) - targets).mean()
@@ -169,7 +180,9 @@ def test_missing_or_mismatched_states_fail_naming_the_episode(tmp_path):
     stateless = tmp_path / "stateless"
     make_isaac_dataset(stateless, n_episodes=3, steps=5, state_dim=0)
     cfg = DataConfig(format="isaac", root=str(stateless), cache_images=False)
-    with pytest.raises(DataError, match=r"model\.proprio=true needs a robot state .* episode '.+' .* has none"):
+    with pytest.raises(
+        DataError, match=r"model\.proprio=true needs a robot state .* episode '.+' .* has none"
+    ):
         VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=True).prepare()
     VLADataModule(cfg, cache_dir=tmp_path / "cache", proprio=False).prepare()  # fine without a state input
 
@@ -185,8 +198,12 @@ def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
     from vla.config import ConfigError
 
     with pytest.raises(ConfigError, match="grounding tokens need model.action_head=tokens"):
-        compose_config("train", ["model.action_head=l1", "model.layout.grounding=2", f"run_dir={tmp_path}"], TrainConfig)
+        compose_config(
+            "train", ["model.action_head=l1", "model.layout.grounding=2", f"run_dir={tmp_path}"], TrainConfig
+        )
     with pytest.raises(ConfigError, match=r"data\.token_noise=0\.5 perturbs action tokens"):
-        compose_config("train", ["model.action_head=l1", "data.token_noise=0.5", f"run_dir={tmp_path}"], TrainConfig)
+        compose_config(
+            "train", ["model.action_head=l1", "data.token_noise=0.5", f"run_dir={tmp_path}"], TrainConfig
+        )
     with pytest.raises(ConfigError, match=r"model\.action_head"):
         compose_config("train", ["model.action_head=flow", f"run_dir={tmp_path}"], TrainConfig)

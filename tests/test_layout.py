@@ -147,7 +147,9 @@ def test_run_config_with_the_head_in_the_layout_loads(tmp_path):
     saved.model.layout.head = "l1"
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
     assert load_train_config(tmp_path).model.action_head == "l1"
-    with pytest.raises(ConfigError, match=r"model\.action_head='tokens': the adapter .* model\.action_head='l1'"):
+    with pytest.raises(
+        ConfigError, match=r"model\.action_head='tokens': the adapter .* model\.action_head='l1'"
+    ):
         load_train_config(tmp_path, {"model": {"action_head": "tokens"}})
 
 

@@ -49,7 +49,9 @@ class TeacherForced:
     metrics: dict[str, float]  # the head's own validation metrics (logged as val/<name>)
 
 
-def with_placeholders(input_ids: torch.Tensor, labels: torch.Tensor, n: int, placeholder_id: int) -> torch.Tensor:
+def with_placeholders(
+    input_ids: torch.Tensor, labels: torch.Tensor, n: int, placeholder_id: int
+) -> torch.Tensor:
     """`input_ids` with each row's n chunk positions (`chunk_span`) replaced by the placeholder id."""
     return input_ids.scatter(1, chunk_span(labels, n), placeholder_id)
 
@@ -216,7 +218,6 @@ class TokenHead:
             generated += [self._next_token(logits[:, j].float(), constrain) for j in range(parallel)]
         return torch.stack(generated, dim=1)
 
-
     def predict(
         self,
         model: nn.Module,
@@ -342,5 +343,7 @@ def make_head(
     if layout.head == "tokens":
         return TokenHead(layout, tokenizer, placeholder_id)
     if module is None:
-        raise ValueError(f"the {layout.head} head needs the model's action_head module, which it does not have")
+        raise ValueError(
+            f"the {layout.head} head needs the model's action_head module, which it does not have"
+        )
     return L1Head(layout, placeholder_id, module)

@@ -74,7 +74,9 @@ class OpenVLA(nn.Module):
         self.action_head: nn.Module | None = None
         self.proprio_projector: nn.Module | None = None
         layout = self.layout
-        build_modules(self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, llama.hidden_size)
+        build_modules(
+            self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, llama.hidden_size
+        )
 
     # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
     @classmethod

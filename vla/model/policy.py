@@ -67,7 +67,9 @@ class Policy:
             raise ValueError(
                 f"{self.info.source}: this policy was not trained with a robot state; pass state=None"
             )
-        pred = self.model.predict(images, instructions, unnorm_key=unnorm_key or self.info.dataset_key, **kwargs)
+        pred = self.model.predict(
+            images, instructions, unnorm_key=unnorm_key or self.info.dataset_key, **kwargs
+        )
         shape = (len(images), self.info.chunk_size, -1)
         pred.actions, pred.normalized = pred.actions.reshape(shape), pred.normalized.reshape(shape)
         if pred.token_ids is not None:
@@ -76,7 +78,9 @@ class Policy:
 
     def act(self, image: ImageLike, instruction: str, state: np.ndarray | None = None) -> np.ndarray:
         """One observation -> the action chunk [K, D] in robot units (K = 1 for single-step policies)."""
-        return self.predict([image], [instruction], None if state is None else np.asarray(state)[None]).actions[0]
+        return self.predict(
+            [image], [instruction], None if state is None else np.asarray(state)[None]
+        ).actions[0]
 
     def __call__(
         self, images: Sequence[ImageLike], instructions: Sequence[str], states: np.ndarray | None = None

@@ -43,7 +43,9 @@ def build_base_model(
     return model
 
 
-def training_layout(model_cfg: ModelConfig, norm_stats: dict[str, Any], center_crop_scale: float) -> ActionLayout:
+def training_layout(
+    model_cfg: ModelConfig, norm_stats: dict[str, Any], center_crop_scale: float
+) -> ActionLayout:
     """The layout `model_cfg` trains on the data of `norm_stats` (one statistics key: its action and
     state sizes shape a continuous head and a state projector)."""
     if len(norm_stats) != 1:

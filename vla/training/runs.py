@@ -20,11 +20,11 @@ from torch import nn
 
 from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
 from vla.data.statistics import load_statistics
-from vla.training.build import training_layout
 from vla.model.checkpoint import DTYPES, commit_folder
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.quantize import dequantize_language_model, quantize_language_model
+from vla.training.build import training_layout
 
 
 def required_action_dim(
