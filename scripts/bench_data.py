@@ -80,7 +80,7 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
 
     from vla.data.augment import make_augment
     from vla.data.cache import build_frame_cache
-    from vla.data.datamodule import VLADataModule
+    from vla.data.datamodule import VLADataModule, model_state_stats
     from vla.data.dataset import VLADataset
     from vla.sim.episodes import resolve_sample_data
     from vla.training.adapters import apply_adapter
@@ -90,7 +90,12 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
     datamodule = VLADataModule(
-        data, cache_dir=cfg.paths.cache_dir, augment=cfg.augment, seed=cfg.seed, layout=cfg.model.layout
+        data,
+        cache_dir=cfg.paths.cache_dir,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        layout=cfg.model.layout,
+        proprio=cfg.model.proprio,
     )
     stats = datamodule.prepare()
     base = build_base_model(cfg.model, QuantizationConfig(), stats, cfg.augment.crop_scale)
@@ -102,6 +107,7 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
         base.action_tokenizer,
         stats[cfg.data.dataset_key]["action"],
         chunk_size=cfg.model.layout.chunk_size,
+        state_stats=model_state_stats(base, stats, cfg.data.dataset_key),
         augment=make_augment(cfg.augment, transform.size),
         seed=cfg.seed,
     )

@@ -1,4 +1,5 @@
-"""Export a training run: merged OpenVLA folder, ONNX graphs with a KV cache, parity checks.
+"""Export a training run: merged OpenVLA folder, ONNX graphs (token head: prefix + decode with a KV
+cache; l1 head: one chunk graph), int8 twins, parity checks against the adapter model and PyTorch.
 
 python scripts/export.py                                           # the latest run -> outputs/export/<date>/<time>/
 python scripts/export.py run=outputs/train/<date>/<time>
@@ -35,8 +36,11 @@ def run(cfg: ExportConfig) -> dict:
     out = Path(cfg.out_dir)
     print(f"\nexport folder: {out}")
     print(f"merged model:  {report['model_dir']}  (norm_stats keys {report['norm_stats_keys']})")
+    head = f"{report['head']} head, chunks of {report['chunk_size']} x {report['action_dim']} actions"
+    state = f", reads a {report['proprio_dim']}-value robot state" if report["proprio_dim"] else ""
+    print(f"policy:        {head}{state}; modules {report['modules'] or 'none beyond OpenVLA'}")
     if "onnx" in report:
-        print(f"onnx graphs:   {report['onnx']['dir']}")
+        print(f"onnx graphs:   {report['onnx']['dir']}  {report['onnx']['graphs']}")
     print(f"report:        {out / 'export.json'}")
     return report
 

@@ -2,6 +2,7 @@
 
 python scripts/predict.py image=PNG instruction="reach the red ball with the left hand"   # latest run
 python scripts/predict.py checkpoint=DIR image=PNG instruction="..." [backend=onnx] [quantization=nf4]
+python scripts/predict.py image=PNG instruction="..." state=[0.1,0.0,...]   # a policy trained with model.proprio
 checkpoint: a training run folder, an export folder or an OpenVLA-format folder (or hub id).
 """
 
@@ -43,16 +44,26 @@ def run(cfg: PredictConfig) -> dict:
         dtype=cfg.dtype,
         quantization=cfg.quantization.method,
     )
+    state = {}
+    if policy.info.state_dim:
+        if cfg.state is None:
+            raise ValueError(
+                f"state= is missing: {checkpoint} reads the robot state, {policy.info.state_dim} values "
+                "in robot units, e.g. state=[0.0,0.1,...]"
+            )
+        state["proprio"] = [list(cfg.state)]
+    elif cfg.state is not None:
+        raise ValueError(
+            f"state=: {checkpoint} was not trained with a robot state (model.proprio); leave it out"
+        )
     pred = policy.model.predict(
-        [image], [cfg.instruction], unnorm_key=cfg.unnorm_key, constrain=cfg.constrain
+        [image], [cfg.instruction], unnorm_key=cfg.unnorm_key, constrain=cfg.constrain, **state
     )
-    result = {
-        "action": pred.actions[0].tolist(),
-        "normalized_action": pred.normalized[0].tolist(),
-        "action_token_ids": pred.token_ids[0].tolist(),
-        "input_ids": pred.prompt_ids[0],
-        "generate_input_ids": pred.input_ids[0],
-    }
+    # The model's own shapes: [D] for a single-step token model (as OpenVLA), else the chunk [K, D].
+    result = {"action": pred.actions[0].tolist(), "normalized_action": pred.normalized[0].tolist()}
+    if pred.token_ids is not None:
+        result["action_token_ids"] = pred.token_ids[0].tolist()
+    result.update(input_ids=pred.prompt_ids[0], generate_input_ids=pred.input_ids[0])
     if policy.info.grounding:  # what a model trained with grounding tokens wrote before the action
         result["grounding"] = pred.grounding[0].tolist()
     return result

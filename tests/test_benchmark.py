@@ -1,4 +1,5 @@
-"""The benchmark: every backend runs (or says why not), and the three reports are written."""
+"""The benchmark: every backend runs (or says why not), per-chunk latency and control rate for both
+heads, the labelled openvla-7b projection, and the three reports are written."""
 
 from __future__ import annotations
 
@@ -41,6 +42,43 @@ def export_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def l1_export_dir(tmp_path_factory) -> Path:
+    """An export folder of a tiny l1-head model with a 4-value state input (chunks of 2 x 3 actions),
+    trained in a 10 Hz scene (export.json's sim_scene)."""
+    from test_l1_head import IMAGES, TEXTS, tiny
+
+    from vla.export.merge import HeldOut
+    from vla.export.onnx import export_onnx, quantize_int8
+
+    out = tmp_path_factory.mktemp("l1_export")
+    model = tiny("l1", True)
+    model.save_pretrained(out / "model")
+    export_onnx(model, out / "onnx")
+    quantize_int8(out / "onnx")
+    HeldOut(IMAGES, TEXTS, np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]])).save(out / "heldout.npz")
+    (out / "export.json").write_text(json.dumps({"sim_scene": {"control_hz": 10.0}}))
+    return out
+
+
+def assert_projection(projection: dict, chunk_size: int, action_dim: int, state_dim: int = 0) -> None:
+    """The 7B projection covers every head at every precision, for the export's chunk, and says what it is."""
+    assert projection["what"].startswith("PROJECTION") and "Orin NX 16GB" in projection["what"]
+    assert projection["chunk"] == {"chunk_size": chunk_size, "action_dim": action_dim, "grounding": 0,
+                                   "state_dim": state_dim}  # fmt: skip
+    assert projection["device"]["bandwidth_gb_s"] == 102.4 and projection["device"]["source"]
+    rows = {(r["head"], r["weights"]): r for r in projection["rows"]}
+    assert set(rows) == {(h, w) for h in ("tokens_autoregressive", "tokens_parallel", "l1")
+                         for w in ("fp16", "int8", "int4")}  # fmt: skip
+    for (head, _), r in rows.items():
+        assert r["chunk_ms"] > 0 and r["actions_per_s"] == pytest.approx(1000 * chunk_size / r["chunk_ms"])
+        assert (r["tokens_per_s"] is None) == (head == "l1")
+    n = chunk_size * action_dim
+    assert rows[("tokens_autoregressive", "int8")]["passes"] == n  # the prefix, then n - 1 decode steps
+    assert rows[("l1", "int8")]["passes"] == 1
+    assert not rows[("l1", "fp16")]["fits"] and rows[("l1", "int4")]["fits"]  # 15 GB of bf16 weights
+
+
 def bench_config(export_dir: Path, **kwargs) -> BenchmarkConfig:
     return BenchmarkConfig(checkpoint=str(export_dir), **{"warmup": 1, "actions": 4, "threads": 1, **kwargs})
 
@@ -57,20 +95,32 @@ def test_all_backends_and_three_reports(export_dir, tmp_path):
         assert results["tensorrt"]["status"] == "skipped: tensorrt does not import on this machine"
     for name in ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8"):
         r = results[name]
-        assert r["status"] == "ok" and len(r["latencies_ms"]) == 4 and r["tokens_per_action"] == 5
-        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= max(r["latencies_ms"])
+        assert r["status"] == "ok" and len(r["latencies_ms"]) == 4 and r["tokens_per_chunk"] == 5
+        assert r["chunk_p50_ms"] <= r["chunk_p95_ms"] <= r["chunk_p99_ms"] <= max(r["latencies_ms"])
         assert r["tokens_per_s"] == pytest.approx(5 * 4000 / sum(r["latencies_ms"]))
-        assert r["passed"] == (r["tokens_per_s"] >= 8)
+        assert r["actions_per_s"] == pytest.approx(4000 / sum(r["latencies_ms"]))  # K = 1
+        assert r["control_rate_hz"] == pytest.approx(1000 / r["chunk_p99_ms"])
+        assert r["passed"] == (r["tokens_per_s"] >= 8)  # no control rate known for this export
         assert 0.0 <= r["agreement_with_torch_fp32"] <= 1.0 and r["size_on_disk_mb"] > 0
+        assert r["max_abs_action_diff_vs_torch_fp32"] >= 0.0
     assert results["torch_fp32"]["agreement_with_torch_fp32"] == 1.0
     assert results["onnx_fp32"]["agreement_with_torch_fp32"] == 1.0  # same weights, same decoding
+    assert results["onnx_fp32"]["max_abs_action_diff_vs_torch_fp32"] == 0.0
     fp32_mb = results["onnx_fp32"]["size_on_disk_mb"]
     assert results["onnx_int8"]["size_on_disk_mb"] < 0.5 * fp32_mb  # int8 weights
+    assert (report["head"], report["chunk_size"], report["action_dim"], report["state_dim"]) == (
+        "tokens",
+        1,
+        5,
+        0,
+    )
+    assert_projection(report["projection"], chunk_size=1, action_dim=5)
 
     assert json.loads((tmp_path / "benchmark.json").read_text())["results"][0]["backend"] == "torch_fp32"
     table = (tmp_path / "benchmark.md").read_text().splitlines()
-    assert table[0].startswith("| backend | p50 ms") and len(table) == 2 + 6
-    assert "| tensorrt | skipped" in table[-1]
+    assert table[2].startswith("| backend | chunk p50 ms") and table[4].startswith("| torch_fp32 |")
+    assert "| tensorrt | skipped" in table[9]
+    assert any(line.startswith("**PROJECTION") for line in table) and "| l1 | int4 |" in table[-1]
     with Image.open(tmp_path / "benchmark_latency.png") as png:
         assert png.size[0] > 500 and png.size[1] > 200
 
@@ -83,6 +133,57 @@ def test_target_decides_pass_or_fail(export_dir, tmp_path):
     assert report["results"][0]["passed"] is False
     assert report["results"][0]["agreement_with_torch_fp32"] is None  # no torch_fp32 to compare with
     assert "| FAIL |" in (tmp_path / "benchmark.md").read_text()
+    # The control rate as a second target: a token head must meet both.
+    report = run_benchmark(bench_config(export_dir, backends=["onnx_fp32"], target_control_hz=1e9,
+                                        out_dir=str(tmp_path)))  # fmt: skip
+    assert report["results"][0]["tokens_per_s"] >= 8 and report["results"][0]["passed"] is False
+
+
+def test_l1_head_with_a_state_reports_chunks_and_the_control_rate(l1_export_dir, tmp_path):
+    """A continuous head: chunk latency, K actions per chunk, no tokens; the control rate is judged
+    against the training scene's 10 Hz (or target_control_hz); the held-out states reach the policy."""
+    from vla.export.bench import run_benchmark
+
+    cfg = bench_config(l1_export_dir, backends=["torch_fp32", "torch_bf16"], out_dir=str(tmp_path))
+    report = run_benchmark(cfg)
+    assert (report["head"], report["chunk_size"], report["action_dim"], report["state_dim"]) == (
+        "l1",
+        2,
+        3,
+        4,
+    )
+    assert report["target_tokens_per_s"] is None and report["target_control_hz"] == 10.0
+    for r in report["results"]:
+        assert r["status"] == "ok" and r["chunk_size"] == 2
+        assert (
+            r["tokens_per_chunk"] is None
+            and r["tokens_per_s"] is None
+            and r["agreement_with_torch_fp32"] is None
+        )
+        assert r["actions_per_s"] == pytest.approx(2 * 4000 / sum(r["latencies_ms"]))
+        assert r["control_rate_hz"] == pytest.approx(2000 / r["chunk_p99_ms"])
+        assert r["passed"] == (r["control_rate_hz"] >= 10.0)
+    bf16 = report["results"][1]
+    assert 0.0 < bf16["max_abs_action_diff_vs_torch_fp32"] < 0.1  # bf16 rounding, same model
+    assert report["results"][0]["max_abs_action_diff_vs_torch_fp32"] == 0.0
+    assert_projection(report["projection"], chunk_size=2, action_dim=3, state_dim=4)
+    table = (tmp_path / "benchmark.md").read_text()
+    assert ">= 10 Hz |" in table and "| torch_bf16 |" in table
+    report = run_benchmark(bench_config(l1_export_dir, backends=["torch_fp32"], target_control_hz=1e9,
+                                        out_dir=str(tmp_path)))  # fmt: skip
+    assert report["results"][0]["passed"] is False
+
+
+def test_l1_head_onnx_backends(l1_export_dir, tmp_path):
+    from vla.export.bench import run_benchmark
+
+    cfg = bench_config(
+        l1_export_dir, backends=["torch_fp32", "onnx_fp32", "onnx_int8"], out_dir=str(tmp_path)
+    )
+    results = {r["backend"]: r for r in run_benchmark(cfg)["results"]}
+    assert all(r["status"] == "ok" for r in results.values())
+    assert results["onnx_fp32"]["max_abs_action_diff_vs_torch_fp32"] < 1e-5
+    assert results["onnx_int8"]["size_on_disk_mb"] < 0.5 * results["onnx_fp32"]["size_on_disk_mb"]
 
 
 def test_benchmark_config_is_checked(tmp_path):
@@ -90,6 +191,8 @@ def test_benchmark_config_is_checked(tmp_path):
 
     with pytest.raises(ConfigError, match=r"backends='onnx_fp16' is not valid; choose one of \['torch_fp32'"):
         BenchmarkConfig(checkpoint="x", backends=["onnx_fp16"])
+    with pytest.raises(ConfigError, match="target_control_hz=0 must be > 0"):
+        BenchmarkConfig(checkpoint="x", target_control_hz=0)
     with pytest.raises(FileNotFoundError, match="not an export folder"):
         run_benchmark(bench_config(tmp_path))
     typed = compose_config("benchmark", ["checkpoint=x", "logger=wandb", "actions=7"], BenchmarkConfig)
@@ -123,6 +226,6 @@ def test_train_export_benchmark_cli(tmp_path):
     export_dir = next((tmp_path / "export").glob("*/*"))
     assert (export_dir / "export.json").is_file()
     out = cli("scripts/benchmark.py", f"checkpoint={export_dir}", "actions=5", "warmup=1")
-    assert "target 8 action tokens/s:" in out.stdout
+    assert "target 8 action tokens/s" in out.stdout
     for name in ("benchmark.json", "benchmark.md", "benchmark_latency.png"):
         assert (export_dir / name).is_file()

@@ -40,8 +40,9 @@ def train_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
 
 def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[TrainConfig, torch.nn.Module]:
     """What train.py leaves behind, without the optimizer: base_model/, statistics, config and an
-    adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op.
-    Also returns the PEFT model itself, as training held it in memory (eval mode)."""
+    adapter whose B (and DoRA magnitude) weights are random, so that merging is far from a no-op (as are
+    the trained copies of a continuous head and a state projector, PEFT's modules_to_save). Also returns
+    the PEFT model itself, as training held it in memory (eval mode)."""
     from vla.data.datamodule import VLADataModule
     from vla.data.statistics import save_statistics
     from vla.model.checkpoint import DTYPES
@@ -66,6 +67,8 @@ def make_run(run_dir: Path, isaac_root: Path, overrides: list[str]) -> tuple[Tra
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
             elif "lora_magnitude_vector" in name:
                 p.mul_(1 + 0.5 * torch.rand(p.shape, generator=gen))
+            elif "modules_to_save" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
     save_trained(model, run_dir, full=False)
     return cfg, model.eval()
 
@@ -123,7 +126,9 @@ def test_export_is_self_contained_and_onnx_matches(tmp_path, isaac_root):
     report = export_run(export_config(run_dir, out))
     assert report["merge"].startswith("merged tokens identical")
     assert report["onnx"]["tokens_identical"] and report["onnx"]["max_abs_logit_diff"] < 1e-4
+    assert report["onnx"]["graphs"] == ["prefix.onnx", "decode.onnx"] and report["modules"] == {}
     assert 0.0 <= report["onnx"]["int8_token_agreement"] <= 1.0
+    assert report["onnx"]["int8_max_abs_action_diff"] >= report["onnx"]["int8_mean_abs_action_diff"] >= 0
     assert json.loads((out / "export.json").read_text())["onnx"] == report["onnx"]
     config = json.loads((out / "model" / "config.json").read_text())
     stats = json.loads((run_dir / "dataset_statistics.json").read_text())
@@ -242,4 +247,83 @@ def test_export_config_is_checked():
         ExportConfig(run="r", out_dir="o", samples_from="test")
     with pytest.raises(ConfigError, match="int8=true needs onnx=true"):
         ExportConfig(run="r", out_dir="o", onnx=False)
+    with pytest.raises(ConfigError, match="actions_atol=0 must be > 0"):
+        ExportConfig(run="r", out_dir="o", actions_atol=0)
     assert compose_config("export", ["run=some/run", "out_dir=x", "held_out=3"], ExportConfig).held_out == 3
+
+
+def tiny_with_head(head: str, proprio: bool):
+    """A tiny model at 28 px with chunks of 2 x 3 actions (test_l1_head's), its language model moved so
+    that every input matters, and two states [2, 4] in robot units (None without a state input)."""
+    from test_l1_head import perturb, tiny
+
+    states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
+    return perturb(tiny(head, proprio)), states
+
+
+@pytest.mark.parametrize(("head", "proprio"), [("l1", False), ("l1", True), ("tokens", True)])
+def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio):
+    """The l1 head's chunk graph and the token head's graphs with a state input: the onnxruntime policy
+    predicts PyTorch float32's chunk (normalized actions within 1e-5, tokens identical) from raw states,
+    batch 1 and a batch of prompts of different lengths; int8 graphs run; a missing or mis-sized state
+    fails as in PyTorch; a model without a state input has graphs without one."""
+    import onnxruntime as ort
+    from test_l1_head import IMAGES, TEXTS
+
+    from vla.export.onnx import export_onnx, quantize_int8
+    from vla.inference.onnx_policy import OnnxPolicy
+
+    model, states = tiny_with_head(head, proprio)
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(model, tmp_path / "onnx")
+    quantize_int8(tmp_path / "onnx")
+    meta = json.loads((tmp_path / "onnx" / "policy.json").read_text())
+    graphs = ["chunk.onnx"] if head == "l1" else ["prefix.onnx", "decode.onnx"]
+    assert meta["graphs"] == graphs and meta["head"] == head and meta["chunk_size"] == 2
+    assert (meta["action_dim"], meta["proprio_dim"]) == (3 if head == "l1" else 0, 4 if proprio else 0)
+    inputs = [i.name for i in ort.InferenceSession(str(tmp_path / "onnx" / graphs[0])).get_inputs()]
+    assert inputs == ["pixel_values", "input_ids", *(["proprio"] if proprio else [])]
+
+    policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
+    for rows in ([0], [1], [0, 1]):  # batch 1, then two prompts of different lengths
+        images, texts = [IMAGES[i] for i in rows], [TEXTS[i] for i in rows]
+        batch_states = None if states is None else states[rows]
+        expected = model.predict(images, texts, proprio=batch_states)
+        got = policy.predict(images, texts, proprio=batch_states)
+        assert got.actions.shape == expected.actions.shape == (len(rows), 2, 3)
+        assert np.abs(got.normalized - expected.normalized).max() <= 1e-5
+        if head == "l1":
+            assert got.token_ids is None and got.grounding.shape == (len(rows), 0)
+        else:
+            np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+        assert got.input_ids == expected.input_ids
+    int8 = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", "int8", threads=1).predict(
+        IMAGES, TEXTS, proprio=states
+    )
+    assert int8.actions.shape == (2, 2, 3) and np.isfinite(int8.actions).all()
+    assert (np.abs(int8.normalized) <= 1).all()
+    if proprio:  # the same errors as the torch model
+        for predictor in (model, policy):
+            with pytest.raises(ValueError, match=r"reads a 4-value robot state"):
+                predictor.predict(IMAGES, TEXTS)
+            with pytest.raises(ValueError, match=r"shape \(2, 3\); this model reads \[batch=2, 4\]"):
+                predictor.predict(IMAGES, TEXTS, proprio=np.zeros((2, 3)))
+    else:
+        with pytest.raises(ValueError, match="not trained with a robot state"):
+            policy.predict(IMAGES, TEXTS, proprio=np.zeros((2, 4)))
+
+
+def test_onnx_graphs_must_match_the_model_folder(tmp_path):
+    """Graphs exported for another head are refused, naming both layouts."""
+    from vla.export.onnx import export_onnx
+    from vla.inference.onnx_policy import OnnxPolicy
+    from vla.model.configuration import CheckpointError
+
+    l1, _ = tiny_with_head("l1", False)
+    tokens, _ = tiny_with_head("tokens", False)
+    l1.save_pretrained(tmp_path / "model")
+    export_onnx(tokens, tmp_path / "onnx")
+    with pytest.raises(
+        CheckpointError, match=r"graphs exported for \{'head': 'tokens'.*export the model again"
+    ):
+        OnnxPolicy(tmp_path / "model", tmp_path / "onnx")

@@ -197,3 +197,63 @@ def test_chunked_centre_crop_run_exports_like_the_run(tmp_path, isaac_root):
         a = predictor.processor([frame], ["x"])["pixel_values"]
         b = predictor.processor([border], ["x"])["pixel_values"]
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root):
+    """A LoRA run trained (2 steps) with model.action_head=l1 model.proprio=true: the export merges the
+    adapter and the trained head and state projector (PEFT's modules_to_save) into the model folder (its
+    config.json layout and safetensors carry them, with the trained values), checks the merged model,
+    its reload and its ONNX graph against the adapter model on held-out frames with their robot states,
+    and reports the differences; held-out samples drawn at random get states too."""
+    from safetensors.torch import load_file
+    from test_train import train
+
+    from vla.export.merge import HeldOut, export_run, held_out_samples, normalized_actions, predictions
+    from vla.inference.onnx_policy import OnnxPolicy
+    from vla.model.modeling import OpenVLA
+    from vla.training.runs import load_run, load_train_config
+
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    data = ["data=isaac", f"data.root={isaac_root}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    head = ["model.action_head=l1", "model.proprio=true", "model.layout.chunk_size=2"]
+    train(run_dir, [*data, *head, "lora=efficient", "lora.r=8", "lora.alpha=16"])
+    samples = held_out_samples(load_train_config(run_dir), 4, "val")
+    assert samples.states.shape == (len(samples.images), 47)
+    expected = normalized_actions(predictions(load_run(run_dir, merge=False), samples))  # as trained
+
+    report = export_run(export_config(run_dir, out, tensorrt=False))
+    assert (report["head"], report["chunk_size"], report["action_dim"], report["proprio_dim"]) == (
+        "l1",
+        2,
+        23,
+        47,
+    )
+    assert report["merge"].startswith("merged normalized actions within 1e-05")
+    assert report["merge_max_abs_action_diff"] <= 1e-5 and report["onnx"]["max_abs_action_diff"] <= 1e-5
+    assert report["onnx"]["graphs"] == ["chunk.onnx"] and "tokens_identical" not in report["onnx"]
+    assert 0 <= report["onnx"]["int8_mean_abs_action_diff"] <= report["onnx"]["int8_max_abs_action_diff"] <= 2
+    layout = json.loads((out / "model" / "config.json").read_text())["action_layout"]
+    assert (layout["head"], layout["action_dim"], layout["proprio_dim"]) == ("l1", 23, 47)
+    merged = load_file(str(out / "model" / "model.safetensors"))
+    trained = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    base = load_file(str(run_dir / "base_model" / "model.safetensors"))
+    for key in ("action_head.fc_in.weight", "proprio_projector.fc1.weight"):
+        torch.testing.assert_close(merged[key], trained[f"base_model.model.{key}"], rtol=0, atol=0)
+        assert not torch.equal(merged[key], base[key])  # the trained copy, not the initial module
+    assert report["modules"]["action_head"] > 0 and report["modules"]["proprio_projector"] > 0
+
+    saved = HeldOut.load(out / "heldout.npz")
+    np.testing.assert_array_equal(saved.states, samples.states)
+    for predictor in (OpenVLA.from_pretrained(out / "model"), OnnxPolicy(out / "model", out / "onnx")):
+        got = normalized_actions(predictions(predictor, saved))
+        assert np.abs(got - expected).max() <= 1e-5
+        pred = predictor.predict(saved.images[:2], saved.instructions[:2], proprio=saved.states[:2])
+        assert pred.actions.shape == (2, 2, ACTION_DIM) and pred.token_ids is None
+
+    random = export_run(
+        export_config(run_dir, tmp_path / "random", samples_from="random", onnx=False, int8=False)
+    )
+    states = HeldOut.load(tmp_path / "random" / "heldout.npz").states
+    stats = json.loads((run_dir / "dataset_statistics.json").read_text())["athena_isaac"]["proprio"]
+    assert states.shape == (4, 47) and random["merge_max_abs_action_diff"] <= 1e-5
+    assert (states >= np.array(stats["q01"]) - 1e-6).all() and (states <= np.array(stats["q99"]) + 1e-6).all()

@@ -207,3 +207,28 @@ def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
         )
     with pytest.raises(ConfigError, match=r"model\.action_head"):
         compose_config("train", ["model.action_head=flow", f"run_dir={tmp_path}"], TrainConfig)
+
+
+@pytest.mark.parametrize(("regression", "expected"), [("l1", 0.55), ("mse", 0.505), ("huber", 0.05)])
+def test_regression_losses_on_known_errors(regression, expected):
+    """Errors 0.1 and 1.0 on the real step, anything on the padded one: l1 (0.1 + 1) / 2, mse
+    (0.01 + 1) / 2, huber with delta 0.1 (0.5 * 0.1^2 + 0.1 * (1 - 0.05)) / 2."""
+    from vla.model.heads import L1Head
+    from vla.model.modeling import HiddenOutput
+
+    class Fixed(torch.nn.Module):  # stands for ActionMLP: outputs the chunk it is given
+        weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x[..., :2]
+
+    from vla.config import ActionLayout
+
+    head = L1Head(ActionLayout(head="l1", chunk_size=2, action_dim=2), 0, Fixed())
+    head.actions = lambda hidden: torch.tensor([[[0.1, 1.0], [5.0, 5.0]]])
+    labels = torch.tensor([[-100, 7, 7, 7, 7, 2]])
+    batch = {"labels": labels, "actions": torch.zeros(1, 2, 2), "action_steps": torch.tensor([[True, False]])}
+    out = HiddenOutput(torch.zeros(1, 6, 3))
+    loss, _ = head.loss(out, batch, regression=regression)
+    assert float(loss) == pytest.approx(expected)
+    assert float(head.validation_loss(out, batch)) == pytest.approx(0.55)  # always L1

@@ -90,6 +90,26 @@ def test_generated_and_evaluated_seeds_are_disjoint():
         EvalSettings(seed=0)
 
 
+def test_task_episodes_sets_a_count_per_task(tmp_path):
+    """`task_episodes` gives the named tasks their own episode count (the others keep episodes_per_task),
+    keys another cache entry, and is checked against the tasks and the held-out seeds."""
+    settings = SampleDataSettings(
+        tasks=["raise_arm", "lift_knee"], episodes_per_task=1, task_episodes={"raise_arm": 3},
+        sim=SMALL.sim,
+    )  # fmt: skip
+    assert list(episodes.generation_seeds(settings, "raise_arm")) == [0, 1, 2]
+    assert list(episodes.generation_seeds(settings, "lift_knee")) == [0]
+    episodes.generate_dataset(settings, tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert names == ["lift_knee_000000", "raise_arm_000000", "raise_arm_000001", "raise_arm_000002"]
+    plain = SampleDataSettings(tasks=["raise_arm", "lift_knee"], episodes_per_task=1, sim=SMALL.sim)
+    assert episodes.sample_dataset_key(settings) != episodes.sample_dataset_key(plain)
+    with pytest.raises(ValueError, match=r"task_episodes names \['reach_ball'\]"):
+        SampleDataSettings(tasks=["raise_arm"], task_episodes={"reach_ball": 5})
+    with pytest.raises(ValueError, match="held out"):
+        SampleDataSettings(tasks=["raise_arm"], task_episodes={"raise_arm": EVALUATION_SEED_BASE + 1})
+
+
 def test_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch):
     first = episodes.ensure_sample_dataset(SMALL, cache_dir=tmp_path, progress=False)
     assert len([p for p in first.iterdir() if p.is_dir()]) == 4

@@ -224,7 +224,8 @@ def test_reports_and_gifs(tmp_path):
     }
     assert saved == json.loads(json.dumps(report))
     table = (tmp_path / "eval.md").read_text()
-    assert "| lift_knee | 0% (0/2) | 100% (2/2) | 0% (0/2) |" in table and "**overall**" in table
+    assert "| lift_knee | 0% (0/2) [0%-66%] | 100% (2/2) [34%-100%] | 0% (0/2) [0%-66%] |" in table
+    assert "**overall**" in table and saved["results"]["expert"]["per_task"]["lift_knee"]["ci95"][0] > 0.3
     assert "named ball" not in table  # no reach_ball here: no named-ball row
     assert saved["swap_color"] is False and "language probe" not in table
     # Two rollouts side by side; Pillow merges identical consecutive frames, so count only moving ones.
@@ -249,6 +250,17 @@ def test_evaluate_script_runs_baselines(tmp_path):
     report = script.run(cfg, tmp_path / "eval")
     assert report["results"]["expert"]["success_rate"] == 1.0
     assert (tmp_path / "eval" / "gifs" / "expert" / "turn_torso.gif").is_file()
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    """95% Wilson score intervals as tabulated (Newcombe 1998, Table I: 0/10, 5/10, 10/10)."""
+    from vla.sim.evaluate import wilson_interval
+
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
 
 
 def test_held_out_seed_check():

@@ -28,6 +28,8 @@ class SampleDataConfig:
     # robot is pushed off the expert's path and the recorded actions lead back. 0: clean demos.
     expert_noise: float = 0.0
     workers: int = 1  # rendering processes when the dataset is generated (the content does not depend on it)
+    # Episodes of the named tasks instead of episodes_per_task, e.g. {reach_ball: 1000}.
+    task_episodes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("episodes_per_task", "workers"):
@@ -63,6 +65,7 @@ class SampleDataConfig:
             write_pickle=write_pickle,
             expert_noise=self.expert_noise,
             sim=self.sim_settings(sim),
+            task_episodes=dict(self.task_episodes),
         )
 
 

@@ -126,18 +126,30 @@ class SampleDataSettings:
     # the corrections a policy needs after its own errors, which clean demos never show. 0: clean demos.
     expert_noise: float = 0.0
     sim: SimSettings = field(default_factory=SimSettings)
+    # Episodes of the named tasks instead of episodes_per_task (e.g. {reach_ball: 1000}: the task that
+    # needs the image most gets the most scenes).
+    task_episodes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")
-        if self.episodes_per_task < 1:
-            raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        unknown = sorted(set(self.task_episodes) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"task_episodes names {unknown}, which are not among the tasks {self.tasks}")
+        for task in self.tasks:
+            count = self.episodes_for(task)
+            if count < 1:
+                raise ConfigError(f"episodes for {task} must be >= 1, got {count}")
+            if self.seed < 0 or self.seed + count > EVALUATION_SEED_BASE:
+                raise ConfigError(
+                    f"generation seeds [{self.seed}, {self.seed + count}) must lie in "
+                    f"[0, {EVALUATION_SEED_BASE}): seeds from {EVALUATION_SEED_BASE} up are held out for evaluation"
+                )
         if not self.expert_noise >= 0:
             raise ConfigError(f"expert_noise={self.expert_noise}: must be >= 0 (rad; 0: clean demos)")
-        if self.seed < 0 or self.seed + self.episodes_per_task > EVALUATION_SEED_BASE:
-            raise ConfigError(
-                f"generation seeds [{self.seed}, {self.seed + self.episodes_per_task}) must lie in "
-                f"[0, {EVALUATION_SEED_BASE}): seeds from {EVALUATION_SEED_BASE} up are held out for evaluation"
-            )
+
+    def episodes_for(self, task: str) -> int:
+        """How many episodes of `task` are generated."""
+        return self.task_episodes.get(task, self.episodes_per_task)
 
 
 @dataclass

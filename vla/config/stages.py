@@ -31,6 +31,7 @@ class PredictConfig:
     backend: str = "torch"  # torch | onnx | onnx_int8 | tensorrt (the ONNX ones need an export folder)
     unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
     constrain: bool | None = None  # decode only action tokens (default: the checkpoint's layout)
+    state: list[float] | None = None  # robot state in robot units, for a policy trained with model.proprio
     dtype: str | None = None  # torch backend: float32 | bfloat16 | float16 (default: as stored)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)  # torch backend: nf4 | int8
     paths: PathsConfig = field(default_factory=PathsConfig)  # where `latest` is looked for
@@ -89,11 +90,16 @@ class ExportConfig:
     lora: dict[str, Any] = field(default_factory=dict)  # overrides of lora.* (only harmless ones pass)
     quantization: dict[str, Any] = field(default_factory=dict)  # overrides of quantization.*
     data: dict[str, Any] = field(default_factory=dict)  # overrides of data.* (data.root=DIR)
-    onnx: bool = True  # export prefix.onnx + decode.onnx (KV cache) and check parity
-    int8: bool = True  # also onnxruntime dynamic int8 graphs; report token agreement with float32
+    # Export the ONNX graphs (token head: prefix.onnx + decode.onnx with a KV cache; l1 head: chunk.onnx)
+    # and check their parity with PyTorch.
+    onnx: bool = True
+    int8: bool = True  # also onnxruntime dynamic int8 graphs; report their agreement with float32
     tensorrt: bool = True  # build TensorRT engines when `tensorrt` imports (skipped otherwise)
     opset: int = 17
-    logits_atol: float = 1e-4  # ONNX vs PyTorch float32 logits: max abs difference allowed
+    logits_atol: float = 1e-4  # token head: ONNX vs PyTorch float32 logits, max abs difference allowed
+    # Continuous heads: max abs difference of normalized actions allowed between merged and adapter
+    # model, reloaded and merged model, ONNX and PyTorch float32 (a bf16 run's merge needs a looser one).
+    actions_atol: float = 1e-5
     threads: int = 0  # onnxruntime intra-op threads for the checks (0: its default)
     paths: PathsConfig = field(default_factory=PathsConfig)  # outputs/export/... lives under paths.output_dir
     sim: SimConfig = field(
@@ -108,6 +114,10 @@ class ExportConfig:
             raise ConfigError(
                 "int8=true needs onnx=true (the int8 graphs are quantized from the ONNX export)"
             )
+        if self.logits_atol <= 0 or self.actions_atol <= 0:
+            raise ConfigError(
+                f"logits_atol={self.logits_atol} and actions_atol={self.actions_atol} must be > 0"
+            )
 
 
 BACKENDS = ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8", "tensorrt")
@@ -115,15 +125,19 @@ BACKENDS = ("torch_fp32", "torch_bf16", "torch_nf4", "onnx_fp32", "onnx_int8", "
 
 @dataclass
 class BenchmarkConfig:
-    """`scripts/benchmark.py`: per-action latency of each runtime on an export folder's held-out frames."""
+    """`scripts/benchmark.py`: per-chunk latency (one query = one chunk of K actions) of each runtime on an
+    export folder's held-out samples, and a projection of openvla-7b on a Jetson Orin NX 16GB."""
 
     # An export folder written by scripts/export.py (model/, onnx/, heldout.npz); latest: the newest one.
     checkpoint: str = LATEST
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))  # tensorrt: only where it imports
-    warmup: int = 3  # untimed actions per backend
-    actions: int = 20  # timed actions per backend (held-out frames, cycled)
+    warmup: int = 3  # untimed queries per backend
+    actions: int = 20  # timed queries per backend, one chunk each (held-out samples, cycled)
     threads: int = 0  # torch and onnxruntime intra-op threads (0: the number of CPU cores)
-    target_tokens_per_s: float = 8.0  # pass/fail per backend (the seed's Jetson Orin target)
+    target_tokens_per_s: float = 8.0  # token heads: pass/fail per backend (the seed's Jetson Orin target)
+    # Every head: pass/fail on the achievable control rate (K actions per p99 chunk latency); None: the
+    # control_hz of the scene the policy trained in (export.json), not judged when there is none.
+    target_control_hz: float | None = None
     out_dir: str | None = None  # where the reports go (default: the checkpoint folder)
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(name="none"))
     paths: PathsConfig = field(default_factory=PathsConfig)  # where `latest` is looked for
@@ -133,6 +147,8 @@ class BenchmarkConfig:
             check_choice("backends", backend, BACKENDS)
         if self.actions < 1 or self.warmup < 0:
             raise ConfigError(f"actions={self.actions} must be >= 1 and warmup={self.warmup} >= 0")
+        if self.target_control_hz is not None and self.target_control_hz <= 0:
+            raise ConfigError(f"target_control_hz={self.target_control_hz} must be > 0 (or null)")
 
 
 @dataclass
@@ -189,7 +205,7 @@ class EvaluateConfig:
     backend: str = "torch"  # torch | onnx | onnx_int8 | tensorrt (the ONNX ones need an export folder)
     unnorm_key: str | None = None  # statistics key; may be omitted when the checkpoint has one
     tasks: list[str] = field(default_factory=lambda: ["all"])
-    episodes_per_task: int = 20
+    episodes_per_task: int = 50
     seed: int = EVALUATION_SEED_BASE  # first held-out episode seed (generation uses lower seeds)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     gif_episodes: int = 2  # rollouts per task drawn into `<task>.gif` (0: no GIFs)

@@ -12,6 +12,8 @@ from vla.config.data import AugmentConfig, DataConfig
 from vla.config.model import LoraConfig, ModelConfig, QuantizationConfig
 from vla.config.sim import SimConfig
 
+ACTION_LOSSES = ("l1", "mse", "huber")
+
 
 @dataclass
 class OptimConfig:
@@ -20,6 +22,15 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    # Training loss of a continuous head (model.action_head=l1) on normalized actions: l1 (OpenVLA-OFT),
+    # mse, or huber (quadratic below huber_delta, L1 above). val/loss is the mean L1 whatever this is.
+    action_loss: str = "l1"
+    huber_delta: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_choice("optim.action_loss", self.action_loss, ACTION_LOSSES)
+        if not self.huber_delta > 0:
+            raise ConfigError(f"optim.huber_delta={self.huber_delta} must be > 0")
 
 
 @dataclass

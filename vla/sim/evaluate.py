@@ -71,8 +71,8 @@ def evaluate_policy(
             when None.
         gif_dir: write `<task>.gif` there, with the first `settings.gif_episodes` rollouts side by side.
 
-    Returns {"success_rate", "episodes", "seconds_per_episode", "interventions": {name: count},
-    "per_task": {task: {"success_rate", "successes", "goal_met_rate", "named_ball_rate", "final_values",
+    Returns {"success_rate", "ci95", "episodes", "seconds_per_episode", "interventions": {name: count},
+    "per_task": {task: {"success_rate", "successes", "ci95" (95% Wilson interval), "goal_met_rate", "named_ball_rate", "final_values",
     "episodes", "seconds_per_episode", "interventions", "failures": [seeds]}}}.
     """
     if isinstance(policy, str) and policy not in ("expert", "random"):
@@ -87,8 +87,10 @@ def evaluate_policy(
         if own_robot:
             robot.close()
     episodes = sum(r["episodes"] for r in per_task.values())
+    successes = sum(r["successes"] for r in per_task.values())
     return {
-        "success_rate": sum(r["successes"] for r in per_task.values()) / episodes,
+        "success_rate": successes / episodes,
+        "ci95": wilson_interval(successes, episodes),
         "episodes": episodes,
         "seconds_per_episode": sum(r["seconds_per_episode"] * r["episodes"] for r in per_task.values())
         / episodes,
@@ -136,6 +138,7 @@ def _evaluate_task(
     return {
         "success_rate": float(np.mean(outcomes)),
         "successes": int(sum(outcomes)),
+        "ci95": wilson_interval(int(sum(outcomes)), count),  # Wilson score interval of success_rate
         # The task's goal alone (hand at the ball, knee up, ...), ignoring the posture condition.
         "goal_met_rate": float(np.mean([d["goal_met"] for d in details])),
         # reach_ball: the share of episodes whose hand ends nearest the named ball (picked the right one,
@@ -149,6 +152,17 @@ def _evaluate_task(
         "interventions": {k: sum(f.counts[k] for f in filters) for k in INTERVENTIONS},
         "failures": [seed for seed, ok in zip(seeds, outcomes) if not ok],
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% for z = 1.96): unlike the normal approximation
+    it stays inside [0, 1] and is not empty at 0/n or n/n."""
+    if n <= 0:
+        raise ValueError(f"no episodes (n={n})")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def _rate(flags: list[bool | None]) -> float | None:
@@ -220,6 +234,14 @@ def evaluate_with_baselines(
     return report
 
 
+def _cell(result: dict) -> str:
+    """'85% (17/20) [64-95]': the rate, the count and its 95% Wilson interval in percent."""
+    n = result["episodes"]
+    successes = round(result["success_rate"] * n)
+    lo, hi = result.get("ci95") or wilson_interval(successes, n)
+    return f"{result['success_rate']:.0%} ({successes}/{n}) [{lo:.0%}-{hi:.0%}]"
+
+
 def markdown_report(report: dict) -> str:
     """Success per task (rows) and policy (columns), then safety interventions per policy."""
     results = report["results"]
@@ -227,7 +249,7 @@ def markdown_report(report: dict) -> str:
     lines = [
         f"Closed-loop success on athena ({report['episodes_per_task']} held-out episodes per task, seeds "
         f"{report['seeds'][0]}-{report['seeds'][1] - 1}, {report['image_size']} px, "
-        f"safety {'on' if report['safety'] else 'off'})"
+        f"safety {'on' if report['safety'] else 'off'}; [95% Wilson interval])"
         + (
             "; language probe: reach_ball's instructions name the colour of the distractor nearest the "
             "named ball (swap_color), success is still scored against the named ball"
@@ -239,12 +261,9 @@ def markdown_report(report: dict) -> str:
         "|---|" + "---:|" * len(names),
     ]
     for task in report["tasks"]:
-        cells = [f"{r['per_task'][task]['success_rate']:.0%} ({r['per_task'][task]['successes']}/"
-                 f"{r['per_task'][task]['episodes']})" for r in results.values()]  # fmt: skip
+        cells = [_cell(r["per_task"][task]) for r in results.values()]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| **overall** | " + " | ".join(f"**{r['success_rate']:.0%}**" for r in results.values()) + " |"
-    )
+    lines.append("| **overall** | " + " | ".join(f"**{_cell(r)}**" for r in results.values()) + " |")
     for task in report["tasks"]:  # which failures were the wrong ball, which near misses
         rates = [r["per_task"][task].get("named_ball_rate") for r in results.values()]
         if rates[0] is not None:

@@ -99,7 +99,11 @@ class VLAModule(L.LightningModule):
             batch = self.noisy_action_inputs(batch)
         out = self(batch, with_loss=head.needs_model_loss)
         n = batch["input_ids"].shape[0]
-        loss, grounding_loss = head.loss(out, batch, self.grounding_weight_at(self.global_step))
+        if hasattr(head, "huber_delta"):
+            head.huber_delta = self.optim.huber_delta
+        loss, grounding_loss = head.loss(
+            out, batch, self.grounding_weight_at(self.global_step), regression=self.optim.action_loss
+        )
         if grounding_loss is not None:
             self.log("train/grounding_loss", grounding_loss, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
