@@ -113,7 +113,9 @@ def model_state_stats(model: OpenVLA, statistics: dict[str, Any], key: str) -> d
         return None
     stats = proprio_stats(statistics[key], key)
     if len(stats["q01"]) != model.proprio_dim:
-        raise ConfigError(f"the model reads {model.proprio_dim} state values, the data has {len(stats['q01'])}")
+        raise ConfigError(
+            f"the model reads {model.proprio_dim} state values, the data has {len(stats['q01'])}"
+        )
     return stats
 
 
