@@ -67,8 +67,7 @@ def train_rate(module, batches: list, cfg: BenchDataConfig) -> float:
     for i, batch in enumerate(batches):
         if i == cfg.warmup_steps:
             start, samples = time.perf_counter(), 0
-        out = module(batch)  # VLAModule.forward, as in training_step: normalize, forward, loss
-        out.loss.backward()
+        module.training_loss(batch)[0].backward()  # as training_step: normalize, forward, the head's loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples += len(batch["input_ids"])

@@ -232,3 +232,38 @@ def test_regression_losses_on_known_errors(regression, expected):
     loss, _ = head.loss(out, batch, regression=regression)
     assert float(loss) == pytest.approx(expected)
     assert float(head.validation_loss(out, batch)) == pytest.approx(0.55)  # always L1
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_continuous_head_does_not_train_the_unused_lm_head(kind):
+    """The l1 head never runs the language-model head: it is left frozen (full) or out of the LoRA
+    targets, so every trainable weight of the LLM and the heads gets a gradient (DDP refuses unused ones); the token head
+    trains it as before."""
+    from vla.config import LoraConfig
+    from vla.training.adapters import apply_adapter
+
+    model = apply_adapter(tiny("l1", True), LoraConfig(kind=kind))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and not any("lm_head" in n for n in names)
+    assert any("action_head" in n for n in names) and any("proprio_projector" in n for n in names)
+    batch_ids = torch.tensor([[1, 5, 6, 7, 7, 7, 7, 7, 7, 2]])
+    labels = torch.tensor([[-100, -100, -100, 7, 7, 7, 7, 7, 7, 2]])
+    head = model.head if kind == "full" else model.base_model.model.head
+    out = model(
+        input_ids=head.training_inputs(batch_ids, labels, 3),
+        pixel_values=torch.zeros(1, 6, SIZE, SIZE),
+        proprio=torch.zeros(1, 4),
+        output="hidden",
+    )
+    batch = {"labels": labels, "actions": torch.ones(1, 2, 3), "action_steps": torch.tensor([[True, True]])}
+    head.loss(out, batch)[0].backward()
+    # (The towers' last block is unused by OpenVLA's design, as in the 7B; a full fine-tune trains it
+    # without effect, with either head.)
+    without_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad is None and "vision_backbone" not in n
+    ]
+    assert without_grad == []
+    tokens = apply_adapter(tiny("tokens", False), LoraConfig(kind=kind))
+    assert any("lm_head" in n for n, p in tokens.named_parameters() if p.requires_grad)

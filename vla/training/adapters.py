@@ -42,11 +42,19 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
     quantized = bool(getattr(model, "quantization", None))
     if gradient_checkpointing and not quantized:
         model.gradient_checkpointing_enable()  # (PEFT's k-bit preparation does it for quantized bases)
+    # A continuous head reads the final hidden states: the language-model head is never run, so it is
+    # not trained (an unused trainable weight also stops DDP, which expects a gradient for each).
+    unused = {"lm_head"} if model.layout.continuous else set()
     if lora.kind == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.split(".")[1] not in unused if name.startswith("language_model.") else True)
         return model
-    check_targets(model, lora.target_modules)
+    targets = [t for t in lora.target_modules if t not in unused]
+    if len(targets) < len(lora.target_modules):
+        log.info("lora.target_modules: lm_head left out (the %s head does not use it)", model.layout.head)
+    if not targets:
+        raise ConfigError(f"lora.target_modules {lora.target_modules}: nothing left to adapt but lm_head")
+    check_targets(model, targets)
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
@@ -60,7 +68,7 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=targets,
         use_dora=lora.use_dora,
         bias="none",
         modules_to_save=extra or None,

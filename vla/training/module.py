@@ -93,17 +93,21 @@ class VLAModule(L.LightningModule):
         )
         return {**batch, "input_ids": ids}
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's training loss of a batch (teacher-forcing noise applied) and, with grounding
+        tokens, their mean cross-entropy."""
         head = self.vla.head
         if self.token_noise > 0:
             batch = self.noisy_action_inputs(batch)
         out = self(batch, with_loss=head.needs_model_loss)
-        n = batch["input_ids"].shape[0]
         if hasattr(head, "huber_delta"):
             head.huber_delta = self.optim.huber_delta
-        loss, grounding_loss = head.loss(
-            out, batch, self.grounding_weight_at(self.global_step), regression=self.optim.action_loss
-        )
+        step = self.global_step
+        return head.loss(out, batch, self.grounding_weight_at(step), regression=self.optim.action_loss)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        n = batch["input_ids"].shape[0]
+        loss, grounding_loss = self.training_loss(batch)
         if grounding_loss is not None:
             self.log("train/grounding_loss", grounding_loss, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
