@@ -100,3 +100,15 @@ def ref_model(ref_dir: Path):
     from vla.model.modeling import OpenVLA
 
     return OpenVLA.from_pretrained(ref_dir / "tiny_ckpt")
+
+
+# OpenVLA's own layout and the adapter the project's LoRA tests are written for: the default recipe trains
+# the continuous head with the robot state and every weight (conf/model/openvla_tiny.yaml, conf/train.yaml);
+# tests of token decoding, LoRA / QLoRA and the token-head export add these to their overrides.
+OPENVLA_LAYOUT = [
+    "model.action_head=tokens",
+    "model.proprio=false",
+    "model.layout.chunk_size=1",
+    "lora=humanoid_default",
+    "optim.action_loss=l1",
+]

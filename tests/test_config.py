@@ -33,7 +33,15 @@ STAGES = {
     "bench_data": (BenchDataConfig, []),
 }
 # Group choices that need a key of their own.
-CHOICE_OVERRIDES = {("data", "isaac"): ["data.root=/x"], ("data", "pickle"): ["data.root=/x"]}
+CHOICE_OVERRIDES = {
+    ("data", "isaac"): ["data.root=/x"],
+    ("data", "pickle"): ["data.root=/x"],
+}
+# The default lora=full cannot train a quantized base (tested below): in training, quantization goes with LoRA.
+TRAIN_CHOICE_OVERRIDES = {
+    ("quantization", "nf4"): ["lora=efficient"],
+    ("quantization", "int8"): ["lora=efficient"],
+}
 
 
 def compose_train(overrides: list[str]) -> TrainConfig:
@@ -78,6 +86,8 @@ def test_stage_table_lists_every_entry_point_and_every_group_is_used():
 def test_every_group_file_composes(name, group, choice):
     schema, required = STAGES[name]
     overrides = [*required, f"{group}={choice}", *CHOICE_OVERRIDES.get((group, choice), [])]
+    if name == "train":
+        overrides += TRAIN_CHOICE_OVERRIDES.get((group, choice), [])
     if name == "make_sample_data" and group == "data" and choice != "sample":
         with pytest.raises(ConfigError, match="make_sample_data generates data=sample's episodes"):
             compose_config(name, overrides, schema)
@@ -157,8 +167,18 @@ def test_defaults_are_the_embedded_tiny_setup():
     assert (cfg.model.name, cfg.model.pretrained, cfg.lora.name, cfg.data.format) == (
         "openvla_tiny",
         None,
-        "humanoid_default",
+        "full",
         "sample",
+    )
+    # The athena_suite recipe (conf/experiment/athena_suite.yaml, measured in docs/experiments/athena_suite.md).
+    assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
+    assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
+    suite = compose_train(["experiment=athena_suite"])
+    assert (suite.model, suite.data.sample, suite.optim, suite.trainer.max_steps) == (
+        cfg.model,
+        cfg.data.sample,
+        cfg.optim,
+        cfg.trainer.max_steps,
     )
     assert (cfg.trainer.accelerator, cfg.logger.name, cfg.quantization.method) == ("cpu", "wandb", None)
     assert cfg.trainer.gradient_clip_val == 1.0
@@ -213,5 +233,5 @@ def test_other_entry_points_compose(name):
     if name != "predict":
         # The scene's camera, size and rate are the dataset's (data.sample), the sim group the rest.
         sample = cfg.data.sample
-        assert (sample.image_size, sample.control_hz, sample.camera) == (112, 25, "front")
+        assert (sample.image_size, sample.control_hz, sample.camera) == (112, 5, "upper_body")
         assert cfg.sim.mesh_reduction == 0.85 and cfg.sim.safety.enabled

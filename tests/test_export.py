@@ -13,7 +13,7 @@ import torch
 from data_factories import ACTION_DIM, make_isaac_dataset
 from safetensors.torch import load_file
 
-from tests.conftest import compose_config
+from tests.conftest import OPENVLA_LAYOUT, compose_config
 from vla.config import ConfigError, ExportConfig, TrainConfig
 
 Q_PROJ = "language_model.model.layers.0.self_attn.q_proj"
@@ -34,7 +34,13 @@ def isaac_root(tmp_path_factory) -> Path:
 
 
 def train_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    overrides = ["logger=none", "model.architecture.image_size=56", *overrides, f"run_dir={run_dir}"]
+    overrides = [
+        *OPENVLA_LAYOUT,
+        "logger=none",
+        "model.architecture.image_size=56",
+        *overrides,
+        f"run_dir={run_dir}",
+    ]
     return compose_config("train", overrides, TrainConfig)
 
 

@@ -104,8 +104,10 @@ def test_task_episodes_sets_a_count_per_task(tmp_path):
     assert names == ["lift_knee_000000", "raise_arm_000000", "raise_arm_000001", "raise_arm_000002"]
     plain = SampleDataSettings(tasks=["raise_arm", "lift_knee"], episodes_per_task=1, sim=SMALL.sim)
     assert episodes.sample_dataset_key(settings) != episodes.sample_dataset_key(plain)
-    with pytest.raises(ValueError, match=r"task_episodes names \['reach_ball'\]"):
-        SampleDataSettings(tasks=["raise_arm"], task_episodes={"reach_ball": 5})
+    with pytest.raises(ValueError, match=r"task_episodes names \['reach_balls'\]"):
+        SampleDataSettings(tasks=["raise_arm"], task_episodes={"reach_balls": 5})
+    unused = SampleDataSettings(tasks=["raise_arm"], episodes_per_task=2, task_episodes={"reach_ball": 5})
+    assert list(episodes.generation_seeds(unused, "raise_arm")) == [0, 1]
     with pytest.raises(ValueError, match="held out"):
         SampleDataSettings(tasks=["raise_arm"], task_episodes={"raise_arm": EVALUATION_SEED_BASE + 1})
 

@@ -282,8 +282,9 @@ def test_expert_at_least_95_and_random_under_10_percent_per_task(tmp_path):
 def test_shipped_configs_compose():
     from vla.config import MakeSampleDataConfig, SampleDataConfig
 
-    # The shipped scene: data.sample's camera, size and rate with the sim group's defaults.
-    scene = SimSettings(image_size=SampleDataConfig().image_size)
+    # The shipped scene: data.sample's camera, size and rate (conf/data/sample.yaml) with the sim group's
+    # defaults.
+    scene = SimSettings(image_size=SampleDataConfig().image_size, control_hz=5, camera="upper_body")
     data = compose_config("make_sample_data", schema=MakeSampleDataConfig)
     generated = data.data.sample.generation_settings(data.sim)
     assert generated.sim == scene and generated.tasks == list(TASK_NAMES)

@@ -13,11 +13,12 @@ import pytest
 import torch
 from data_factories import make_isaac_dataset, make_pickle_demos, write_isaac_episode
 
-from tests.conftest import ROOT, compose_config, load_script
+from tests.conftest import OPENVLA_LAYOUT, ROOT, compose_config, load_script
 from vla.config import ConfigError, TrainConfig
 from vla.data.episodes import DataError
 
 FAST = [
+    *OPENVLA_LAYOUT,
     "logger=none",
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
@@ -222,7 +223,8 @@ def test_cli_multirun_two_jobs(tmp_path, isaac_root):
 
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "train.py", *args, f"paths.output_dir={tmp_path}", *FAST]
+    flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "train.py", *flags, *FAST, *overrides, f"paths.output_dir={tmp_path}"]  # args win
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -260,9 +262,10 @@ def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
 
 
 def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path):
-    """A run trained on 5 Hz sample data is evaluated at 5 Hz (its chunks span 5x the time at 25 Hz)
-    and with its camera and image size (its own data.sample); runs on other data, and the baselines
-    alone, are evaluated in the composed data.sample's scene."""
+    """A run trained on 25 Hz front-camera sample data is evaluated at 25 Hz with that camera and image
+    size (its own data.sample), not in the composed scene (5 Hz, upper_body: its single actions would
+    span 5x the time); runs on other data, and the baselines alone, are evaluated in the composed
+    data.sample's scene."""
     from omegaconf import OmegaConf
 
     from vla.config import EvaluateConfig
@@ -282,10 +285,10 @@ def test_evaluate_uses_the_rate_and_camera_a_sample_run_was_trained_at(tmp_path)
         sim = cfg.settings(script.trained_scene(checkpoint, cfg.data.sample)).sim
         return sim.image_size, sim.control_hz, sim.camera
 
-    sample = {"format": "sample", "sample": {"image_size": 112, "control_hz": 5, "camera": "upper_body"}}
-    assert evaluation(sample) == (112, 5, "upper_body")
-    assert evaluation({"format": "isaac", "root": "/data"}) == (224, 25, "front")
-    assert evaluation(None) == (224, 25, "front")
+    sample = {"format": "sample", "sample": {"image_size": 96, "control_hz": 25, "camera": "front"}}
+    assert evaluation(sample) == (96, 25, "front")
+    assert evaluation({"format": "isaac", "root": "/data"}) == (224, 5, "upper_body")
+    assert evaluation(None) == (224, 5, "upper_body")
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])

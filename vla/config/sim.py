@@ -127,14 +127,14 @@ class SampleDataSettings:
     expert_noise: float = 0.0
     sim: SimSettings = field(default_factory=SimSettings)
     # Episodes of the named tasks instead of episodes_per_task (e.g. {reach_ball: 1000}: the task that
-    # needs the image most gets the most scenes).
+    # needs the image most gets the most scenes); entries for tasks not in `tasks` are unused.
     task_episodes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")
-        unknown = sorted(set(self.task_episodes) - set(self.tasks))
+        unknown = sorted(set(self.task_episodes) - set(TASK_NAMES))
         if unknown:
-            raise ConfigError(f"task_episodes names {unknown}, which are not among the tasks {self.tasks}")
+            raise ConfigError(f"task_episodes names {unknown}; the tasks are {list(TASK_NAMES)}")
         for task in self.tasks:
             count = self.episodes_for(task)
             if count < 1:
