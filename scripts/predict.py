@@ -2,7 +2,8 @@
 
 python scripts/predict.py image=PNG instruction="reach the red ball with the left hand"   # latest run
 python scripts/predict.py checkpoint=DIR image=PNG instruction="..." [backend=onnx] [quantization=nf4]
-python scripts/predict.py image=PNG instruction="..." state=[0.1,0.0,...]   # a policy trained with model.proprio
+python scripts/predict.py image=PNG instruction="..." state=[0.1,0.0,...]   # the robot state, for a policy that
+                                                                            # reads one (default: the data's mean)
 checkpoint: a training run folder, an export folder or an OpenVLA-format folder (or hub id).
 """
 
@@ -46,12 +47,15 @@ def run(cfg: PredictConfig) -> dict:
     )
     state = {}
     if policy.info.state_dim:
-        if cfg.state is None:
-            raise ValueError(
-                f"state= is missing: {checkpoint} reads the robot state, {policy.info.state_dim} values "
-                "in robot units, e.g. state=[0.0,0.1,...]"
+        values = cfg.state
+        if values is None:  # a demo without a robot: the training data's mean state, said so
+            values = policy.model.norm_stats[policy.info.dataset_key]["proprio"]["mean"]
+            print(
+                f"state: not given; using the training data's mean state ({policy.info.state_dim} values). "
+                "Pass the robot's own as state=[...]",
+                file=sys.stderr,
             )
-        state["proprio"] = [list(cfg.state)]
+        state["proprio"] = [list(values)]
     elif cfg.state is not None:
         raise ValueError(
             f"state=: {checkpoint} was not trained with a robot state (model.proprio); leave it out"

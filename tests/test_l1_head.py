@@ -267,3 +267,29 @@ def test_continuous_head_does_not_train_the_unused_lm_head(kind):
     assert without_grad == []
     tokens = apply_adapter(tiny("tokens", False), LoraConfig(kind=kind))
     assert any("lm_head" in n for n, p in tokens.named_parameters() if p.requires_grad)
+
+
+def test_predict_script_takes_a_state_or_uses_the_mean(tmp_path, capsys):
+    """`scripts/predict.py` on a model that reads a state: state=[...] is used (another state, another
+    chunk); without it the training data's mean state is used and said so on stderr; a wrong size fails."""
+    from PIL import Image
+
+    from tests.conftest import load_script
+    from vla.config import PredictConfig
+
+    model = perturb(tiny("l1", True))
+    model.save_pretrained(tmp_path / "model")
+    Image.fromarray(IMAGES[0]).save(tmp_path / "frame.png")
+    script = load_script("predict")
+
+    def predict(state):
+        cfg = PredictConfig(checkpoint=str(tmp_path / "model"), image=str(tmp_path / "frame.png"),
+                            instruction="wave", state=state)  # fmt: skip
+        return np.array(script.run(cfg)["action"])
+
+    mean = predict(None)
+    assert mean.shape == (2, 3) and "using the training data's mean state" in capsys.readouterr().err
+    np.testing.assert_array_equal(predict([0.0] * 4), mean)  # the statistics' mean state is 0 here
+    assert not np.array_equal(predict([1.5, -1.5, 1.5, -1.5]), mean)
+    with pytest.raises(ValueError, match=r"shape \(1, 3\); this model reads \[batch=1, 4\]"):
+        predict([0.0, 0.0, 0.0])
