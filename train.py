@@ -74,14 +74,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     save_run_config(run_dir, cfg)
 
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
-    datamodule = VLADataModule(
-        data,
-        cache_dir=cfg.paths.cache_dir,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        layout=cfg.model.layout,
-        proprio=cfg.model.proprio,
-    )
+    datamodule = VLADataModule.for_run(data, cfg)
     stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.model.pretrained, cfg.data.dataset_key))
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.

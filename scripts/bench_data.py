@@ -88,14 +88,7 @@ def run(cfg: BenchDataConfig) -> dict[str, float]:
 
     torch.manual_seed(cfg.seed)
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
-    datamodule = VLADataModule(
-        data,
-        cache_dir=cfg.paths.cache_dir,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        layout=cfg.model.layout,
-        proprio=cfg.model.proprio,
-    )
+    datamodule = VLADataModule.for_run(data, cfg)
     stats = datamodule.prepare()
     base = build_base_model(cfg.model, QuantizationConfig(), stats, cfg.augment.crop_scale)
     transform, episodes = base.processor.image_transform, datamodule.train_episodes

@@ -161,6 +161,20 @@ class VLADataModule(L.LightningDataModule):
         self.filter_report: dict[str, int] | None = None  # FilterResult.report(): kept / dropped per rule
         self.model: OpenVLA | None = None
 
+    @classmethod
+    def for_run(cls, data: DataConfig, cfg: Any) -> VLADataModule:
+        """The DataModule a training-like stage (train.py, scripts/bench_data.py) builds from its config:
+        `data` (resolved, for data=sample) with the stage's cache, augmentation, seed and the samples'
+        layout and state input from `cfg.model`."""
+        return cls(
+            data,
+            cache_dir=cfg.paths.cache_dir,
+            augment=cfg.augment,
+            seed=cfg.seed,
+            layout=cfg.model.layout,
+            proprio=cfg.model.proprio,
+        )
+
     def prepare(self, required_action_dim: tuple[int, str] | None = None) -> dict[str, Any]:
         """Load, validate, filter, annotate and split the episodes and compute statistics (before the
         model exists, since the model's statistics come from here). Returns `{dataset_key: statistics}`.

@@ -168,16 +168,8 @@ def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
             # state and the chunk have the layout's sizes).
             warnings.simplefilter("ignore")
             if layout.continuous:
-                torch.onnx.export(
-                    ChunkGraph(model).eval(),
-                    inputs,
-                    str(tmp / CHUNK_FILE),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=names,
-                    output_names=["actions"],
-                    dynamic_axes={**axes, "actions": {0: "batch"}},
-                )
+                _trace(ChunkGraph(model), inputs, tmp / CHUNK_FILE, opset, names, ["actions"],
+                       {**axes, "actions": {0: "batch"}})  # fmt: skip
             else:
                 _export_token_graphs(model, inputs, names, axes, tmp, opset)
         (tmp / POLICY_FILE).write_text(json.dumps(policy_metadata(model), indent=2) + "\n")
@@ -188,39 +180,35 @@ def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
     return folder
 
 
+def _trace(
+    graph: nn.Module,
+    inputs: tuple,
+    path: Path,
+    opset: int,
+    input_names: list[str],
+    outputs: list[str],
+    axes: dict,
+) -> None:
+    """One graph traced with the TorchScript exporter (see the module docstring)."""
+    torch.onnx.export(graph.eval(), inputs, str(path), dynamo=False, opset_version=opset,
+                      input_names=input_names, output_names=outputs, dynamic_axes=axes)  # fmt: skip
+
+
 def _export_token_graphs(
     model: OpenVLA, inputs: tuple, names: list[str], axes: dict, tmp: Path, opset: int
 ) -> None:
     cache = cache_names(model.config.llama_config.num_hidden_layers)
     cache_axes = {0: "batch", 2: "cached"}
-    torch.onnx.export(
-        PrefixGraph(model).eval(),
-        inputs,
-        str(tmp / PREFIX_FILE),
-        dynamo=False,
-        opset_version=opset,
-        input_names=names,
-        output_names=["logits", *[f"present.{n}" for n in cache]],
-        dynamic_axes={**axes, "logits": {0: "batch"}, **{f"present.{n}": cache_axes for n in cache}},
-    )
+    present = [f"present.{n}" for n in cache]
+    _trace(PrefixGraph(model), inputs, tmp / PREFIX_FILE, opset, names, ["logits", *present],
+           {**axes, "logits": {0: "batch"}, **{n: cache_axes for n in present}})  # fmt: skip
     past = PrefixGraph(model)(*inputs)[1:]
     token, position = inputs[1][:, -1:], torch.tensor([[past[0].shape[2]]])
-    torch.onnx.export(
-        DecodeGraph(model).eval(),
-        (token, position, *past),
-        str(tmp / DECODE_FILE),
-        dynamo=False,
-        opset_version=opset,
-        input_names=["token", "position", *[f"past.{n}" for n in cache]],
-        output_names=["logits", *[f"present.{n}" for n in cache]],
-        dynamic_axes={
-            "token": {0: "batch"},
-            "position": {0: "batch"},
-            "logits": {0: "batch"},
-            **{f"past.{n}": cache_axes for n in cache},
-            **{f"present.{n}": cache_axes for n in cache},
-        },
-    )
+    past_names = [f"past.{n}" for n in cache]
+    batch_axes = {name: {0: "batch"} for name in ("token", "position", "logits")}
+    _trace(DecodeGraph(model), (token, position, *past), tmp / DECODE_FILE, opset,
+           ["token", "position", *past_names], ["logits", *present],
+           {**batch_axes, **{n: cache_axes for n in [*past_names, *present]}})  # fmt: skip
 
 
 def _float32_copy(model: OpenVLA) -> OpenVLA:

@@ -86,15 +86,20 @@ class TokenHead:
         return not self.layout.grounding
 
     def loss(
-        self, out, batch: dict[str, torch.Tensor], grounding_weight: float = 1.0, regression: str = "l1"
+        self,
+        out,
+        batch: dict[str, torch.Tensor],
+        grounding_weight: float = 1.0,
+        regression: str = "l1",
+        huber_delta: float = 0.1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training loss of a model output `out` (logits, and its own loss when `needs_model_loss`),
         and the grounding tokens' mean cross-entropy (None without grounding tokens).
 
         Without grounding tokens: the language model's own loss, the mean cross-entropy over the labelled
         tokens. With them: per-token cross-entropy with a grounding token weighted `grounding_weight`
-        (an action token 1); val/loss stays the unweighted mean. (`regression` is the continuous
-        heads' choice; tokens are always cross-entropy.)"""
+        (an action token 1); val/loss stays the unweighted mean. (`regression` and `huber_delta` are
+        the continuous heads' choice; tokens are always cross-entropy.)"""
         if not self.layout.grounding:
             return out.loss, None
         labels = batch["labels"]
@@ -263,7 +268,6 @@ class L1Head:
         self.layout = layout
         self.placeholder_id = placeholder_id
         self.module = module  # ActionMLP (or PEFT's modules_to_save wrapper around it)
-        self.huber_delta = 0.1
 
     @property
     def n_positions(self) -> int:
@@ -292,11 +296,16 @@ class L1Head:
         return self.actions(hidden)
 
     def loss(
-        self, out, batch: dict[str, torch.Tensor], grounding_weight: float = 1.0, regression: str = "l1"
+        self,
+        out,
+        batch: dict[str, torch.Tensor],
+        grounding_weight: float = 1.0,
+        regression: str = "l1",
+        huber_delta: float = 0.1,
     ) -> tuple[torch.Tensor, None]:
         """The mean over the real chunk steps and every dimension (normalized units) of |error|
         (`regression="l1"`, OpenVLA-OFT), error^2 ("mse") or the Huber loss with delta
-        `self.huber_delta` ("huber")."""
+        `huber_delta` ("huber")."""
         pred = self._chunk(out, batch["labels"]).float()
         real = batch["action_steps"][..., None].to(pred.dtype)
         true = batch["actions"].to(pred.dtype)
@@ -305,7 +314,7 @@ class L1Head:
         elif regression == "mse":
             per = (pred - true).square()
         elif regression == "huber":
-            per = nn.functional.huber_loss(pred, true, reduction="none", delta=self.huber_delta)
+            per = nn.functional.huber_loss(pred, true, reduction="none", delta=huber_delta)
         else:
             raise ValueError(f"regression={regression!r}: choose l1, mse or huber")
         return (per * real).sum() / (real.sum() * pred.shape[-1]).clamp(min=1.0), None

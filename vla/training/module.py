@@ -100,10 +100,9 @@ class VLAModule(L.LightningModule):
         if self.token_noise > 0:
             batch = self.noisy_action_inputs(batch)
         out = self(batch, with_loss=head.needs_model_loss)
-        if hasattr(head, "huber_delta"):
-            head.huber_delta = self.optim.huber_delta
-        step = self.global_step
-        return head.loss(out, batch, self.grounding_weight_at(step), regression=self.optim.action_loss)
+        weight = self.grounding_weight_at(self.global_step)
+        optim = self.optim
+        return head.loss(out, batch, weight, regression=optim.action_loss, huber_delta=optim.huber_delta)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         n = batch["input_ids"].shape[0]
