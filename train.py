@@ -82,6 +82,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     base = build_base_model(cfg.model, quant, stats, cfg.augment.crop_scale)
     if not cfg.model.pretrained:
         base.save_pretrained(run_dir / "base_model")
+        base.name_or_path = str((run_dir / "base_model").resolve())  # the adapter's base_model_name_or_path
         if cfg.quantization.method:
             quantize_language_model(
                 base, cfg.quantization.method, compute_dtype=next(base.parameters()).dtype

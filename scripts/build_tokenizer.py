@@ -152,6 +152,15 @@ def build_tokenizer() -> Tokenizer:
     return tokenizer
 
 
+def tokenizer_json(tokenizer: Tokenizer) -> str:
+    """tokenizer.json with the BPE merges as "left right" strings: tokenizers >= 0.20 writes them as
+    pairs, which the tokenizers 0.19 of OpenVLA's pinned transformers 4.40.1 cannot parse (both read
+    strings; no piece holds a space, so the split is unambiguous)."""
+    raw = json.loads(tokenizer.to_str())
+    raw["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in raw["model"]["merges"]]
+    return json.dumps(raw, indent=2, ensure_ascii=False)
+
+
 def tokenizer_config() -> dict:
     """tokenizer_config.json as OpenVLA's checkpoints carry it, without the processor entries."""
     added = {
@@ -192,7 +201,7 @@ def build(out_dir: str | Path) -> dict[str, int]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "tokenizer.json": build_tokenizer().to_str(pretty=True),
+        "tokenizer.json": tokenizer_json(build_tokenizer()),
         "tokenizer_config.json": json.dumps(tokenizer_config(), indent=2, ensure_ascii=False),
         "special_tokens_map.json": json.dumps(special_tokens_map(), indent=2, ensure_ascii=False),
     }

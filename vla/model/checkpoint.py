@@ -1,8 +1,11 @@
 """Load and save OpenVLA checkpoints in OpenVLA's own folder format.
 
 A folder holds `config.json` (with `norm_stats`), `model.safetensors` or shards with
-`model.safetensors.index.json`, the tokenizer files, `preprocessor_config.json` and, for fine-tunes,
-`dataset_statistics.json`. Folders are written atomically: into a temporary sibling, then renamed.
+`model.safetensors.index.json`, the tokenizer files, `preprocessor_config.json`,
+`processor_config.json` and, for fine-tunes, `dataset_statistics.json`; a folder laid out like the
+Hub's also its remote code (`*_prismatic.py`), which saving carries over with the tokenizer and
+processor files as they came (`vla.model.source_files`). Folders are written atomically: into a
+temporary sibling, then renamed, with the permissions the umask gives a new folder.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.processing import OpenVLAProcessor
 from vla.model.quantize import quantize_language_model
+from vla.model.source_files import code_files, prune_auto_map
 
 if TYPE_CHECKING:  # the model class calls in here (OpenVLA.from_pretrained / save_pretrained)
     from vla.model.modeling import OpenVLA
@@ -133,6 +137,10 @@ def load_pretrained(
     if quantization is not None:
         quantize_language_model(model, quantization, compute_dtype=dtype)
     model.attach_processor(processor)
+    # Where the weights came from, as transformers models keep it: PEFT writes it into an adapter's
+    # adapter_config.json as base_model_name_or_path (a hub id as given, a folder as an absolute path).
+    local = Path(path_or_id).expanduser()
+    model.name_or_path = str(local.resolve()) if local.is_dir() else str(path_or_id)
     return model.eval()
 
 
@@ -141,8 +149,25 @@ def _atomic_folder(folder: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_permissions(tmp: Path) -> None:
+    """The modes `mkdir` / `open` give under the umask (0755 / 0644 for umask 022), for `tmp` and
+    everything in it: tempfile's folders and files are private (0700 / 0600)."""
+    mask = umask()
+    for path in [tmp, *tmp.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def commit_folder(tmp: Path, folder: Path) -> None:
-    """Replace `folder` with the fully written `tmp` (a rename: readers never see half a folder)."""
+    """Replace `folder` with the fully written `tmp` (a rename: readers never see half a folder),
+    readable as any folder the user makes (`publish_permissions`)."""
+    publish_permissions(tmp)
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         folder.rename(old)
@@ -179,14 +204,14 @@ def save_pretrained(
         raw = model.config.to_dict()
         raw.update(extra_config or {})
         raw["torch_dtype"] = stored
+        # A config.json from a Hub-style folder names the remote code; kept only when that code is saved too.
+        prune_auto_map(raw, code_files(model.processor.files))
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         llama = model.language_model.config
         generation = {"bos_token_id": llama.bos_token_id, "eos_token_id": llama.eos_token_id}
         generation["pad_token_id"] = model.config.pad_token_id
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         model.processor.save_pretrained(tmp, fused=model.vision_backbone.fused_featurizer is not None)
-        processor_config = {"processor_class": "PrismaticProcessor"}
-        (tmp / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
         (tmp / "dataset_statistics.json").write_text(json.dumps(model.norm_stats, indent=2) + "\n")
         commit_folder(tmp, folder)
     except BaseException:

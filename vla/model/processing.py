@@ -21,11 +21,10 @@ from transformers import PreTrainedTokenizerFast
 
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.layout import layout_from_config
+from vla.model.source_files import code_files, prune_auto_map, read_source_files, write_source_files
 
 # OpenVLA (v0.2+) prompt; the caller lower-cases the instruction, as OpenVLA's scripts do.
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def build_prompt(instruction: str) -> str:
@@ -113,6 +112,7 @@ class ImageTransform:
         n = len(self.means)
         size = [self.size, self.size]
         return {
+            # (OpenVLA's auto_map names processing_prismatic.py: see OpenVLAProcessor.save_pretrained.)
             "auto_map": {
                 "AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
                 "AutoProcessor": "processing_prismatic.PrismaticProcessor",
@@ -155,11 +155,20 @@ class ImageTransform:
 
 
 class OpenVLAProcessor:
-    """Turns images and instructions into `input_ids`, `attention_mask` and `pixel_values`."""
+    """Turns images and instructions into `input_ids`, `attention_mask` and `pixel_values`.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, image_transform: ImageTransform):
+    `files`: the tokenizer, processor and remote-code files of the folder the tokenizer came from,
+    saved with the model byte for byte (`vla.model.source_files`)."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerFast,
+        image_transform: ImageTransform,
+        files: dict[str, bytes] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.image_transform = image_transform
+        self.files = dict(files or {})
 
     @property
     def empty_token_id(self) -> int:
@@ -188,10 +197,25 @@ class OpenVLAProcessor:
         if tokenizer.pad_token is None:
             raise CheckpointError(f"{folder}: the tokenizer defines no pad token")
         tokenizer.padding_side = "right"
-        return cls(tokenizer, ImageTransform.from_config(config, folder))
+        return cls(tokenizer, ImageTransform.from_config(config, folder), read_source_files(folder))
 
     def save_pretrained(self, folder: str | Path, fused: bool) -> None:
+        """The source folder's files as they came; what it lacked is written: the tokenizer (by this
+        transformers), OpenVLA's preprocessor_config.json and processor_config.json, whose auto_map
+        is kept only when processing_prismatic.py travels with the folder."""
         folder = Path(folder)
-        self.tokenizer.save_pretrained(str(folder))
-        config = self.image_transform.preprocessor_config(fused)
-        (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_source_files(self.files, folder)
+        if "tokenizer.json" not in self.files and "tokenizer.model" not in self.files:
+            self.tokenizer.save_pretrained(str(folder))
+        present = code_files(self.files)
+        generated = {
+            "preprocessor_config.json": self.image_transform.preprocessor_config(fused),
+            "processor_config.json": {
+                "auto_map": {"AutoProcessor": "processing_prismatic.PrismaticProcessor"},
+                "processor_class": "PrismaticProcessor",
+            },
+        }
+        for name, config in generated.items():
+            if name not in self.files:
+                prune_auto_map(config, present)
+                (folder / name).write_text(json.dumps(config, indent=2) + "\n")

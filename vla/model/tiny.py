@@ -19,6 +19,7 @@ from vla.config.model import ACTION_TOKEN_INITS, TinyArchitecture
 from vla.model.configuration import OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.processing import ImageTransform, OpenVLAProcessor
+from vla.model.source_files import read_source_files
 from vla.model.vision import LayerScale, VisionTransformer
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
@@ -143,6 +144,8 @@ def build_tiny_model(
     _init_vision(model.vision_backbone)
     if action_token_init == "ordinal":
         init_action_tokens_ordinal(model)
-    processor = OpenVLAProcessor(tokenizer, ImageTransform.from_config(config))
+    processor = OpenVLAProcessor(
+        tokenizer, ImageTransform.from_config(config), read_source_files(TOKENIZER_DIR)
+    )
     model.attach_processor(processor)
     return model

@@ -6,7 +6,10 @@ of the frozen base); DoRA is `lora.use_dora`. Bad combinations fail before any w
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from pathlib import Path
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, prepare_model_for_kbit_training
@@ -14,9 +17,24 @@ from torch import nn
 
 from vla.config import ConfigError, LoraConfig
 from vla.model.modeling import OpenVLA
+from vla.model.projectors import MODULES
 
 log = logging.getLogger(__name__)
-EXTRA_MODULES = ("action_head", "proprio_projector")  # OpenVLA.set_layout's modules (vla.model.projectors)
+EXTRA_MODULES = MODULES  # OpenVLA.set_layout's modules (vla.model.projectors)
+
+# The keys PEFT 0.10.0 and 0.11.1 (OpenVLA's pin) accept in adapter_config.json: the fields of their
+# PeftConfig and LoraConfig dataclasses, the same in both. They pass every key to LoraConfig(**keys), so
+# one they do not know fails the load ("unexpected keyword argument 'alora_invocation_tokens'").
+OLD_PEFT_LORA_KEYS = frozenset(
+    {
+        *("base_model_name_or_path", "revision", "peft_type", "task_type", "inference_mode"),
+        *("auto_mapping", "r", "target_modules", "lora_alpha", "lora_dropout", "fan_in_fan_out"),
+        *("bias", "use_rslora", "modules_to_save", "init_lora_weights", "layers_to_transform"),
+        *("layers_pattern", "rank_pattern", "alpha_pattern", "megatron_config", "megatron_core"),
+        *("loftq_config", "use_dora", "layer_replication"),
+    }
+)
+METADATA_KEYS = ("peft_version",)  # which PEFT wrote the file; no setting
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> None:
@@ -84,6 +102,43 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
         100 * trainable / total,
     )
     return peft_model
+
+
+def _field_defaults() -> dict[str, object]:
+    out = {}
+    for f in dataclasses.fields(PeftLoraConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def make_adapter_config_portable(folder: str | Path) -> list[str]:
+    """Rewrite `folder`/adapter_config.json for PEFT from 0.10 on: keys older versions do not know are
+    left out where they hold this PEFT's default (a missing key reads as its default, so nothing
+    changes here). Returns the unknown keys kept because they hold another value (PEFT < 0.12 cannot
+    load such an adapter; none of this project's lora= choices sets one)."""
+    path = Path(folder) / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    defaults = _field_defaults()
+    kept = []
+    for key in sorted(set(raw) - OLD_PEFT_LORA_KEYS):
+        if key in METADATA_KEYS or (key in defaults and _same(raw[key], defaults[key])):
+            del raw[key]
+        else:
+            kept.append(key)
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    if kept:
+        log.warning("%s: %s are not at their defaults; PEFT before 0.12 cannot load this adapter", path, kept)
+    return kept
+
+
+def _same(saved: object, default: object) -> bool:
+    """A JSON value equals a dataclass default (JSON has lists where dataclasses have tuples or sets)."""
+    if isinstance(default, tuple | set | frozenset):
+        default = sorted(default) if isinstance(default, set | frozenset) else list(default)
+    return saved == default
 
 
 def unwrap(model: nn.Module) -> OpenVLA:

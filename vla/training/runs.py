@@ -24,6 +24,7 @@ from vla.model.checkpoint import DTYPES, commit_folder
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.quantize import dequantize_language_model, quantize_language_model
+from vla.training.adapters import make_adapter_config_portable
 from vla.training.build import training_layout
 
 
@@ -63,7 +64,9 @@ def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
     target = run_dir / "adapter"
     tmp = run_dir / ".adapter.tmp"
     # The base is saved on its own (base_model/ or the pretrained id): keep only the adapter weights.
+    # base_model_name_or_path comes from the base's `name_or_path` (OpenVLA.from_pretrained's source).
     model.save_pretrained(str(tmp), save_embedding_layers=False)
+    make_adapter_config_portable(tmp)
     commit_folder(tmp, target)
     return target
 
