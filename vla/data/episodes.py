@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +19,15 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from PIL import Image
 
+# DataError lives with the limits (vla.data.limits); the loaders import it from here.
+from vla.data.limits import DataError, check_image_size, check_instruction, read_image  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A complete JPEG ends with the end-of-image marker; PIL's verify() does not notice a missing tail.
 _JPEG_EOI = b"\xff\xd9"
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message names the file, episode or key at fault."""
 
 
 class SkippedEpisode(NamedTuple):
@@ -76,6 +76,8 @@ class Episode:
 
     def __post_init__(self) -> None:
         where = f"episode {self.episode_id!r} ({self.path})"
+        for text in [self.instruction, *self.instructions]:
+            check_instruction(text, where)
         if self.actions.ndim != 2 or self.actions.dtype != np.float32:
             raise DataError(
                 f"{where}: actions must be float32 [T, D], got {self.actions.dtype} {self.actions.shape}"
@@ -124,12 +126,7 @@ class Episode:
             raise IndexError(f"episode {self.episode_id!r} has {self.num_steps} steps, asked for step {t}")
         if self.frames is not None:
             return self.frames[t]
-        path = self.frame_paths[t]
-        try:
-            with Image.open(path) as image:
-                return np.array(image.convert("RGB"), dtype=np.uint8)
-        except Exception as exc:  # PIL raises many types for corrupt data; the file is what matters
-            raise DataError(f"episode {self.episode_id!r}: cannot decode image {path}: {exc}") from exc
+        return read_image(self.frame_paths[t], f"episode {self.episode_id!r}")
 
 
 @dataclass
@@ -184,8 +181,13 @@ def as_float_matrix(value: Any, *, key: str, where: str, num_rows: int | None = 
 def check_image_file(path: Path, *, where: str) -> None:
     """Cheap check that `path` is a complete PNG/JPEG: its header parses, without decoding pixels."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 M pixels; our own limit (check_image_size) is lower and an error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             image_format = image.format
+            check_image_size(image, f"{where}: image {path}")
             # PNG: checks every chunk's CRC, so a truncated file fails. JPEG: verify() checks little.
             image.verify()
         if image_format == "JPEG":

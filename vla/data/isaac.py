@@ -28,6 +28,7 @@ from vla.data.episodes import (
     natural_sort_key,
     record_skip,
 )
+from vla.data.limits import load_json, read_npz
 
 NPZ_NAMES = ("episode_data.npz", "trajectory.npz")
 STATE_KEYS = ("states", "observations")
@@ -96,10 +97,7 @@ def read_metadata(episode_dir: Path) -> dict[str, Any]:
     where = f"episode {episode_dir.name!r}"
     if not path.is_file():
         raise DataError(f"{where}: missing {path}")
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{where}: {path} is not valid JSON: {exc}") from exc
+    metadata = load_json(path, where)  # size and nesting bounded before parsing
     if not isinstance(metadata, dict):
         raise DataError(f"{where}: {path} must hold a JSON object, got {type(metadata).__name__}")
     return metadata
@@ -211,21 +209,13 @@ def _read_npz(episode_dir: Path, where: str) -> tuple[Path, dict[str, np.ndarray
     npz_path = next((episode_dir / name for name in NPZ_NAMES if (episode_dir / name).is_file()), None)
     if npz_path is None:
         raise DataError(f"{where}: missing {' or '.join(NPZ_NAMES)}")
-    try:
-        # allow_pickle=False: an npz must hold plain arrays; object arrays would unpickle arbitrary code.
-        npz = np.load(npz_path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
+    with open(npz_path, "rb") as handle:
+        if handle.read(6) == b"\x93NUMPY":
             raise DataError(
                 f"{where}: {npz_path.name} is a single .npy array, not an npz archive of named arrays"
             )
-        with npz:
-            return npz_path, {key: npz[key] for key in npz.files}
-    except DataError:
-        raise
-    except (
-        Exception
-    ) as exc:  # BadZipFile, zlib.error, EOFError, ValueError, ... for truncated or corrupt files
-        raise DataError(f"{where}: cannot read {npz_path.name}: {type(exc).__name__}: {exc}") from exc
+    # Each array's size is checked from its header before it is read; object arrays are refused.
+    return npz_path, read_npz(npz_path, where)
 
 
 def write_isaac_episode(episode: dict[str, Any], folder: Path) -> None:

@@ -24,6 +24,7 @@ from vla.data.episodes import (
     natural_sort_key,
     record_skip,
 )
+from vla.data.limits import check_instruction
 from vla.data.safe_pickle import UnsafePickleError, safe_load_pickle
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -84,7 +85,10 @@ def load_pickle_demos(
         for index, demo in enumerate(demos):
             episode_id = f"{file.name}#{index}"
             try:
-                episodes.append(_demo_to_episode(demo, episode_id, file, join_gripper, next_action))
+                try:
+                    episodes.append(_demo_to_episode(demo, episode_id, file, join_gripper, next_action))
+                except RecursionError:  # a structure nested past what the checks walk
+                    raise DataError(f"demo {episode_id!r} ({file}): nested too deeply to read") from None
             except DataError as error:
                 if on_error == "raise":
                     raise
@@ -117,8 +121,7 @@ def _demo_to_episode(
     success = demo.get("success")  # optional key of the format, not a config default
     if success is not None and not isinstance(success, bool):
         raise DataError(f"{where}: 'success' must be True or False when present, got {success!r}")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise DataError(f"{where}: 'instruction' must be a non-empty string, got {instruction!r}")
+    check_instruction(instruction, f"{where}: 'instruction'")  # non-empty, MAX_INSTRUCTION_CHARS at most
     if not isinstance(frames, (list, tuple)):
         raise DataError(f"{where}: 'frames' must be a list, got {type(frames).__name__}")
     min_frames = 2 if next_action else 1
