@@ -27,12 +27,14 @@ register_configs()
 
 
 def make_loggers(cfg: TrainConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
     if cfg.logger.name == "none":
         return []
     if cfg.logger.name == "csv":
         return [CSVLogger(save_dir=run_dir, name="csv", version="")]
+    if cfg.logger.name == "tensorboard":  # local curves without an account: tensorboard --logdir <run>
+        return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False)]
     # Offline unless the user chose a mode: nothing here needs a network.
     mode = cfg.logger.mode or os.environ.get("WANDB_MODE") or "offline"
     return [
@@ -66,7 +68,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.training.build import build_base_model
     from vla.training.callbacks import RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
-    from vla.training.runs import required_action_dim, save_run_config
+    from vla.training.runs import check_pretrained_key, required_action_dim, save_run_config
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -75,7 +77,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
 
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
     datamodule = VLADataModule.for_run(data, cfg)
-    stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.model.pretrained, cfg.data.dataset_key))
+    stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.data.dataset_key))
+    check_pretrained_key(cfg.model.pretrained, cfg.data.dataset_key, stats)
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -136,9 +137,17 @@ def test_action_dim_must_match_the_resumed_run_and_a_pretrained_fine_tune(tmp_pa
     make_isaac_dataset(wider, n_episodes=4, steps=6, action_dim=ACTION_DIM + 2)
     train(tmp_path / "first", ["data=isaac", f"data.root={isaac_root}", "lora=full"])
     with pytest.raises(DataError, match=rf"episode_000.*action dimension {ACTION_DIM + 2}.*{ACTION_DIM}"):
-        train(tmp_path / "resumed", ["data=isaac", f"data.root={wider}", f"ckpt_path={tmp_path / 'first'}"])
+        train(
+            tmp_path / "resumed",
+            ["data=isaac", f"data.root={wider}", "lora=full", f"ckpt_path={tmp_path / 'first'}"],
+        )
     model_dir = tmp_path / "first" / "model"  # lora=full saves an OpenVLA folder with the run's norm_stats
-    with pytest.raises(DataError, match=rf"action dimension {ACTION_DIM + 2}"):
+    key = config(tmp_path / "finetune", ["data=isaac", f"data.root={wider}"]).data.dataset_key
+    with pytest.raises(
+        ConfigError,
+        match=rf"data.dataset_key='{key}': .*norm_stats\['{key}'\].* {ACTION_DIM}-dimensional actions, "
+        rf"this data's actions have {ACTION_DIM + 2}.*data.dataset_key=<new name>",
+    ):
         train(tmp_path / "finetune", ["data=isaac", f"data.root={wider}", f"model.pretrained={model_dir}"])
     # Under another dataset key the statistics are new, so any action size is fine.
     metrics = train(
@@ -146,6 +155,19 @@ def test_action_dim_must_match_the_resumed_run_and_a_pretrained_fine_tune(tmp_pa
         ["data=isaac", f"data.root={wider}", f"model.pretrained={model_dir}", "data.dataset_key=wider_robot"],
     )
     assert np.isfinite(metrics["val/loss"])
+
+
+def test_tensorboard_logger_and_run_files(tmp_path, isaac_root):
+    """logger=tensorboard writes event files into the run folder; the run's folders are not private
+    and its adapter names its base (the tiny base the run saved)."""
+    train(tmp_path, ["data=isaac", f"data.root={isaac_root}", "logger=tensorboard"])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in ("adapter", "base_model"):
+        assert (tmp_path / folder).stat().st_mode & 0o777 == 0o777 & ~mask, folder
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
 
 
 def test_unknown_lora_target_fails_before_training(tmp_path, isaac_root):

@@ -57,13 +57,13 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | csv | none
+    name: str = "wandb"  # wandb | tensorboard | csv | none
     project: str = "athena-vla"
     mode: str | None = None  # W&B mode; None: WANDB_MODE if set, else offline
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_choice("logger.name", self.name, ("wandb", "csv", "none"))
+        check_choice("logger.name", self.name, ("wandb", "tensorboard", "csv", "none"))
 
 
 @dataclass

@@ -28,15 +28,9 @@ from vla.training.adapters import make_adapter_config_portable
 from vla.training.build import training_layout
 
 
-def required_action_dim(
-    ckpt_path: str | None, pretrained: str | None, dataset_key: str
-) -> tuple[int, str] | None:
-    """The action dimension the training data must have, and where that requirement comes from.
-
-    Resuming (`ckpt_path`) continues a run whose tokens and statistics have that run's action size; a
-    pretrained model that already carries statistics under `dataset_key` (a merged athena fine-tune)
-    decodes that many tokens. Anything else (the tiny model, OpenVLA-7B on a new key) takes the data's.
-    """
+def required_action_dim(ckpt_path: str | None, dataset_key: str) -> tuple[int, str] | None:
+    """The action dimension the training data must have when resuming (`ckpt_path`), and where that
+    requirement comes from: the resumed run's tokens and statistics have that run's action size."""
     if ckpt_path:
         run_dir = Path(ckpt_path) if Path(ckpt_path).is_dir() else Path(ckpt_path).parent.parent
         stats_file = run_dir / "dataset_statistics.json"
@@ -44,12 +38,28 @@ def required_action_dim(
             stats = load_statistics(stats_file)
             if dataset_key in stats:
                 return len(stats[dataset_key]["action"]["q01"]), f"the resumed run's {stats_file}"
-    if pretrained and (Path(pretrained) / "config.json").is_file():
-        norm_stats = OpenVLAConfig.from_json_file(Path(pretrained) / "config.json").norm_stats or {}
-        if dataset_key in norm_stats:
-            where = f"norm_stats[{dataset_key!r}] of {Path(pretrained) / 'config.json'}"
-            return len(norm_stats[dataset_key]["action"]["q01"]), where
     return None
+
+
+def check_pretrained_key(pretrained: str | None, dataset_key: str, stats: dict[str, Any]) -> None:
+    """A pretrained model that already holds statistics under `dataset_key` (OpenVLA's own keys, or a
+    merged fine-tune) decodes that key's number of action tokens: data with another action size fails
+    here, naming the key and the way out (a new key), instead of later and less clearly."""
+    config_file = Path(pretrained).expanduser() / "config.json" if pretrained else None
+    if config_file is None or not config_file.is_file():
+        return
+    norm_stats = OpenVLAConfig.from_json_file(config_file).norm_stats or {}
+    if dataset_key not in norm_stats:
+        return
+    theirs = len(norm_stats[dataset_key]["action"]["q01"])
+    ours = len(stats[dataset_key]["action"]["q01"])
+    if theirs != ours:
+        raise ConfigError(
+            f"data.dataset_key={dataset_key!r}: the pretrained model's norm_stats[{dataset_key!r}] "
+            f"({config_file}) are for {theirs}-dimensional actions, this data's actions have {ours}. "
+            f"Fine-tune under a new key: data.dataset_key=<new name> (e.g. {dataset_key}_{ours}d); the "
+            "fine-tune's statistics are saved under that name (predict with unnorm_key=<new name>)"
+        )
 
 
 def save_run_config(run_dir: Path, cfg: Any) -> None:
