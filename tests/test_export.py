@@ -258,28 +258,31 @@ def test_export_config_is_checked():
     assert compose_config("export", ["run=some/run", "out_dir=x", "held_out=3"], ExportConfig).held_out == 3
 
 
-def tiny_with_head(head: str, proprio: bool):
+def tiny_with_head(head: str, proprio: bool, grounding: int = 0):
     """A tiny model at 28 px with chunks of 2 x 3 actions (test_l1_head's), its language model moved so
     that every input matters, and two states [2, 4] in robot units (None without a state input)."""
     from test_l1_head import perturb, tiny
 
     states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
-    return perturb(tiny(head, proprio)), states
+    return perturb(tiny(head, proprio, grounding=grounding)), states
 
 
-@pytest.mark.parametrize(("head", "proprio"), [("l1", False), ("l1", True), ("tokens", True)])
-def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio):
-    """The l1 head's chunk graph and the token head's graphs with a state input: the onnxruntime policy
-    predicts PyTorch float32's chunk (normalized actions within 1e-5, tokens identical) from raw states,
-    batch 1 and a batch of prompts of different lengths; int8 graphs run; a missing or mis-sized state
-    fails as in PyTorch; a model without a state input has graphs without one."""
+@pytest.mark.parametrize(
+    ("head", "proprio", "grounding"), [("l1", False, 0), ("l1", True, 0), ("l1", True, 2), ("tokens", True, 0)]
+)
+def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, grounding):
+    """The l1 head's chunk graph (with grounding values as a second output when the layout has them)
+    and the token head's graphs with a state input: the onnxruntime policy predicts PyTorch float32's
+    chunk (normalized actions within 1e-5, tokens identical) from raw states, batch 1 and a batch of
+    prompts of different lengths; int8 graphs run; a missing or mis-sized state fails as in PyTorch; a
+    model without a state input has graphs without one."""
     import onnxruntime as ort
     from test_l1_head import IMAGES, TEXTS
 
     from vla.export.onnx import export_onnx, quantize_int8
     from vla.inference.onnx_policy import OnnxPolicy
 
-    model, states = tiny_with_head(head, proprio)
+    model, states = tiny_with_head(head, proprio, grounding)
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     quantize_int8(tmp_path / "onnx")
@@ -299,7 +302,8 @@ def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio):
         assert got.actions.shape == expected.actions.shape == (len(rows), 2, 3)
         assert np.abs(got.normalized - expected.normalized).max() <= 1e-5
         if head == "l1":
-            assert got.token_ids is None and got.grounding.shape == (len(rows), 0)
+            assert got.token_ids is None and got.grounding.shape == (len(rows), grounding)
+            assert np.abs(got.grounding - expected.grounding).max(initial=0.0) <= 1e-5
         else:
             np.testing.assert_array_equal(got.token_ids, expected.token_ids)
         assert got.input_ids == expected.input_ids

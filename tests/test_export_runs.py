@@ -200,11 +200,12 @@ def test_chunked_centre_crop_run_exports_like_the_run(tmp_path, isaac_root):
 
 
 def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root):
-    """A LoRA run trained (2 steps) with model.action_head=l1 model.proprio=true: the export merges the
-    adapter and the trained head and state projector (PEFT's modules_to_save) into the model folder (its
-    config.json layout and safetensors carry them, with the trained values), checks the merged model,
-    its reload and its ONNX graph against the adapter model on held-out frames with their robot states,
-    and reports the differences; held-out samples drawn at random get states too."""
+    """A LoRA run trained (2 steps) with model.action_head=l1 model.proprio=true and 2 grounding values
+    (in the metadata of some episodes only): the export merges the adapter and the trained head, grounding
+    head and state projector (PEFT's modules_to_save) into the model folder (its config.json layout and
+    safetensors carry them, with the trained values), checks the merged model, its reload and its ONNX
+    graph against the adapter model on held-out frames with their robot states, and reports the
+    differences; held-out samples drawn at random get states too."""
     from safetensors.torch import load_file
     from test_train import train
 
@@ -214,8 +215,13 @@ def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root
     from vla.training.runs import load_run, load_train_config
 
     run_dir, out = tmp_path / "run", tmp_path / "out"
-    data = ["data=isaac", f"data.root={isaac_root}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    head = ["model.action_head=l1", "model.proprio=true", "model.layout.chunk_size=2"]
+    root = tmp_path / "isaac"
+    shutil.copytree(isaac_root, root)
+    for i, meta_file in enumerate(sorted(root.glob("*/metadata.json"))[::2]):
+        meta = json.loads(meta_file.read_text())
+        meta_file.write_text(json.dumps({**meta, "grounding": [0.5 - 0.25 * i, -0.5]}))
+    data = ["data=isaac", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    head = ["model.action_head=l1", "model.proprio=true", "model.layout.chunk_size=2", "model.layout.grounding=2"]
     train(run_dir, [*data, *head, "lora=efficient", "lora.r=8", "lora.alpha=16"])
     samples = held_out_samples(load_train_config(run_dir), 4, "val")
     assert samples.states.shape == (len(samples.images), 47)
@@ -237,10 +243,10 @@ def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root
     merged = load_file(str(out / "model" / "model.safetensors"))
     trained = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     base = load_file(str(run_dir / "base_model" / "model.safetensors"))
-    for key in ("action_head.fc_in.weight", "proprio_projector.fc1.weight"):
+    for key in ("action_head.fc_in.weight", "proprio_projector.fc1.weight", "grounding_head.fc_in.weight"):
         torch.testing.assert_close(merged[key], trained[f"base_model.model.{key}"], rtol=0, atol=0)
         assert not torch.equal(merged[key], base[key])  # the trained copy, not the initial module
-    assert report["modules"]["action_head"] > 0 and report["modules"]["proprio_projector"] > 0
+    assert min(report["modules"][name] for name in ("action_head", "proprio_projector", "grounding_head")) > 0
 
     saved = HeldOut.load(out / "heldout.npz")
     np.testing.assert_array_equal(saved.states, samples.states)
@@ -249,6 +255,7 @@ def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root
         assert np.abs(got - expected).max() <= 1e-5
         pred = predictor.predict(saved.images[:2], saved.instructions[:2], proprio=saved.states[:2])
         assert pred.actions.shape == (2, 2, ACTION_DIM) and pred.token_ids is None
+        assert pred.grounding.shape == (2, 2)
 
     random = export_run(
         export_config(run_dir, tmp_path / "random", samples_from="random", onnx=False, int8=False)

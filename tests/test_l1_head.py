@@ -41,12 +41,12 @@ def statistics(d: int, s: int) -> dict:
     return {"k": {"action": action, "proprio": summary(s, -2.0), "num_transitions": 1, "num_trajectories": 1}}
 
 
-def tiny(head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2) -> OpenVLA:
+def tiny(head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2, grounding: int = 0) -> OpenVLA:
     cfg = ModelConfig(
         architecture=TinyArchitecture(image_size=SIZE),
         action_head=head,
         proprio=proprio,
-        layout=LayoutConfig(chunk_size=chunk, parallel_decoding=head == "tokens"),
+        layout=LayoutConfig(chunk_size=chunk, parallel_decoding=head == "tokens", grounding=grounding),
     )
     return build_base_model(cfg, QuantizationConfig(), statistics(d, s)).eval()
 
@@ -197,10 +197,6 @@ def test_missing_or_mismatched_states_fail_naming_the_episode(tmp_path):
 def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
     from vla.config import ConfigError
 
-    with pytest.raises(ConfigError, match="grounding tokens need model.action_head=tokens"):
-        compose_config(
-            "train", ["model.action_head=l1", "model.layout.grounding=2", f"run_dir={tmp_path}"], TrainConfig
-        )
     with pytest.raises(ConfigError, match=r"data\.token_noise=0\.5 perturbs action tokens"):
         compose_config(
             "train", ["model.action_head=l1", "data.token_noise=0.5", f"run_dir={tmp_path}"], TrainConfig
@@ -293,3 +289,86 @@ def test_predict_script_takes_a_state_or_uses_the_mean(tmp_path, capsys):
     assert not np.array_equal(predict([1.5, -1.5, 1.5, -1.5]), mean)
     with pytest.raises(ValueError, match=r"shape \(1, 3\); this model reads \[batch=1, 4\]"):
         predict([0.0, 0.0, 0.0])
+
+
+def grounded_episodes(d: int = 2) -> list[Episode]:
+    """Two 4-step episodes with distinct flat frames: the first with 3 grounding values in its metadata,
+    the second without (a task that has none)."""
+    episodes = []
+    for i, meta in enumerate([{"grounding": [0.5, -0.25, 0.8]}, {}]):
+        frames = np.stack([np.full((SIZE, SIZE, 3), 60 * i + 20 * t, np.uint8) for t in range(4)])
+        actions = np.linspace(-0.5, 0.5, 4 * d, dtype=np.float32).reshape(4, d) * (1 - 2 * i)
+        episodes.append(
+            Episode(f"e{i}", "pickle", Path("."), "move", ["move"], actions, np.zeros((4, 0), np.float32),
+                    frames=frames, metadata=meta)
+        )
+    return episodes
+
+
+def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
+    """With model.layout.grounding=G the continuous head reads G more placeholders and regresses the
+    episode's grounding values beside the actions: trained on a few samples it predicts them closely;
+    samples of an episode without values add no grounding loss; the grounding head is saved under its
+    own prefix and predictions survive a save and reload."""
+    from vla.data.grounding import dataset_grounding
+
+    d = 2
+    model = tiny("l1", False, d=d, chunk=1, grounding=3)
+    assert model.layout.placeholders == 3 + d
+    episodes = grounded_episodes(d)
+    grounding = dataset_grounding(episodes, 3, optional=True)
+    assert np.isnan(grounding[1]).all()
+    dataset = VLADataset(
+        episodes, model.processor, model.action_tokenizer, statistics(d, 0)["k"]["action"], grounding=grounding
+    )
+    batch = collate([dataset[i] for i in range(len(dataset))], model.processor.tokenizer.pad_token_id)
+    pixels = model.processor.image_transform.normalize_batch(batch["images"])
+    head = model.head
+    ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
+    assert int((ids == model.action_placeholder_id).sum(1)[0]) == 3 + d
+
+    # Only the episode without values: the grounding loss is zero and the total is the action loss.
+    without = {k: v[4:] for k, v in batch.items()}
+    out = model(ids[4:], pixels[4:], without["attention_mask"], output="hidden")
+    total, g_loss = head.loss(out, without, grounding_weight=5.0)
+    assert float(g_loss.detach()) == 0.0
+    assert float(total.detach()) == pytest.approx(float(head.validation_loss(out, without).detach()))
+
+    torch.manual_seed(0)
+    steps = 200
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    frames = [episodes[0].frames[0], episodes[1].frames[0]]
+    pred = model.predict(frames, ["move"] * 2)
+    assert pred.grounding.shape == (2, 3)
+    np.testing.assert_allclose(pred.grounding[0], [0.5, -0.25, 0.8], atol=0.05)
+    metrics = head.teacher_forced(model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d).metrics
+    assert metrics["grounding_l1"] < 0.05
+
+    model.save_pretrained(tmp_path)
+    keys = load_file(str(tmp_path / "model.safetensors"))
+    assert any(k.startswith("grounding_head.") for k in keys)
+    again = OpenVLA.from_pretrained(tmp_path).predict(frames, ["move"] * 2)
+    np.testing.assert_array_equal(again.grounding, pred.grounding)
+    np.testing.assert_array_equal(again.actions, pred.actions)
+
+
+def test_optional_grounding_needs_some_episode_with_values():
+    """The continuous head's grounding tolerates episodes without values, not a dataset with none."""
+    from vla.data.grounding import dataset_grounding
+
+    episodes = grounded_episodes()
+    with pytest.raises(DataError, match=r"episode 'e1' .*needs grounding targets"):
+        dataset_grounding(episodes, 3)  # the token head needs every episode's
+    with pytest.raises(DataError, match=r"episode 'e1' .*needs grounding targets"):
+        dataset_grounding(episodes[1:], 3, optional=True)
+    with pytest.raises(DataError, match=r"episode 'e0' .*gives 3 values, model.layout.grounding=2"):
+        dataset_grounding(episodes, 2, optional=True)

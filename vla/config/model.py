@@ -43,7 +43,9 @@ class LayoutConfig:
     chunk_size: int = 1
     # Grounding values predicted before the actions (vla.data.grounding, ECoT-style): this many per
     # episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
-    # Token head only.
+    # Token head: G tokens written before the actions. l1 head: G more placeholder positions before the
+    # chunk's, whose final hidden states a second MLP (`grounding_head`) maps to the values, trained
+    # beside the actions (an auxiliary target; episodes without grounding targets add no grounding loss).
     grounding: int = 0
     # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
     # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before
@@ -93,10 +95,6 @@ class ActionLayout:
             raise ConfigError(f"action_dim={self.action_dim} and proprio_dim={self.proprio_dim} must be >= 0")
         if self.head == "l1" and self.action_dim < 1:
             raise ConfigError("the l1 head needs action_dim >= 1 (the size of the actions it regresses)")
-        if self.head == "l1" and self.grounding:
-            raise ConfigError(
-                f"model.layout.grounding={self.grounding}: grounding tokens need model.action_head=tokens"
-            )
 
     @classmethod
     def of(
@@ -120,6 +118,12 @@ class ActionLayout:
     def continuous(self) -> bool:
         """Whether the head regresses actions (no action tokens are decoded)."""
         return self.head != "tokens"
+
+    @property
+    def placeholders(self) -> int:
+        """Placeholder inputs a continuous head reads after the prompt (G grounding + K * D chunk
+        positions); 0 for the token head."""
+        return self.grounding + self.chunk_size * self.action_dim if self.continuous else 0
 
     def n_tokens(self, action_dim: int) -> int:
         """Tokens a token-head model writes per query: G grounding + K * D action tokens."""
@@ -155,10 +159,6 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         check_choice("model.action_token_init", self.action_token_init, ACTION_TOKEN_INITS)
         check_choice("model.action_head", self.action_head, HEADS)
-        if self.action_head != "tokens" and self.layout.grounding:
-            raise ConfigError(
-                f"model.layout.grounding={self.layout.grounding}: grounding tokens need model.action_head=tokens"
-            )
 
 
 @dataclass

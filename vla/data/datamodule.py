@@ -142,13 +142,17 @@ class VLADataModule(L.LightningDataModule):
         seed: int = 0,
         layout: LayoutConfig | None = None,
         proprio: bool = False,
+        action_head: str = "tokens",
     ):
         """`layout`: the action layout of the model to train (`model.layout`; default OpenVLA's);
-        `proprio`: the model reads the robot state (`model.proprio`), so every episode must have one."""
+        `proprio`: the model reads the robot state (`model.proprio`), so every episode must have one;
+        `action_head`: the model's head (`model.action_head`): a continuous head's grounding values are
+        an auxiliary target that some episodes may lack."""
         super().__init__()
         self.cfg = cfg
         self.layout = layout or LayoutConfig()
         self.proprio = proprio
+        self.action_head = action_head
         self.cache_dir = cache_dir
         self.augment = augment or AugmentConfig()
         self.seed = seed  # of the training augmentation
@@ -173,6 +177,7 @@ class VLADataModule(L.LightningDataModule):
             seed=cfg.seed,
             layout=cfg.model.layout,
             proprio=cfg.model.proprio,
+            action_head=cfg.model.action_head,
         )
 
     def prepare(self, required_action_dim: tuple[int, str] | None = None) -> dict[str, Any]:
@@ -206,8 +211,10 @@ class VLADataModule(L.LightningDataModule):
                     "episodes keep it as `states` or `observations`, pickled demos as `robot_state`"
                 )
         # Checked here, before the model is built: an episode without its grounding targets fails now.
-        self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding)
-        self.val_grounding = dataset_grounding(self.val_episodes, self.layout.grounding)
+        # The continuous head's grounding is an auxiliary target: episodes without one only lack its loss.
+        optional = self.action_head != "tokens"
+        self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional)
+        self.val_grounding = dataset_grounding(self.val_episodes, self.layout.grounding, optional)
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}
         log.info(

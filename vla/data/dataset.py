@@ -125,10 +125,13 @@ class VLADataset(Dataset):
             else np.zeros((ep.num_steps, 0), dtype=np.float32)
             for ep in self.episodes
         ]
-        # Grounding values per episode (vla.data.grounding), tokenized like actions; they come first.
+        # Grounding values per episode (vla.data.grounding), tokenized like actions; they come first. A
+        # continuous head reads placeholders there and regresses the values (NaN: the episode has none).
+        values = grounding if grounding is not None else [np.zeros(0)] * len(self.episodes)
+        self.grounding = [np.asarray(v, dtype=np.float32).reshape(-1) for v in values]
         self.grounding_tokens = [
-            action_tokenizer.encode(np.asarray(values)).astype(np.int64).reshape(-1)
-            for values in (grounding if grounding is not None else [np.zeros(0)] * len(self.episodes))
+            action_tokenizer.encode(np.nan_to_num(v.astype(np.float64))).astype(np.int64).reshape(-1)
+            for v in self.grounding
         ]
         if len(self.grounding_tokens) != len(self.episodes):
             raise ValueError(f"{len(self.grounding_tokens)} grounding rows for {len(self.episodes)} episodes")
@@ -175,6 +178,7 @@ class VLADataset(Dataset):
             "actions": torch.from_numpy(self.normalized[e][steps]),  # float32 [K, D] in [-1, 1]
             "action_steps": torch.tensor(real),  # bool [K]: real steps (not padding past the end)
             "states": torch.from_numpy(self.states[e][t]),  # float32 [S] normalized robot state ([0]: none)
+            "grounding": torch.from_numpy(self.grounding[e]),  # float32 [G] in [-1, 1] (NaN: unknown)
             "images": self.image(e, t, epoch, i),
             "episode": e,
             "step": t,
@@ -199,6 +203,7 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
         "actions": torch.from_numpy(np.stack([s["actions"].numpy() for s in samples])),
         "action_steps": torch.from_numpy(np.stack([s["action_steps"].numpy() for s in samples])),
         "states": torch.from_numpy(np.stack([s["states"].numpy() for s in samples])),
+        "grounding": torch.from_numpy(np.stack([s["grounding"].numpy() for s in samples])),
         "images": torch.from_numpy(np.stack([s["images"].numpy() for s in samples])),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "step": torch.tensor([s["step"] for s in samples]),

@@ -9,6 +9,10 @@ the prompt is unchanged, and at prediction time the model writes the N tokens fi
 An episode's N values, each in [-1, 1] (binned like actions, 256 bins), come from its metadata:
 `"grounding": [v1, ..., vN]` (any dataset: e.g. object positions normalised to the workspace), or, for
 the simulator's reach_ball episodes, the balls' positions (`reach_grounding`, 8 values).
+
+The continuous head (`model.action_head=l1`) predicts the values as an auxiliary target beside the
+actions rather than as tokens; there an episode may have none (`optional=True`: NaN values, no grounding
+loss for its samples), so a dataset mixing reach scenes with other tasks still trains.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ def reach_grounding(balls: dict[str, list[float] | np.ndarray], color: str) -> n
         _, y, z = np.asarray(balls[name], dtype=np.float64)
         values += [(y - y_mid) / y_half, (z - z_mid) / z_half]
     return np.clip(np.array(values), -1.0, 1.0)
+
+
+def has_grounding(episode: Episode) -> bool:
+    """Whether `episode`'s metadata gives grounding targets (a 'grounding' list or a reach scene)."""
+    meta = episode.metadata
+    return "grounding" in meta or (
+        meta.get("task") == "reach_ball" and isinstance(meta.get("balls"), dict) and "color" in meta
+    )
 
 
 def episode_grounding(episode: Episode, size: int) -> np.ndarray:
@@ -74,8 +86,14 @@ def episode_grounding(episode: Episode, size: int) -> np.ndarray:
     return values
 
 
-def dataset_grounding(episodes: Sequence[Episode], size: int) -> list[np.ndarray]:
-    """`episode_grounding` of every episode (size 0: empty arrays, grounding off)."""
+def dataset_grounding(episodes: Sequence[Episode], size: int, optional: bool = False) -> list[np.ndarray]:
+    """`episode_grounding` of every episode (size 0: empty arrays, grounding off). `optional`: an
+    episode without targets (`has_grounding`) gets NaN values instead of an error; a dataset in which no
+    episode has any is still an error (the grounding would learn nothing)."""
     if size == 0:
         return [np.zeros(0) for _ in episodes]
-    return [episode_grounding(ep, size) for ep in episodes]
+    if not optional:
+        return [episode_grounding(ep, size) for ep in episodes]
+    if episodes and not any(has_grounding(ep) for ep in episodes):
+        episode_grounding(episodes[0], size)  # raises the DataError that says what is missing
+    return [episode_grounding(ep, size) if has_grounding(ep) else np.full(size, np.nan) for ep in episodes]

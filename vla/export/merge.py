@@ -54,7 +54,7 @@ from vla.model.action_tokenizer import action_stats
 from vla.model.layout import ActionPrediction
 from vla.model.modeling import OpenVLA
 from vla.model.processing import build_prompt
-from vla.model.projectors import ACTION_HEAD_PREFIX, PROPRIO_PREFIX
+from vla.model.projectors import MODULES, module_sizes
 from vla.model.proprio import normalize_proprio, proprio_stats
 from vla.training.runs import load_train_config, load_trained
 
@@ -202,10 +202,10 @@ def onnx_logit_diff(model: OpenVLA, policy: Any, samples: HeldOut) -> float:
 
 
 def saved_modules(model_dir: Path) -> dict[str, int]:
-    """Parameters per fine-tune module (`action_head`, `proprio_projector`) in a saved folder's weights."""
+    """Parameters per fine-tune module (`vla.model.projectors.MODULES`) in a saved folder's weights."""
     from safetensors import safe_open
 
-    counts = {ACTION_HEAD_PREFIX[:-1]: 0, PROPRIO_PREFIX[:-1]: 0}
+    counts = dict.fromkeys(MODULES, 0)
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
@@ -225,11 +225,7 @@ def check_saved_modules(model_dir: Path, layout: ActionLayout) -> dict[str, int]
     ):
         raise ExportError(f"{model_dir / 'config.json'}: action_layout {saved} is not the run's {layout}")
     modules = saved_modules(model_dir)
-    wanted = [
-        name
-        for name, size in (("action_head", layout.action_dim), ("proprio_projector", layout.proprio_dim))
-        if size
-    ]
+    wanted = [name for name, size in module_sizes(layout).items() if size]
     missing = [name for name in wanted if name not in modules]
     if missing:
         raise ExportError(f"{model_dir}: the saved weights have no {missing} (the layout needs them)")

@@ -111,7 +111,11 @@ class ChunkGraph(nn.Module):
         # sequences in the positions with `torch.diff`, which has no ONNX export; the cache itself is
         # no output of the graph, the hidden states are the same.
         hidden = self.model.language_model.model(inputs_embeds=embeds, use_cache=True).last_hidden_state
-        return head.actions(hidden[:, -head.n_positions :]).float().clamp(-1.0, 1.0)
+        actions = head.actions(hidden[:, -head.n_actions :]).float().clamp(-1.0, 1.0)
+        if not head.layout.grounding:
+            return actions
+        ground = hidden[:, -head.n_positions : -head.n_actions]
+        return actions, head.grounding(ground).float().clamp(-1.0, 1.0)
 
 
 def policy_metadata(model: OpenVLA) -> dict[str, Any]:
@@ -124,6 +128,8 @@ def policy_metadata(model: OpenVLA) -> dict[str, Any]:
         "head": layout.head,
         "chunk_size": layout.chunk_size,
         "action_dim": layout.action_dim,
+        "grounding": layout.grounding,
+        "placeholders": layout.placeholders,  # the chunk graph's inputs after the prompt (0: token head)
         "proprio_dim": layout.proprio_dim,
         "n_layers": model.config.llama_config.num_hidden_layers,
         "empty_token_id": int(model.empty_token_id),
@@ -139,8 +145,7 @@ def _example_inputs(model: OpenVLA) -> tuple[torch.Tensor, ...]:
     channels = 3 * len(model.config.towers)
     ids = [*model.processor.tokenizer(build_prompt("reach the red ball"))["input_ids"], model.empty_token_id]
     layout = model.layout
-    if layout.continuous:
-        ids += [model.action_placeholder_id] * (layout.chunk_size * layout.action_dim)
+    ids += [model.action_placeholder_id] * layout.placeholders
     inputs = (torch.zeros(1, channels, size, size), torch.tensor([ids]))
     return (*inputs, torch.zeros(1, layout.proprio_dim)) if layout.proprio_dim else inputs
 
@@ -168,8 +173,9 @@ def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
             # state and the chunk have the layout's sizes).
             warnings.simplefilter("ignore")
             if layout.continuous:
-                _trace(ChunkGraph(model), inputs, tmp / CHUNK_FILE, opset, names, ["actions"],
-                       {**axes, "actions": {0: "batch"}})  # fmt: skip
+                outputs = ["actions", "grounding"] if layout.grounding else ["actions"]
+                _trace(ChunkGraph(model), inputs, tmp / CHUNK_FILE, opset, names, outputs,
+                       {**axes, **{name: {0: "batch"} for name in outputs}})  # fmt: skip
             else:
                 _export_token_graphs(model, inputs, names, axes, tmp, opset)
         (tmp / POLICY_FILE).write_text(json.dumps(policy_metadata(model), indent=2) + "\n")
@@ -253,7 +259,7 @@ def build_tensorrt_engines(onnx_dir: Path, max_prompt: int = 256, max_cache: int
         log.info("tensorrt is not importable: engine build skipped")
         return None
     meta = json.loads((onnx_dir / POLICY_FILE).read_text())
-    placeholders = meta["chunk_size"] * meta["action_dim"]  # 0 for the token head
+    placeholders = meta.get("placeholders", meta["chunk_size"] * meta["action_dim"])  # 0 for the token head
     logger = trt.Logger(trt.Logger.WARNING)
     engines = []
     for path in graph_paths(onnx_dir, "fp32"):

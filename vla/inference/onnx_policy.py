@@ -171,16 +171,19 @@ class OnnxPolicy:
 
     def chunk_actions(
         self, ids: np.ndarray, pixel_values: np.ndarray, proprio: np.ndarray | None = None
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The l1 head's one pass for rows of equal length (prompt ids, '▁' included): the normalized
-        chunk [B, K, D] in [-1, 1]. The K*D placeholder inputs are appended here."""
+        chunk [B, K, D] and the grounding values [B, G] (G = 0: none), both in [-1, 1]. The G + K*D
+        placeholder inputs are appended here."""
         layout = self.layout
-        n = layout.chunk_size * layout.action_dim
+        n = layout.placeholders
         holders = np.full((len(ids), n), self.meta["action_placeholder_id"], np.int64)
         feeds = {"pixel_values": pixel_values, "input_ids": np.concatenate([ids, holders], axis=1)}
         if proprio is not None:
             feeds["proprio"] = proprio
-        return self.chunk.run(None, feeds)[0]
+        outputs = self.chunk.run(None, feeds)
+        grounding = outputs[1] if layout.grounding else np.zeros((len(ids), 0), np.float32)
+        return outputs[0], grounding
 
     def _state(self, proprio: Any, key: str, batch: int) -> np.ndarray | None:
         """Normalized float32 [B, S] states, exactly as `OpenVLA.predict_action` makes them."""
@@ -225,12 +228,12 @@ class OnnxPolicy:
                     f"statistics key has {n_dims}"
                 )
             normalized = np.zeros((len(rows), layout.chunk_size, n_dims))
+            grounding = np.zeros((len(rows), layout.grounding))
             for group in groups:
                 ids = np.asarray([rows[i] for i in group], np.int64)
-                normalized[group] = self.chunk_actions(
+                normalized[group], grounding[group] = self.chunk_actions(
                     ids, pixels[group], None if state is None else state[group]
                 )
-            grounding = np.zeros((len(rows), 0))
             return ActionPrediction(
                 unnormalize(normalized, stats), normalized, None, prompts, rows, grounding
             )

@@ -259,19 +259,41 @@ class L1Head:
     placeholder inputs; the LLM's final hidden states there, one chunk step's D of them concatenated,
     go through `ActionMLP` to that step's D normalized actions. Trained with the mean absolute error
     over the real chunk steps; one forward pass predicts the whole chunk, with nothing fed back, so a
-    teacher-forced validation pass is exactly what prediction does."""
+    teacher-forced validation pass is exactly what prediction does.
+
+    With grounding (`layout.grounding=G`), G more placeholder positions come before the chunk's; a
+    second MLP (`grounding_module`) maps their hidden states to the G grounding values, an auxiliary
+    target trained with the same loss (weighted `grounding_weight`) on the samples that have one
+    (`batch["grounding"]` finite), and returned by `predict` as `ActionPrediction.grounding`."""
 
     output = "hidden"
     needs_model_loss = False
 
-    def __init__(self, layout: ActionLayout, placeholder_id: int, module: nn.Module):
+    def __init__(
+        self,
+        layout: ActionLayout,
+        placeholder_id: int,
+        module: nn.Module,
+        grounding_module: nn.Module | None = None,
+    ):
         self.layout = layout
         self.placeholder_id = placeholder_id
         self.module = module  # ActionMLP (or PEFT's modules_to_save wrapper around it)
+        if layout.grounding and grounding_module is None:
+            raise ValueError(
+                f"the layout has {layout.grounding} grounding values but the model has no grounding_head"
+            )
+        self.grounding_module = grounding_module
+
+    @property
+    def n_actions(self) -> int:
+        """K*D: the chunk's positions, the last of the head's positions."""
+        return self.layout.chunk_size * self.layout.action_dim
 
     @property
     def n_positions(self) -> int:
-        return self.layout.chunk_size * self.layout.action_dim
+        """Placeholder positions after the prompt: G grounding, then the K*D of the chunk."""
+        return self.layout.placeholders
 
     def training_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
         self._check_dim(action_dim)
@@ -290,10 +312,19 @@ class L1Head:
         weight = next(self.module.parameters())
         return self.module(hidden.reshape(hidden.shape[0], k, d * hidden.shape[-1]).to(weight.dtype))
 
-    def _chunk(self, out, labels: torch.Tensor) -> torch.Tensor:
+    def grounding(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, G, H] hidden states at the grounding positions -> [B, G] grounding values."""
+        if not self.layout.grounding:
+            return hidden.new_zeros(hidden.shape[0], 0)
+        weight = next(self.grounding_module.parameters())
+        return self.grounding_module(hidden.reshape(hidden.shape[0], -1).to(weight.dtype))
+
+    def _outputs(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, G] grounding values, [B, K, D] actions) of a teacher-forced pass."""
         span = chunk_span(labels, self.n_positions)
         hidden = out.hidden.gather(1, span[..., None].expand(-1, -1, out.hidden.shape[-1]))
-        return self.actions(hidden)
+        g = self.layout.grounding
+        return self.grounding(hidden[:, :g]), self.actions(hidden[:, g:])
 
     def loss(
         self,
@@ -302,35 +333,43 @@ class L1Head:
         grounding_weight: float = 1.0,
         regression: str = "l1",
         huber_delta: float = 0.1,
-    ) -> tuple[torch.Tensor, None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mean over the real chunk steps and every dimension (normalized units) of |error|
         (`regression="l1"`, OpenVLA-OFT), error^2 ("mse") or the Huber loss with delta
-        `huber_delta` ("huber")."""
-        pred = self._chunk(out, batch["labels"]).float()
-        real = batch["action_steps"][..., None].to(pred.dtype)
-        true = batch["actions"].to(pred.dtype)
-        if regression == "l1":
-            per = (pred - true).abs()
-        elif regression == "mse":
-            per = (pred - true).square()
-        elif regression == "huber":
-            per = nn.functional.huber_loss(pred, true, reduction="none", delta=huber_delta)
-        else:
-            raise ValueError(f"regression={regression!r}: choose l1, mse or huber")
-        return (per * real).sum() / (real.sum() * pred.shape[-1]).clamp(min=1.0), None
+        `huber_delta` ("huber"); with grounding, plus `grounding_weight` times the same loss's mean over
+        the known grounding values (returned second; None without grounding)."""
+        ground, pred = self._outputs(out, batch["labels"])
+        real = batch["action_steps"][..., None].expand_as(pred)
+        loss = _regression(pred.float(), batch["actions"].float(), real, regression, huber_delta)
+        if not self.layout.grounding:
+            return loss, None
+        true = batch["grounding"].to(ground.device).float()
+        known = torch.isfinite(true)
+        g_loss = _regression(ground.float(), true.nan_to_num(0.0), known, regression, huber_delta)
+        return loss + grounding_weight * g_loss, g_loss
 
     def validation_loss(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The mean L1 error, whatever the training loss."""
-        return self.loss(out, batch)[0]
+        """The mean L1 error of the actions, whatever the training loss."""
+        _, pred = self._outputs(out, batch["labels"])
+        real = batch["action_steps"][..., None].expand_as(pred)
+        return _regression(pred.float(), batch["actions"].float(), real, "l1", 0.0)
 
     def teacher_forced(self, out, batch: dict[str, torch.Tensor], action_dim: int) -> TeacherForced:
+        """The chunk as `predict` gives it; with grounding, `grounding_l1`: the mean |predicted - true|
+        over the known grounding values (NaN when the batch has none)."""
         self._check_dim(action_dim)
-        pred = self._chunk(out, batch["labels"]).float().clamp(-1.0, 1.0)
+        ground, pred = self._outputs(out, batch["labels"])
+        metrics = {}
+        if self.layout.grounding:
+            true = batch["grounding"].to(ground.device).float()
+            known = torch.isfinite(true)
+            error = (ground.detach().float().clamp(-1.0, 1.0) - true.nan_to_num(0.0)).abs()
+            metrics["grounding_l1"] = float((error * known).sum() / known.sum()) if known.any() else float("nan")
         return TeacherForced(
-            pred.detach().cpu().numpy(),
+            pred.float().clamp(-1.0, 1.0).detach().cpu().numpy(),
             batch["actions"].float().cpu().numpy(),
             batch["action_steps"].cpu().numpy(),
-            {},
+            metrics,
         )
 
     @torch.no_grad()
@@ -345,27 +384,49 @@ class L1Head:
         constrain: bool = False,
         use_cache: bool = True,
     ) -> ActionPrediction:
-        """One forward pass over each row's prompt followed by K*D placeholders."""
+        """One forward pass over each row's prompt followed by the G + K*D placeholders."""
         self._check_dim(len(stats["q01"]))
-        n = self.n_positions
+        n, g = self.n_positions, self.layout.grounding
         holders = [[*row, *([self.placeholder_id] * n)] for row in rows]
         embeds, mask, positions = model.prefix_batch(holders, pixel_values, proprio)
         hidden = model.language_model.model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state
-        normalized = self.actions(hidden[:, -n:]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
-        grounding = np.zeros((len(rows), 0))
+        ).last_hidden_state[:, -n:]
+        normalized = self.actions(hidden[:, g:]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        grounding = self.grounding(hidden[:, :g]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
         return ActionPrediction(unnormalize(normalized, stats), normalized, None, prompts, rows, grounding)
 
 
+def _regression(
+    pred: torch.Tensor, true: torch.Tensor, weight: torch.Tensor, regression: str, huber_delta: float
+) -> torch.Tensor:
+    """The `weight`ed (0/1, same shape) mean of the per-value loss: |error| ("l1"), error^2 ("mse") or
+    the Huber loss with delta `huber_delta` ("huber")."""
+    if regression == "l1":
+        per = (pred - true).abs()
+    elif regression == "mse":
+        per = (pred - true).square()
+    elif regression == "huber":
+        per = nn.functional.huber_loss(pred, true, reduction="none", delta=huber_delta)
+    else:
+        raise ValueError(f"regression={regression!r}: choose l1, mse or huber")
+    weight = weight.to(pred.dtype)
+    return (per * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def make_head(
-    layout: ActionLayout, tokenizer: ActionTokenizer, placeholder_id: int, module: nn.Module | None = None
+    layout: ActionLayout,
+    tokenizer: ActionTokenizer,
+    placeholder_id: int,
+    module: nn.Module | None = None,
+    grounding_module: nn.Module | None = None,
 ) -> TokenHead | L1Head:
-    """The head of `layout`; `module` is the model's `action_head` (needed by the continuous heads)."""
+    """The head of `layout`; `module` is the model's `action_head` (needed by the continuous heads),
+    `grounding_module` its `grounding_head` (a continuous head with grounding)."""
     if layout.head == "tokens":
         return TokenHead(layout, tokenizer, placeholder_id)
     if module is None:
         raise ValueError(
             f"the {layout.head} head needs the model's action_head module, which it does not have"
         )
-    return L1Head(layout, placeholder_id, module)
+    return L1Head(layout, placeholder_id, module, grounding_module)

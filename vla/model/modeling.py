@@ -73,10 +73,8 @@ class OpenVLA(nn.Module):
         # A fine-tune's own modules (vla.model.projectors), as its layout asks: None for OpenVLA.
         self.action_head: nn.Module | None = None
         self.proprio_projector: nn.Module | None = None
-        layout = self.layout
-        build_modules(
-            self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, llama.hidden_size
-        )
+        self.grounding_head: nn.Module | None = None
+        build_modules(self, self.layout, llama.hidden_size)
 
     # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
     @classmethod
@@ -117,12 +115,14 @@ class OpenVLA(nn.Module):
         if self.processor is not None:
             self.processor.image_transform.center_crop_scale = layout.center_crop_scale
         hidden = self.language_model.config.hidden_size
-        build_modules(self, layout.action_dim if layout.continuous else 0, layout.proprio_dim, hidden, seed)
+        build_modules(self, layout, hidden, seed)
 
     @property
     def head(self) -> TokenHead | L1Head:
         """The action head of the layout: its training loss and its decoding (`vla.model.heads`)."""
-        return make_head(self.layout, self.action_tokenizer, self.action_placeholder_id, self.action_head)
+        return make_head(
+            self.layout, self.action_tokenizer, self.action_placeholder_id, self.action_head, self.grounding_head
+        )
 
     @property
     def proprio_dim(self) -> int:

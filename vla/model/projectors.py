@@ -2,9 +2,11 @@
 
 `ActionMLP` maps the LLM's final hidden states at one chunk step's D action positions to that step's D
 normalized actions (OFT's `L1RegressionActionHead`: an MLP with residual blocks). `ProprioProjector`
-maps a normalized robot state to one LLM input embedding (OFT's `ProprioProjector`). Their weights
-live in the model's safetensors under the prefixes `action_head.` and `proprio_projector.`; a model
-without them (every OpenVLA checkpoint) has none of these keys.
+maps a normalized robot state to one LLM input embedding (OFT's `ProprioProjector`). A continuous head
+with grounding (`model.layout.grounding=G`) has a second `ActionMLP` that maps the G grounding
+positions' hidden states to the G grounding values. Their weights live in the model's safetensors under
+the prefixes `action_head.`, `proprio_projector.` and `grounding_head.`; a model without them (every
+OpenVLA checkpoint) has none of these keys.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from torch import nn
 
 ACTION_HEAD_PREFIX = "action_head."
 PROPRIO_PREFIX = "proprio_projector."
+GROUNDING_PREFIX = "grounding_head."
+MODULES = ("action_head", "proprio_projector", "grounding_head")  # what `build_modules` may add
 
 
 class _ResidualBlock(nn.Module):
@@ -61,16 +65,26 @@ class ProprioProjector(nn.Module):
         return self.fc2(self.act(self.fc1(state)))
 
 
-def build_modules(model: nn.Module, action_dim: int, proprio_dim: int, llm_dim: int, seed: int = 0) -> None:
-    """Give `model` the modules its layout needs (`action_head` when action_dim > 0, `proprio_projector`
-    when proprio_dim > 0), keeping ones that already have the right sizes (loaded or trained weights)
-    and removing ones the layout no longer has. New weights are drawn from `seed`, not from torch's
-    global generator, so adding them changes no other random draw of a run."""
-    wanted = {
-        "action_head": (action_dim, lambda: ActionMLP(llm_dim, action_dim)),
-        "proprio_projector": (proprio_dim, lambda: ProprioProjector(proprio_dim, llm_dim)),
+def module_sizes(layout) -> dict[str, int]:
+    """The size of each of `MODULES` that `layout` (an `ActionLayout`) needs; 0: not needed."""
+    return {
+        "action_head": layout.action_dim if layout.continuous else 0,
+        "proprio_projector": layout.proprio_dim,
+        "grounding_head": layout.grounding if layout.continuous else 0,
     }
-    for name, (size, make) in wanted.items():
+
+
+def build_modules(model: nn.Module, layout, llm_dim: int, seed: int = 0) -> None:
+    """Give `model` the modules its layout (`ActionLayout`) needs (`module_sizes`), keeping ones that
+    already have the right sizes (loaded or trained weights) and removing ones the layout no longer has.
+    New weights are drawn from `seed`, not from torch's global generator, so adding them changes no
+    other random draw of a run."""
+    make = {
+        "action_head": lambda size: ActionMLP(llm_dim, size),
+        "proprio_projector": lambda size: ProprioProjector(size, llm_dim),
+        "grounding_head": lambda size: ActionMLP(llm_dim, size),
+    }
+    for name, size in module_sizes(layout).items():
         current = getattr(model, name, None)
         current = getattr(current, "original_module", current)  # PEFT's modules_to_save wrapper
         have = getattr(current, "action_dim", None) or getattr(current, "proprio_dim", None)
@@ -79,7 +93,7 @@ def build_modules(model: nn.Module, action_dim: int, proprio_dim: int, llm_dim: 
         if size:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                module = make()
+                module = make[name](size)
             reference = next(model.projector.parameters())
             setattr(model, name, module.to(reference.device))
         elif current is not None:
