@@ -49,13 +49,6 @@ def make_loggers(cfg: TrainConfig, run_dir: Path) -> list:
     ]
 
 
-def resume_path(ckpt_path: str | None) -> str | None:
-    """`ckpt_path=` may be a Lightning checkpoint or a run folder (its checkpoints/last.ckpt)."""
-    if ckpt_path and Path(ckpt_path).is_dir():
-        return str(Path(ckpt_path) / "checkpoints" / "last.ckpt")
-    return ckpt_path
-
-
 def run(cfg: TrainConfig) -> dict[str, float]:
     """Train; returns the final validation metrics."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -68,11 +61,20 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.training.build import build_base_model
     from vla.training.callbacks import RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
-    from vla.training.runs import check_pretrained_key, required_action_dim, save_run_config
+    from vla.training.runs import (
+        check_pretrained_key,
+        check_resume,
+        claim_run_dir,
+        required_action_dim,
+        save_run_config,
+    )
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.run_dir)
+    # `ckpt_path=` (a .ckpt or a run folder) checked before anything is written; then a folder of our own.
+    resume = check_resume(cfg.ckpt_path, cfg) if cfg.ckpt_path else None
+    run_dir = claim_run_dir(Path(cfg.run_dir))
+    cfg.run_dir = str(run_dir)
     save_run_config(run_dir, cfg)
 
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
@@ -138,7 +140,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         logger=loggers or False,
         callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["wall_time_s"] = time.perf_counter() - start
     if trainer.is_global_zero:

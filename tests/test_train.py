@@ -121,7 +121,8 @@ def test_lora_checkpoint_holds_only_the_adapter_and_resumes(tmp_path, isaac_root
     assert len(names) == 2 * 4 * 2 and all(".lora_A." in n or ".lora_B." in n for n in names)
     resumed = train(tmp_path / "resumed", [*data, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])
     assert np.isfinite(resumed["val/loss"])
-    with pytest.raises(RuntimeError, match="do not match this run's adapter"):
+    # Refused before anything is built, naming the first key that differs (check_resume).
+    with pytest.raises(ConfigError, match=r"lora\.r=64: the run resumed from .* was trained with lora\.r=32"):
         train(
             tmp_path / "other",
             [*data, "lora=humanoid_default", "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"],

@@ -187,6 +187,10 @@ class DataConfig:
         check_choice("data.instructions", self.instructions, ("metadata", "annotated", "both"))
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
         if self.grounding_weight < 0:
             raise ConfigError(f"data.grounding_weight={self.grounding_weight} must be >= 0")
         if self.grounding_weight_steps is not None and self.grounding_weight_steps < 0:

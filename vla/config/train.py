@@ -31,6 +31,19 @@ class OptimConfig:
         check_choice("optim.action_loss", self.action_loss, ACTION_LOSSES)
         if not self.huber_delta > 0:
             raise ConfigError(f"optim.huber_delta={self.huber_delta} must be > 0")
+        # `not x > 0` also refuses NaN; inf is caught by the upper bound.
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"optim.lr={self.lr} must be in (0, 1) (e.g. 3e-4)")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(
+                f"optim.betas={list(self.betas)} must be two values in [0, 1), e.g. [0.9, 0.999]"
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
 
 
 @dataclass
@@ -54,6 +67,29 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        # Lightning takes max_steps=-1 (and 0) too: the first trains until max_epochs (forever by
+        # default), the second saves an untrained adapter; both are refused here, before anything is written.
+        for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "devices", "num_nodes"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"trainer.{key}={value} must be >= 1")
+        if self.log_every_n_steps < 1:
+            raise ConfigError(f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
+        if self.max_epochs != -1 and self.max_epochs < 1:
+            raise ConfigError(f"trainer.max_epochs={self.max_epochs} must be >= 1 (or -1: max_steps decides)")
+        if not 0 < self.limit_val_batches <= 1 and not (
+            self.limit_val_batches > 1 and float(self.limit_val_batches).is_integer()
+        ):
+            raise ConfigError(
+                f"trainer.limit_val_batches={self.limit_val_batches} must be a fraction in (0, 1] or a "
+                "whole number of batches"
+            )
+        if self.gradient_clip_val is not None and not self.gradient_clip_val >= 0:
+            raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val} must be >= 0 (or null)")
+        if self.num_sanity_val_steps < -1:
+            raise ConfigError(f"trainer.num_sanity_val_steps={self.num_sanity_val_steps} must be >= -1")
+
 
 @dataclass
 class LoggerConfig:
@@ -72,6 +108,13 @@ class CallbacksConfig:
     save_top_k: int = 1
     sim_eval_every_n_val: int = 0  # closed-loop success rate every N validations (0: off)
     sim_eval_episodes: int = 2  # per task
+
+    def __post_init__(self) -> None:
+        if self.save_top_k < -1:
+            raise ConfigError(f"callbacks.save_top_k={self.save_top_k} must be >= -1 (-1: every checkpoint)")
+        for key in ("plot_episodes", "sim_eval_every_n_val", "sim_eval_episodes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"callbacks.{key}={getattr(self, key)} must be >= 0")
 
 
 @dataclass
@@ -107,6 +150,11 @@ class TrainConfig:
             raise ConfigError(
                 f"data.token_noise={self.data.token_noise} perturbs action tokens, which "
                 f"model.action_head={self.model.action_head} does not read; set it to 0"
+            )
+        if self.trainer.val_check_interval > self.trainer.max_steps:
+            raise ConfigError(
+                f"trainer.val_check_interval={self.trainer.val_check_interval} is more than "
+                f"trainer.max_steps={self.trainer.max_steps}: the run would never validate or save a checkpoint"
             )
         if self.lora.kind == "full" and self.quantization.method is not None:
             raise ConfigError(

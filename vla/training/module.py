@@ -4,6 +4,7 @@ actions), the same action metrics for every head, AdamW + cosine."""
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Any
 
@@ -23,6 +24,38 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """Every global generator a training step may draw from, as tensors and plain Python values
+    (a checkpoint loads with torch's weights_only unpickler)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },  # fmt: skip
+        "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class VLAModule(L.LightningModule):
@@ -53,6 +86,7 @@ class VLAModule(L.LightningModule):
         self._tick: float | None = None
         # Checkpoints hold the trainable tensors only (on_save_checkpoint); on_load_checkpoint checks them.
         self.strict_loading = False
+        self._pending_rng: dict[str, Any] | None = None  # a resumed checkpoint's, for the next step
 
     @property
     def vla(self):
@@ -171,12 +205,22 @@ class VLAModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only what training changes: the frozen base is rebuilt from its source on resume (the
         pretrained checkpoint, or the tiny model from its seed), so a 7B LoRA checkpoint is megabytes,
-        not the 14 GB of the base."""
+        not the 14 GB of the base. Also the random states the next steps draw from (LoRA dropout and
+        data.token_noise draw from torch's global generator), so that a resumed run is the same run."""
         trainable = self._trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored here, not in on_load_checkpoint: Lightning builds the resumed loaders in between,
+        # and creating a DataLoader iterator draws from the global generator.
+        if self._pending_rng is not None:
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Loading is non-strict (the base is not in the file), so check the trainable set here."""
+        self._pending_rng = checkpoint.get("rng_states")
         saved, trainable = set(checkpoint["state_dict"]), self._trainable_names()
         if saved != trainable:
             missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
@@ -62,9 +65,45 @@ def check_pretrained_key(pretrained: str | None, dataset_key: str, stats: dict[s
         )
 
 
+def claim_run_dir(run_dir: Path) -> Path:
+    """A run folder no other run writes into: `run_dir` itself when this process is the first to
+    create its config.yaml there (an exclusive create: two runs started in the same second get the same
+    Hydra folder), else the first free `<run_dir>_2`, `<run_dir>_3`, ... (created exclusively too).
+    The claim is an empty config.yaml that `save_run_config` fills. Returns the folder claimed."""
+    candidates = [run_dir] + [run_dir.with_name(f"{run_dir.name}_{n}") for n in range(2, 1000)]
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=folder == run_dir)  # Hydra makes run_dir, not the others
+            with open(folder / "config.yaml", "x"):
+                pass
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise CheckpointError(
+                f"{folder}: cannot create the run folder ({err.strerror}); check paths.output_dir"
+            ) from None
+    raise CheckpointError(f"{run_dir}: 999 runs already use this name; pass run_name= or paths.output_dir=")
+
+
 def save_run_config(run_dir: Path, cfg: Any) -> None:
+    """The resolved config as <run>/config.yaml (through a temporary sibling and a rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary sibling and a rename; an OSError (a full disk) names the
+    path, says what to do and leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"{path}: cannot write ({err.strerror}); free some space or choose another paths.output_dir"
+        ) from None
 
 
 def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
@@ -72,12 +111,20 @@ def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
     if full:
         return model.save_pretrained(run_dir / "model")
     target = run_dir / "adapter"
-    tmp = run_dir / ".adapter.tmp"
-    # The base is saved on its own (base_model/ or the pretrained id): keep only the adapter weights.
-    # base_model_name_or_path comes from the base's `name_or_path` (OpenVLA.from_pretrained's source).
-    model.save_pretrained(str(tmp), save_embedding_layers=False)
-    make_adapter_config_portable(tmp)
-    commit_folder(tmp, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=run_dir))
+    try:
+        # The base is saved on its own (base_model/ or the pretrained id): keep only the adapter weights.
+        # base_model_name_or_path comes from the base's `name_or_path` (OpenVLA.from_pretrained's source).
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        make_adapter_config_portable(tmp)
+        commit_folder(tmp, target)
+    except OSError as err:  # a full disk: say where and what to do, leave no temporary folder
+        raise CheckpointError(
+            f"{target}: cannot save the adapter ({err.strerror}); free some space, then resume with "
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -105,6 +152,73 @@ LOCKED_KEYS = {
     "model": ("action_head", "proprio"),
     "model.layout": ("chunk_size", "grounding", "parallel_decoding"),
 }
+# What a resumed run must share with the run it continues, beyond LOCKED_KEYS: the base it was built
+# from and the statistics key (other keys, e.g. trainer.max_steps or optim.lr, may change on resume).
+RESUME_LOCKED_KEYS = {
+    **LOCKED_KEYS,
+    "model": (*LOCKED_KEYS["model"], "pretrained", "architecture", "dtype", "init_seed", "action_token_init"),
+    "data": ("dataset_key",),
+}
+
+
+def check_resume(ckpt_path: str, cfg: TrainConfig) -> Path:
+    """The Lightning checkpoint `ckpt_path=` names (a .ckpt file, or a run folder: its
+    checkpoints/last.ckpt), checked before anything is built: it exists, is not empty, loads with
+    torch's weights_only unpickler (a checkpoint that needs code to load is refused), and the run it
+    belongs to was trained with the same RESUME_LOCKED_KEYS as `cfg` (the error names the key and both
+    values)."""
+    import pickle
+
+    import torch
+
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: no checkpoint at {path}; pass a .ckpt file or a run folder"
+        )
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: {path} is empty (a save that was killed?); resume from another "
+            f"checkpoint in {path.parent} or start a new run"
+        )
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"ckpt_path={ckpt_path}: {path} refused: loading it would run code it names, which no "
+                "checkpoint of this project needs; resume only from checkpoints your own runs wrote"
+            ) from None
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: {path} is corrupt ({err}); resume from another checkpoint"
+        ) from None
+    except Exception as err:  # truncated zip, bad magic number, ...
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: {path} is truncated or corrupt ({type(err).__name__}: {err}); resume "
+            f"from another checkpoint in {path.parent} or start a new run"
+        ) from None
+    run_dir = path.parent.parent
+    if (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").stat().st_size:
+        trained = to_object(migrate_run_config(OmegaConf.load(run_dir / "config.yaml")), TrainConfig)
+        for group, keys in RESUME_LOCKED_KEYS.items():
+            for key in keys:
+                was = OmegaConf.select(OmegaConf.structured(trained), f"{group}.{key}")
+                now = OmegaConf.select(OmegaConf.structured(cfg), f"{group}.{key}")
+                if was != now:
+                    raise ConfigError(
+                        f"{group}.{key}={_show(now)}: the run resumed from ({run_dir}) was trained with "
+                        f"{group}.{key}={_show(was)}; a resumed run must train the same model: leave it out "
+                        "or start a new run"
+                    )
+    return path
+
+
+def _show(value: Any) -> str:
+    return repr(OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value)
+
+
 # Where keys of runs saved before the action layout had one home live now (old key -> new key).
 MOVED_KEYS = {
     "data.chunk_size": "model.layout.chunk_size",
