@@ -156,7 +156,9 @@ def test_adapter_config_loads_with_peft_0_11_signature(ref_dir, tmp_path, extra)
     loaded = PeftConfig.from_pretrained(str(folder))
     assert (loaded.r, loaded.lora_alpha, sorted(loaded.target_modules)) == (4, 8, ["q_proj", "v_proj"])
     assert sorted(loaded.modules_to_save or []) == (["action_head", "proprio_projector"] if extra else [])
+    # (safetensors creates its files 0600)
     assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {0o666 & ~_umask()}
 
 
 def test_unknown_keys_at_other_values_are_kept(tmp_path):

@@ -167,6 +167,7 @@ def test_tensorboard_logger_and_run_files(tmp_path, isaac_root):
     os.umask(mask)
     for folder in ("adapter", "base_model"):
         assert (tmp_path / folder).stat().st_mode & 0o777 == 0o777 & ~mask, folder
+        assert {f.stat().st_mode & 0o777 for f in (tmp_path / folder).iterdir()} == {0o666 & ~mask}, folder
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
 
