@@ -24,19 +24,37 @@ from vla.config import PredictConfig, register_configs, to_object  # noqa: E402
 register_configs()
 
 
-def run(cfg: PredictConfig) -> dict:
-    from PIL import Image
+def check_prompt_fits(policy, instruction: str) -> None:
+    """The prompt's tokens, the image patches, the state token and the action tokens must fit the
+    language model's positions (transformers only warns past them, then runs out of memory)."""
+    from vla.data.limits import check_prompt_tokens
+    from vla.model.processing import build_prompt
 
+    config = policy.model.config
+    max_positions = config.text_config.get("max_position_embeddings")
+    if not max_positions:
+        return
+    prompt = len(policy.model.processor.tokenizer(build_prompt(instruction))["input_ids"])
+    patches = (config.image_size // config.towers[0].patch_size) ** 2
+    info = policy.info
+    needed = (
+        prompt + patches + (1 if info.state_dim else 0) + info.grounding + info.chunk_size * info.action_dim
+    )
+    check_prompt_tokens(needed + 1, max_positions, "instruction=")
+
+
+def run(cfg: PredictConfig) -> dict:
+    from vla.data.limits import check_instruction, read_image
     from vla.inference import load_policy
     from vla.outputs import resolve_latest
 
+    # Checked before the model loads: not empty, at most MAX_INSTRUCTION_CHARS characters.
+    check_instruction(cfg.instruction, "instruction=")
     image_path = Path(cfg.image)
     if not image_path.is_file():
         raise FileNotFoundError(f"image={cfg.image}: file not found")
-    try:
-        image = Image.open(image_path).convert("RGB")
-    except OSError as err:
-        raise ValueError(f"image={cfg.image}: cannot read the image ({err})") from None
+    # Pixel count from the header before decoding; 16-bit, palette and alpha images converted to RGB.
+    image = read_image(image_path, f"image={cfg.image}")
     checkpoint = resolve_latest(cfg.checkpoint, "checkpoint", cfg.paths.output_dir, "train")
     policy = load_policy(
         checkpoint,
@@ -45,6 +63,7 @@ def run(cfg: PredictConfig) -> dict:
         dtype=cfg.dtype,
         quantization=cfg.quantization.method,
     )
+    check_prompt_fits(policy, cfg.instruction)
     state = {}
     if policy.info.state_dim:
         values = cfg.state

@@ -238,6 +238,13 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     run_dir, out = Path(cfg.run), Path(cfg.out_dir)
+    # An export never writes over another (nor over a folder of the user's): out_dir must not hold one.
+    taken = [name for name in ("export.json", "model", "onnx", "heldout.npz") if (out / name).exists()]
+    if taken:
+        raise ExportError(
+            f"out_dir={out}: already holds {', '.join(taken)}; choose a new out_dir (or leave it out: a "
+            "new outputs/export/<date>/<time>/)"
+        )
     overrides = {group: getattr(cfg, group) for group in RUN_OVERRIDE_GROUPS}
     train_cfg = load_train_config(run_dir, overrides)
     trained_dtype = load_train_config(run_dir).model.dtype
@@ -292,9 +299,15 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.onnx:
         report["onnx"] = export_and_check_onnx(merged, model_dir, out / "onnx", samples, merged_preds, cfg)
     report["wall_time_s"] = time.perf_counter() - start
+    # The completion record, last: readers (benchmark, evaluate, predict, load_policy) refuse the
+    # folder without it.
     tmp = out / ".export.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out / "export.json")
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out / "export.json")
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{out / 'export.json'}: cannot write ({err.strerror}); free space and export again") from None
     return report
 
 

@@ -22,11 +22,25 @@ BACKENDS = ("torch", "onnx", "onnx_int8", "tensorrt")
 
 
 def folder_kind(path: str | Path) -> str:
-    """export | run | openvla (an OpenVLA-format folder, or a hub id)."""
+    """export | run | openvla (an OpenVLA-format folder, or a hub id). A folder that an export or a
+    training run left unfinished (killed, out of space) is refused here, naming what is missing: an
+    export is complete only with export.json (written last, after every check), a run only with its
+    adapter/ or model/ (written when training ends)."""
     path = Path(path)
+    exported = [name for name in ("model", "onnx", "heldout.npz") if (path / name).exists()]
+    if exported and not (path / "export.json").is_file():
+        raise CheckpointError(
+            f"{path}: an export that did not finish (it has {', '.join(exported)} but no export.json, "
+            "which is written last, once every check passed); export the run again (make export)"
+        )
     if (path / "model" / "config.json").is_file() and (path / "export.json").is_file():
         return "export"
     if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        if not ((path / "adapter").is_dir() or (path / "model").is_dir()):
+            raise CheckpointError(
+                f"{path}: a training run that did not finish (no adapter/ or model/, saved when training "
+                f"ends); resume it with `python train.py ckpt_path={path}` or pass another checkpoint="
+            )
         return "run"
     return "openvla"
 
