@@ -35,6 +35,13 @@ def run(cfg: MakeSampleDataConfig) -> dict:
         root = ensure_sample_dataset(settings, cache_dir=cfg.paths.cache_dir, workers=sample.workers)
     else:
         root = Path(cfg.output_dir)
+        # Nothing the user already has is written over (a demos.pkl of their own, other episodes).
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            held = sorted(p.name for p in root.iterdir())[:3] if root.is_dir() else [root.name]
+            raise FileExistsError(
+                f"output_dir={root}: not an empty folder (holds {', '.join(held)}, ...); choose a new or "
+                "empty folder: make_sample_data writes over nothing"
+            )
         settings = sample.generation_settings(cfg.sim, write_pickle=cfg.write_pickle)
         generate_dataset(settings, root, workers=sample.workers)
     summary = json.loads((root / SETTINGS_FILE).read_text(encoding="utf-8"))["summary"]

@@ -88,3 +88,17 @@ def test_prompt_token_limit_names_the_positions():
     check_prompt_tokens(2048, 2048, "instruction=")
     with pytest.raises(DataError, match="need 2049 positions; the language model has 2048"):
         check_prompt_tokens(2049, 2048, "instruction=")
+
+
+def test_make_sample_data_never_writes_over_a_users_demos(tmp_path):
+    """output_dir=<folder with the user's demos.pkl> write_pickle=true replaced that demos.pkl."""
+    from vla.config import MakeSampleDataConfig
+
+    (tmp_path / "demos.pkl").write_bytes(b"the user's own demos")
+    overrides = [f"output_dir={tmp_path}", "write_pickle=true", "data.sample.episodes_per_task=1"]
+    cfg = compose_config("make_sample_data", overrides, MakeSampleDataConfig)
+    with pytest.raises(
+        FileExistsError, match=rf"output_dir={tmp_path}: not an empty folder \(holds demos\.pkl"
+    ):
+        load_script("make_sample_data").run(cfg)
+    assert (tmp_path / "demos.pkl").read_bytes() == b"the user's own demos"
