@@ -23,9 +23,9 @@ BACKENDS = ("torch", "onnx", "onnx_int8", "tensorrt")
 
 def folder_kind(path: str | Path) -> str:
     """export | run | openvla (an OpenVLA-format folder, or a hub id). A folder that an export or a
-    training run left unfinished (killed, out of space) is refused here, naming what is missing: an
-    export is complete only with export.json (written last, after every check), a run only with its
-    adapter/ or model/ (written when training ends)."""
+    export left unfinished (killed, out of space) is refused here, naming what is missing: an export
+    is complete only with export.json (written last, after every check). `load_policy` refuses a run
+    without its adapter/ or model/ (written when training ends)."""
     path = Path(path)
     exported = [name for name in ("model", "onnx", "heldout.npz") if (path / name).exists()]
     if exported and not (path / "export.json").is_file():
@@ -36,11 +36,6 @@ def folder_kind(path: str | Path) -> str:
     if (path / "model" / "config.json").is_file() and (path / "export.json").is_file():
         return "export"
     if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
-        if not ((path / "adapter").is_dir() or (path / "model").is_dir()):
-            raise CheckpointError(
-                f"{path}: a training run that did not finish (no adapter/ or model/, saved when training "
-                f"ends); resume it with `python train.py ckpt_path={path}` or pass another checkpoint="
-            )
         return "run"
     return "openvla"
 
@@ -83,6 +78,12 @@ def load_policy(
     path = Path(path)
     if kind == "run":  # its config once: for the scene and for loading
         from vla.training.runs import load_train_config, load_trained
+
+        if not ((path / "adapter").is_dir() or (path / "model").is_dir()):
+            raise CheckpointError(
+                f"{path}: a training run that did not finish (no adapter/ or model/, saved when training "
+                f"ends); resume it with `python train.py ckpt_path={path}` or pass another checkpoint="
+            )
 
         train_cfg = load_train_config(path)
         scene = train_cfg.data.sim_scene()
