@@ -91,12 +91,21 @@ class ShuffleSampler(Sampler[tuple[int, int]]):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in its checkpoints (`state_dict`) and restores."""
+    """A DataLoader whose position Lightning saves in its checkpoints (`state_dict`) and restores.
+
+    Each epoch's iterator draws its workers' base seed from the loader's own generator, seeded from
+    (seed, epoch): a plain DataLoader draws it from torch's global generator, so the iterator of a new
+    epoch, made between a checkpoint and the next step, moved the generator that LoRA dropout and
+    token noise draw from, and a run resumed from an end-of-epoch checkpoint drew other numbers."""
 
     def __init__(self, dataset, *, sampler: ShuffleSampler, consumed_batches, **kwargs):
-        super().__init__(dataset, sampler=sampler, **kwargs)
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
         self.shuffle_sampler = sampler
         self.consumed_batches = consumed_batches  # () -> batches of this epoch already trained on
+
+    def __iter__(self):
+        self.generator.manual_seed(self.shuffle_sampler.seed + self.shuffle_sampler.epoch + 1)
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.shuffle_sampler.epoch, "consumed": int(self.consumed_batches())}
@@ -307,4 +316,6 @@ class VLADataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, shuffle=False, **self._loader_kwargs())
+        # Its own generator: validating between two steps leaves the global one to training.
+        generator = torch.Generator().manual_seed(self.cfg.split_seed)
+        return DataLoader(self.val_set, shuffle=False, generator=generator, **self._loader_kwargs())

@@ -212,8 +212,9 @@ class VLAModule(L.LightningModule):
         checkpoint["rng_states"] = capture_rng_states()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Restored here, not in on_load_checkpoint: Lightning builds the resumed loaders in between,
-        # and creating a DataLoader iterator draws from the global generator.
+        # Restored here, not in on_load_checkpoint: Lightning runs the sanity validation and builds the
+        # resumed loaders in between. Our loaders draw from their own generators (ResumableLoader), so
+        # nothing between a checkpoint and the next step moves the global ones in the uninterrupted run.
         if self._pending_rng is not None:
             restore_rng_states(self._pending_rng)
             self._pending_rng = None
