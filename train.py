@@ -62,6 +62,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.training.callbacks import RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
     from vla.training.runs import (
+        RunCheckpointIO,
         check_pretrained_key,
         check_resume,
         claim_run_dir,
@@ -139,6 +140,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         default_root_dir=run_dir,
         logger=loggers or False,
         callbacks=callbacks,
+        plugins=[RunCheckpointIO()],  # a failed checkpoint write names the file and what to do
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

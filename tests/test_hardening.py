@@ -5,6 +5,7 @@ LoRA dropout, a full disk leaving no temporary folder. Each test failed on the c
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 import re
 from pathlib import Path
@@ -163,6 +164,61 @@ def test_full_disk_while_saving_the_adapter_names_the_path_and_leaves_no_temp(tm
 
     with pytest.raises(CheckpointError, match=rf"{tmp_path / 'adapter'}.*No space left on device.*free"):
         save_trained(FullDisk(), tmp_path, full=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+class FullDiskFile:
+    """An open file on a disk that fills up after `room` bytes."""
+
+    def __init__(self, path, mode, room=100):
+        self.f, self.room = open(path, mode), room  # noqa: SIM115 - closed by __exit__
+
+    def write(self, data):
+        self.f.write(bytes(data)[: self.room])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_while_lightning_writes_a_checkpoint_names_it_and_leaves_no_partial_file(
+    tmp_path, monkeypatch, isaac_root
+):
+    """Lightning's own write failed with `No space left on device` and no path."""
+    import vla.training.runs as runs
+
+    monkeypatch.setattr(runs, "open", FullDiskFile, raising=False)
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        CheckpointError, match=rf"{run_dir / 'checkpoints'}/.*\.ckpt: cannot write .*No space left.*free some"
+    ):
+        train(run_dir, ["data=isaac", f"data.root={isaac_root}", "lora=efficient"])
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    "code, todo",
+    [(errno.ENOSPC, "No space left on device.*free some space"), (errno.EACCES, "Permission denied.*writable")],
+)
+def test_a_failed_model_save_names_the_folder_says_what_to_do_and_leaves_no_temp(
+    tmp_path, monkeypatch, code, todo
+):
+    """The merged model's (and lora=full's) save raised the bare OSError."""
+    import huggingface_hub
+
+    from vla.model.tiny import build_tiny_model
+
+    def failing(state, folder, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(huggingface_hub, "save_torch_state_dict", failing)
+    model = build_tiny_model(config(tmp_path / "unused", []).model.architecture, norm_stats={})
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'model'}: cannot save the model .*{todo}"):
+        model.save_pretrained(tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,6 +10,7 @@ temporary sibling, then renamed, with the permissions the umask gives a new fold
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -144,6 +145,18 @@ def load_pretrained(
     return model.eval()
 
 
+def write_failure(path: Path, err: OSError, what: str, then: str = "") -> CheckpointError:
+    """The error for an OSError while writing `path` (a full disk, no permission): names the path and
+    the reason and says what to do (`then`: what comes after, e.g. how to resume)."""
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = f"make {path.parent} writable or choose another folder"
+    elif err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        todo = "free some space"
+    else:
+        todo = "check the disk"
+    return CheckpointError(f"{path}: cannot {what} ({err.strerror or err}); {todo}{then}")
+
+
 def _atomic_folder(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -198,7 +211,10 @@ def save_pretrained(
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     stored = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    tmp = _atomic_folder(folder)
+    try:
+        tmp = _atomic_folder(folder)
+    except OSError as err:
+        raise write_failure(folder, err, "save the model", ", then save again") from None
     try:
         save_torch_state_dict(state, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
         raw = model.config.to_dict()
@@ -214,6 +230,9 @@ def save_pretrained(
         model.processor.save_pretrained(tmp, fused=model.vision_backbone.fused_featurizer is not None)
         (tmp / "dataset_statistics.json").write_text(json.dumps(model.norm_stats, indent=2) + "\n")
         commit_folder(tmp, folder)
+    except OSError as err:  # a full disk: say where and what to do, leave no temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(folder, err, "save the model", ", then save again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

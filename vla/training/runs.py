@@ -11,19 +11,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
 from vla.data.statistics import load_statistics
-from vla.model.checkpoint import DTYPES, commit_folder
+from vla.model.checkpoint import DTYPES, commit_folder, write_failure
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.quantize import dequantize_language_model, quantize_language_model
@@ -111,7 +113,10 @@ def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
     if full:
         return model.save_pretrained(run_dir / "model")
     target = run_dir / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=run_dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=run_dir))
+    except OSError as err:
+        raise write_failure(target, err, "save the adapter") from None
     try:
         # The base is saved on its own (base_model/ or the pretrained id): keep only the adapter weights.
         # base_model_name_or_path comes from the base's `name_or_path` (OpenVLA.from_pretrained's source).
@@ -119,13 +124,37 @@ def save_trained(model: Any, run_dir: Path, full: bool) -> Path:
         make_adapter_config_portable(tmp)
         commit_folder(tmp, target)
     except OSError as err:  # a full disk: say where and what to do, leave no temporary folder
-        raise CheckpointError(
-            f"{target}: cannot save the adapter ({err.strerror}); free some space, then resume with "
-            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
-        ) from None
+        then = f", then resume with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        raise write_failure(target, err, "save the adapter", then) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writes (last.ckpt, the best ones) through a temporary sibling and a
+    rename in the checkpoint's own folder (fsspec's, Lightning's default, writes into the system's
+    temporary folder and copies across devices); an OSError (a full disk, no permission) names the file
+    and what to do, and leaves neither a temporary nor a partial file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        import torch
+
+        if storage_options is not None:
+            raise TypeError("storage_options: not supported for local run folders")
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            then = f", then resume with ckpt_path={path.parent.parent} (its last complete checkpoint)"
+            raise write_failure(path, err, "write the checkpoint", then) from None
 
 
 def load_model(path: str | Path) -> OpenVLA:
