@@ -173,37 +173,57 @@ def test_merge_mismatch_stops_the_export(tmp_path, isaac_root, monkeypatch):
     assert not (tmp_path / "out" / "model").exists()
 
 
-@pytest.mark.parametrize("where", ["weights", "onnx"])
-def test_interrupted_export_leaves_nothing_complete_looking(tmp_path, isaac_root, monkeypatch, where):
+@pytest.mark.parametrize("where", ["weights", "onnx", "onnx_check"])
+def test_interrupted_export_leaves_nothing_at_out_dir(tmp_path, isaac_root, monkeypatch, where):
+    """Everything is written and checked in a temporary sibling, then moved into place: killed anywhere
+    before, out_dir holds nothing of the export (the old code had moved model/ and onnx/ into place
+    before the ONNX checks). Hydra's own folder (with its log) keeps only what it held."""
     import huggingface_hub
 
-    from vla.export.merge import export_run
+    import vla.export.merge as export
 
     run_dir, out = tmp_path / "run", tmp_path / "out"
     make_run(run_dir, isaac_root, LORA["lora"])
-    if where == "weights":
-        real = huggingface_hub.save_torch_state_dict
+    if where == "onnx_check":
+        out.mkdir()
+        (out / "export.log").write_text("hydra's log\n")
+    with monkeypatch.context() as patch:
+        if where == "weights":
+            real = huggingface_hub.save_torch_state_dict
 
-        def crash(state, folder, **kwargs):
-            real(state, folder, **kwargs)  # the weights are written, then the process "dies"
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(huggingface_hub, "save_torch_state_dict", crash)
-    else:
-        real = torch.onnx.export
-
-        def crash(model, args, path, **kwargs):
-            real(model, args, path, **kwargs)
-            if Path(path).name == "decode.onnx":
+            def crash(state, folder, **kwargs):
+                real(state, folder, **kwargs)  # the weights are written, then the process "dies"
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(torch.onnx, "export", crash)
-    with pytest.raises(KeyboardInterrupt):
-        export_run(export_config(run_dir, out, int8=False))
-    assert not (out / "export.json").exists()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp folders left
-    assert (out / "model").exists() == (where == "onnx")  # only finished folders are in place
-    assert not (out / "onnx").exists()
+            patch.setattr(huggingface_hub, "save_torch_state_dict", crash)
+        elif where == "onnx":
+            real = torch.onnx.export
+
+            def crash(model, args, path, **kwargs):
+                real(model, args, path, **kwargs)
+                if Path(path).name == "decode.onnx":
+                    raise KeyboardInterrupt
+
+            patch.setattr(torch.onnx, "export", crash)
+        else:  # the graphs are written, killed during their parity check
+
+            def crash(*args, **kwargs):
+                raise KeyboardInterrupt
+
+            patch.setattr(export, "onnx_logit_diff", crash)
+        with pytest.raises(KeyboardInterrupt):
+            export.export_run(export_config(run_dir, out, int8=False))
+    if where == "onnx_check":
+        assert [p.name for p in out.iterdir()] == ["export.log"]
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", *(["out"] if out.exists() else [])])
+    if where == "onnx_check":  # the same out_dir again: the finished export is moved in beside the log
+        report = export.export_run(export_config(run_dir, out, int8=False))
+        names = sorted(p.name for p in out.iterdir())
+        assert names == ["export.json", "export.log", "heldout.npz", "model", "onnx"]
+        assert report["model_dir"] == str(out / "model") and report["onnx"]["dir"] == str(out / "onnx")
+        assert json.loads((out / "export.json").read_text())["onnx"]["dir"] == str(out / "onnx")
 
 
 @pytest.mark.parametrize(("grounding", "parallel"), [(0, False), (3, False), (3, True)])

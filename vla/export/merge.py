@@ -9,8 +9,8 @@
                     checks ran on (the benchmark reuses them)
 <out>/export.json   what was checked and measured; written last, so its presence means a finished export
 
-Every folder is written into a temporary sibling and renamed into place: an interrupted export leaves
-no folder that looks complete.
+The whole export is written and checked in a temporary sibling of <out> and moved into place only
+when every check passed (export.json last): an interrupted export leaves nothing at <out>.
 
 Each check compares what the models predict for the held-out samples, one at a time (batch 1, as
 deployed): for the token head the action tokens must be identical; for a continuous head the
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,8 @@ import torch
 
 from vla.config import RUN_OVERRIDE_GROUPS, ActionLayout, ExportConfig, TrainConfig
 from vla.model.action_tokenizer import action_stats
+from vla.model.checkpoint import _atomic_folder, publish_permissions, write_failure
+from vla.model.configuration import CheckpointError
 from vla.model.layout import ActionPrediction
 from vla.model.modeling import OpenVLA
 from vla.model.processing import build_prompt
@@ -289,26 +291,54 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         report["merge_max_abs_action_diff"] = diff
     else:
         report["merge"] = "lora=full: no adapter to merge"
-    model_dir = merged.save_pretrained(out / "model")
-    reloaded = predictions(OpenVLA.from_pretrained(model_dir), samples)
-    check_same_actions(merged_preds, reloaded, layout, cfg.actions_atol, f"{model_dir} reloaded vs merged")
-    saved = json.loads((model_dir / "config.json").read_text())
-    report.update(model_dir=str(model_dir), norm_stats_keys=sorted(saved["norm_stats"]), dataset_key=key)
-    report["modules"] = check_saved_modules(model_dir, layout)
-    samples.save(out / "heldout.npz")
-    if cfg.onnx:
-        report["onnx"] = export_and_check_onnx(merged, model_dir, out / "onnx", samples, merged_preds, cfg)
-    report["wall_time_s"] = time.perf_counter() - start
-    # The completion record, last: readers (benchmark, evaluate, predict, load_policy) refuse the
-    # folder without it.
-    tmp = out / ".export.json.tmp"
+    # Everything is written into a temporary sibling of out_dir, checked there, and moved into place
+    # only when complete (export.json last): a killed export leaves nothing at out_dir.
     try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out / "export.json")
+        work = _atomic_folder(out)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"{out / 'export.json'}: cannot write ({err.strerror}); free space and export again") from None
+        raise ExportError(str(write_failure(out, err, "export", ", then export again"))) from None
+    try:
+        model_dir = merged.save_pretrained(work / "model")
+        reloaded = predictions(OpenVLA.from_pretrained(model_dir), samples)
+        check_same_actions(
+            merged_preds, reloaded, layout, cfg.actions_atol, "the saved model reloaded vs merged"
+        )
+        saved = json.loads((model_dir / "config.json").read_text())
+        report.update(
+            model_dir=str(out / "model"), norm_stats_keys=sorted(saved["norm_stats"]), dataset_key=key
+        )
+        report["modules"] = check_saved_modules(model_dir, layout)
+        samples.save(work / "heldout.npz")
+        if cfg.onnx:
+            onnx = export_and_check_onnx(merged, model_dir, work / "onnx", samples, merged_preds, cfg)
+            onnx["dir"] = str(out / "onnx")
+            onnx["tensorrt_engines"] = [str(out / "onnx" / Path(e).name) for e in onnx["tensorrt_engines"]]
+            report["onnx"] = onnx
+        report["wall_time_s"] = time.perf_counter() - start
+        # The completion record, last: readers (benchmark, evaluate, predict, load_policy) refuse the
+        # folder without it.
+        (work / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+        publish_export(work, out)
+    except OSError as err:
+        raise ExportError(str(write_failure(out, err, "export", ", then export again"))) from None
+    except CheckpointError as err:  # a failed model save names the temporary folder: name out_dir
+        raise ExportError(str(err).replace(str(work), str(out))) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def publish_export(work: Path, out: Path) -> None:
+    """Move the finished export `work` to `out`: one rename when `out` does not exist; else (Hydra made
+    it for its log) each entry renamed into it, export.json last, so `out` never looks complete early."""
+    publish_permissions(work)
+    if not out.exists():
+        work.rename(out)
+        return
+    for entry in sorted(work.iterdir()):
+        if entry.name != "export.json":
+            entry.rename(out / entry.name)
+    (work / "export.json").rename(out / "export.json")
 
 
 def export_and_check_onnx(
