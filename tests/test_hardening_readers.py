@@ -46,6 +46,17 @@ def test_training_run_without_weights_is_refused_with_the_way_to_resume(tmp_path
         load_policy(tmp_path)
 
 
+def test_a_full_fine_tune_run_folder_is_a_run_not_an_unfinished_export(tmp_path):
+    """A finished `lora=full` run saves its weights as model/ (beside config.yaml), as an export does:
+    it is read as a run (its config.yaml), never refused as an export without export.json."""
+    from vla.inference.policy import folder_kind
+
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert folder_kind(tmp_path) == "run"
+
+
 def test_export_refuses_an_out_dir_that_holds_an_export(tmp_path):
     from vla.export.merge import ExportError, export_run
 

@@ -27,6 +27,8 @@ def folder_kind(path: str | Path) -> str:
     is complete only with export.json (written last, after every check). `load_policy` refuses a run
     without its adapter/ or model/ (written when training ends)."""
     path = Path(path)
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        return "run"  # a full fine-tune's run folder holds model/ too
     exported = [name for name in ("model", "onnx", "heldout.npz") if (path / name).exists()]
     if exported and not (path / "export.json").is_file():
         raise CheckpointError(
@@ -35,8 +37,6 @@ def folder_kind(path: str | Path) -> str:
         )
     if (path / "model" / "config.json").is_file() and (path / "export.json").is_file():
         return "export"
-    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
-        return "run"
     return "openvla"
 
 
