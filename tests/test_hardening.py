@@ -167,6 +167,55 @@ def test_full_disk_while_saving_the_adapter_names_the_path_and_leaves_no_temp(tm
     assert list(tmp_path.iterdir()) == []
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def overwrite_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:40] = b"x" * 32  # the JSON header's start, as a bad copy or a disk error leaves it
+    path.write_bytes(bytes(data))
+
+
+SAFETENSORS_WORDING = r"MetadataIncompleteBuffer|HeaderTooLarge|InvalidHeader|incomplete metadata|SafetensorError"
+
+
+@pytest.mark.parametrize("damage", [truncate, overwrite_header, lambda p: p.write_bytes(b"")])
+def test_a_damaged_adapter_is_refused_naming_the_file_and_the_way_out(tmp_path, lora_run, damage):
+    """PEFT failed with safetensors' own wording, naming no file (load_run, predict, evaluate, export)."""
+    import shutil
+
+    from vla.inference import load_policy
+    from vla.training.runs import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    weights = run / "adapter" / "adapter_model.safetensors"
+    damage(weights)
+    for load in (load_run, load_policy):
+        with pytest.raises(CheckpointError) as err:
+            load(run)
+        message = str(err.value)
+        assert re.search(rf"{weights}: not a complete safetensors file .*ckpt_path={run}", message), message
+        assert not re.search(SAFETENSORS_WORDING, message)
+
+
+@pytest.mark.parametrize("damage", [truncate, overwrite_header])
+def test_a_damaged_model_is_refused_naming_the_file_and_the_way_out(tmp_path, lora_run, damage):
+    import shutil
+
+    from vla.model.modeling import OpenVLA
+
+    folder = tmp_path / "base_model"
+    shutil.copytree(lora_run / "base_model", folder)
+    damage(folder / "model.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        OpenVLA.from_pretrained(folder)
+    message = str(err.value)
+    assert re.search(rf"{folder / 'model.safetensors'}: not a complete .*download the model again", message)
+    assert not re.search(SAFETENSORS_WORDING, message)
+
+
 class FullDiskFile:
     """An open file on a disk that fills up after `room` bytes."""
 

@@ -69,15 +69,50 @@ def _shard_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # safetensors' own limit
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with the structure of safetensors file `path` (None: nothing), from its 8-byte
+    header length, its JSON header and its size: the tensors' byte ranges must end where the file does."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+            return f"its header declares {n:,} bytes, the file has {size:,}"
+        try:
+            header = json.loads(f.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            end = 8 + n + max(ends, default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not a safetensors header"
+    if end != size:
+        return f"its header describes {end:,} bytes, the file has {size:,}"
+    return None
+
+
+def check_safetensors(path: Path, then: str) -> None:
+    """Refuse a truncated, empty or overwritten safetensors file before a loader reads it, naming the
+    file and `then` (what to do), instead of safetensors' own wording."""
+    problem = _safetensors_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: not a complete safetensors file ({problem}); {then}")
+
+
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
+    then = "save or download the model again (was a copy or a save interrupted?)"
     for shard in _shard_files(folder):
         if not shard.is_file():
             raise CheckpointError(f"{shard}: listed in {INDEX_FILE} but missing")
+        check_safetensors(shard, then)
         try:
             state.update(load_file(str(shard)))
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{shard}: corrupt or truncated safetensors file ({err})") from None
+            raise CheckpointError(f"{shard}: cannot be read as safetensors; {then} ({err})") from None
     return state
 
 

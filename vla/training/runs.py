@@ -25,7 +25,7 @@ from torch import nn
 
 from vla.config import RUN_OVERRIDE_GROUPS, ConfigError, TrainConfig, to_object
 from vla.data.statistics import load_statistics
-from vla.model.checkpoint import DTYPES, commit_folder, write_failure
+from vla.model.checkpoint import DTYPES, check_safetensors, commit_folder, write_failure
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.quantize import dequantize_language_model, quantize_language_model
@@ -370,5 +370,11 @@ def load_trained(run_dir: Path, cfg: TrainConfig, merge: bool) -> nn.Module:
         if merge:
             dequantize_language_model(base)
             base.float()
+    for weights in sorted((run_dir / "adapter").glob("*.safetensors")):
+        check_safetensors(
+            weights,
+            f"the run's adapter is damaged: restore it from a copy, or resume with ckpt_path={run_dir} "
+            "(a new run folder continues from its last checkpoint and saves the adapter)",
+        )
     peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     return (peft_model.merge_and_unload() if merge else peft_model).eval()
