@@ -58,7 +58,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.model.quantize import quantize_language_model
     from vla.sim.episodes import resolve_sample_data
     from vla.training.adapters import apply_adapter
-    from vla.training.build import build_base_model
+    from vla.training.build import build_base_model, prompt_budget
     from vla.training.callbacks import RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
     from vla.training.runs import (
@@ -80,7 +80,9 @@ def run(cfg: TrainConfig) -> dict[str, float]:
 
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
     datamodule = VLADataModule.for_run(data, cfg)
-    stats = datamodule.prepare(required_action_dim(cfg.ckpt_path, cfg.data.dataset_key))
+    stats = datamodule.prepare(
+        required_action_dim(cfg.ckpt_path, cfg.data.dataset_key), prompt_budget(cfg.model)
+    )
     check_pretrained_key(cfg.model.pretrained, cfg.data.dataset_key, stats)
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.

@@ -16,6 +16,7 @@ from data_factories import make_isaac_dataset
 
 from tests.conftest import OPENVLA_LAYOUT, compose_config
 from vla.config import ConfigError, TrainConfig
+from vla.data.episodes import DataError
 from vla.model.configuration import CheckpointError
 
 FAST = [
@@ -70,6 +71,53 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
 def test_bad_config_values_fail_at_start_up_naming_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         config(tmp_path, [override])
+
+
+# -- instructions against the model's positions ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def isaac_with_a_long_instruction(tmp_path_factory) -> Path:
+    """Five episodes, one with 990 characters (under the character cap) that tokenize to about 4,000
+    tokens, twice the tiny model's 2,048 positions."""
+    import json
+
+    root = tmp_path_factory.mktemp("isaac_long")
+    make_isaac_dataset(root, n_episodes=5, steps=6)
+    metadata = root / "episode_002" / "metadata.json"
+    meta = json.loads(metadata.read_text())
+    meta["task_description"] = "\N{ROBOT FACE}" * 990
+    metadata.write_text(json.dumps(meta))
+    return root
+
+
+def test_an_instruction_longer_than_the_models_positions_fails_before_training(
+    tmp_path, isaac_with_a_long_instruction
+):
+    """It trained (2 steps took 100 s and 7.6 GB for a longer one) with only transformers' warning."""
+    root = isaac_with_a_long_instruction
+    with pytest.raises(
+        DataError, match=r"episode 'episode_002' .* need \d+ positions; the language model has 2048"
+    ):
+        train(tmp_path / "run", ["data=isaac", f"data.root={root}", "lora=efficient"])
+    assert not (tmp_path / "run" / "base_model").exists()  # refused before the model was built
+
+
+def test_an_instruction_longer_than_the_models_positions_is_skipped_with_on_error_skip(
+    tmp_path, isaac_with_a_long_instruction
+):
+    from vla.data.datamodule import VLADataModule
+    from vla.training.build import prompt_budget
+
+    cfg = config(
+        tmp_path / "run", ["data=isaac", f"data.root={isaac_with_a_long_instruction}", "data.on_error=skip"]
+    )
+    datamodule = VLADataModule.for_run(cfg.data, cfg)
+    datamodule.prepare(prompt_budget=prompt_budget(cfg.model))
+    used = {e.episode_id for e in [*datamodule.train_episodes, *datamodule.val_episodes]}
+    assert used == {"episode_000", "episode_001", "episode_003", "episode_004"}
+    assert [s.episode_id for s in datamodule.report.skipped] == ["episode_002"]
+    assert "positions" in datamodule.report.skipped[0].reason
 
 
 # -- run folders -----------------------------------------------------------------------------------
@@ -177,7 +225,9 @@ def overwrite_header(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-SAFETENSORS_WORDING = r"MetadataIncompleteBuffer|HeaderTooLarge|InvalidHeader|incomplete metadata|SafetensorError"
+SAFETENSORS_WORDING = (
+    r"MetadataIncompleteBuffer|HeaderTooLarge|InvalidHeader|incomplete metadata|SafetensorError"
+)
 
 
 @pytest.mark.parametrize("damage", [truncate, overwrite_header, lambda p: p.write_bytes(b"")])
@@ -250,7 +300,10 @@ def test_full_disk_while_lightning_writes_a_checkpoint_names_it_and_leaves_no_pa
 
 @pytest.mark.parametrize(
     "code, todo",
-    [(errno.ENOSPC, "No space left on device.*free some space"), (errno.EACCES, "Permission denied.*writable")],
+    [
+        (errno.ENOSPC, "No space left on device.*free some space"),
+        (errno.EACCES, "Permission denied.*writable"),
+    ],
 )
 def test_a_failed_model_save_names_the_folder_says_what_to_do_and_leaves_no_temp(
     tmp_path, monkeypatch, code, todo

@@ -22,9 +22,10 @@ from vla.data.annotate import annotate_episodes
 from vla.data.augment import make_augment
 from vla.data.cache import build_frame_cache
 from vla.data.dataset import VLADataset, collate
-from vla.data.episodes import DataError, Episode, LoadResult
+from vla.data.episodes import DataError, Episode, LoadResult, record_skip
 from vla.data.grounding import dataset_grounding
 from vla.data.isaac import load_isaac_episodes
+from vla.data.limits import check_prompt_tokens
 from vla.data.pickle_demos import load_pickle_demos
 from vla.data.quality import FilterResult, filter_episodes
 from vla.data.statistics import compute_statistics, split_episodes
@@ -189,18 +190,25 @@ class VLADataModule(L.LightningDataModule):
             action_head=cfg.model.action_head,
         )
 
-    def prepare(self, required_action_dim: tuple[int, str] | None = None) -> dict[str, Any]:
+    def prepare(
+        self, required_action_dim: tuple[int, str] | None = None, prompt_budget: Any = None
+    ) -> dict[str, Any]:
         """Load, validate, filter, annotate and split the episodes and compute statistics (before the
         model exists, since the model's statistics come from here). Returns `{dataset_key: statistics}`.
 
         `required_action_dim`: (dimension, why) when the data must match an existing model's actions
         (see `vla.training.runs.required_action_dim`); other episodes fail (or are skipped with on_error=skip).
+        `prompt_budget`: the model's `vla.training.build.PromptBudget`; an episode whose instruction's
+        sample needs more positions than the language model has fails the same way (before the
+        statistics: a skipped episode is not in them).
         """
         expected = None
         if required_action_dim is not None:
             expected, why = required_action_dim
             log.info("data: actions must have %d dimensions (%s)", expected, why)
         result, filtered = prepare_episodes(self.cfg, self.cache_dir, expected_action_dim=expected)
+        if prompt_budget is not None:
+            filtered = filtered._replace(kept=self._fitting_prompts(filtered.kept, prompt_budget, result))
         self.report = result
         self.filter_report = filtered.report()
         self.train_episodes, self.val_episodes = split_episodes(
@@ -235,6 +243,31 @@ class VLADataModule(L.LightningDataModule):
             self.train_episodes[0].state_dim,
         )
         return self.statistics
+
+    def _fitting_prompts(self, episodes: list[Episode], budget: Any, result: LoadResult) -> list[Episode]:
+        """The episodes whose every instruction fits the model's positions with the image, state,
+        grounding and action tokens of a sample (transformers only warns past them, then the run runs
+        out of memory); the others raise a DataError naming the episode, or are skipped (on_error=skip)."""
+        if not budget.max_positions:
+            return episodes
+        kept: list[Episode] = []
+        needed: dict[str, int] = {}
+        for episode in episodes:
+            n_actions = self.layout.chunk_size * episode.action_dim
+            texts = {episode.instruction, *episode.instructions, *(episode.step_instructions or [])}
+            for text in texts - needed.keys():  # an instruction shared by many episodes: tokenized once
+                needed[text] = budget.positions(text, 0)
+            worst = max(needed[text] for text in texts) + n_actions
+            try:
+                where = f"episode {episode.episode_id!r} ({episode.path})"
+                check_prompt_tokens(worst, budget.max_positions, where)
+            except DataError as error:
+                if self.cfg.on_error == "raise":
+                    raise
+                record_skip(result.skipped, episode.episode_id, error)
+                continue
+            kept.append(episode)
+        return kept
 
     def attach(self, model: OpenVLA) -> None:
         self.model = model

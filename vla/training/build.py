@@ -3,15 +3,18 @@ it is trained for recorded in its config."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from transformers import PreTrainedTokenizerFast
 
 from vla.config import ActionLayout, ModelConfig, QuantizationConfig
 from vla.model.checkpoint import DTYPES, resolve_checkpoint
 from vla.model.configuration import OpenVLAConfig
 from vla.model.modeling import OpenVLA
-from vla.model.processing import ImageTransform
+from vla.model.processing import ImageTransform, OpenVLAProcessor, build_prompt
 from vla.model.quantize import quantize_language_model
-from vla.model.tiny import build_tiny_model, tiny_config
+from vla.model.tiny import TOKENIZER_DIR, build_tiny_model, tiny_config
 
 
 def build_base_model(
@@ -55,6 +58,36 @@ def training_layout(
     return ActionLayout.of(
         model_cfg, center_crop_scale, len(entry["action"]["q01"]), len(proprio.get("q01", []))
     )
+
+
+@dataclass
+class PromptBudget:
+    """What one training sample of the model `build_base_model` builds needs besides its prompt and
+    actions (image patches, the state token, grounding tokens, end of sequence), the language model's
+    positions, and its tokenizer: `VLADataModule.prepare` checks each episode's instructions with it."""
+
+    tokenizer: Any
+    fixed: int
+    max_positions: int | None
+
+    def positions(self, instruction: str, n_action_tokens: int) -> int:
+        prompt = len(self.tokenizer(build_prompt(instruction))["input_ids"])
+        return prompt + self.fixed + n_action_tokens
+
+
+def prompt_budget(model_cfg: ModelConfig) -> PromptBudget:
+    """The `PromptBudget` of the model `model_cfg` describes, without building it (the pretrained
+    checkpoint's config.json and tokenizer, or the tiny architecture and tokenizer)."""
+    if model_cfg.pretrained:
+        folder = resolve_checkpoint(model_cfg.pretrained)
+        config = OpenVLAConfig.from_json_file(folder / "config.json")
+        tokenizer = OpenVLAProcessor.from_pretrained(folder, config).tokenizer
+    else:
+        config = tiny_config(model_cfg.architecture, vocab_size=0)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    patches = (config.image_size // config.towers[0].patch_size) ** 2
+    fixed = patches + int(model_cfg.proprio) + model_cfg.layout.grounding + 1
+    return PromptBudget(tokenizer, fixed, config.text_config.get("max_position_embeddings"))
 
 
 def base_image_transform(model_cfg: ModelConfig, center_crop_scale: float = 1.0) -> ImageTransform:
