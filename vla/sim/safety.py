@@ -11,6 +11,10 @@ Stuck: when the policy keeps asking to move (its target is far from the measured
 joints make no progress for `stuck_steps` steps, the filter ignores the policy for `recovery_steps`
 steps and retracts toward the home pose at the speed limit.
 
+E-stop (`estop()`, until `release()`): every command is the last safe command, whatever the policy
+asks; `hold()` gives the same when a policy has nothing to say (late inference in `vla.deploy`).
+The robot client (`vla.deploy.controller`) and the simulator's evaluation use this one filter.
+
 Each intervention increments a counter in `SafetyFilter.counts` (see `INTERVENTIONS`).
 """
 
@@ -24,8 +28,8 @@ from vla.config.sim import SafetySettings
 from vla.sim.athena import HOME_POSE, NUM_JOINTS, AthenaRobot
 
 # Counter names: steps where each intervention changed the command; `stuck` counts detections and
-# `recovery` the steps spent retracting.
-INTERVENTIONS = ("nonfinite", "speed", "joint_limit", "workspace", "stuck", "recovery")
+# `recovery` the steps spent retracting; `estop` the steps held by the e-stop.
+INTERVENTIONS = ("nonfinite", "speed", "joint_limit", "workspace", "stuck", "recovery", "estop")
 _BISECTION_STEPS = 12  # 2^-12 of the step: well under a millimetre at the hand
 
 
@@ -50,7 +54,19 @@ class SafetyFilter:
         self.box_min = np.asarray(settings.workspace_min, dtype=np.float64)
         self.box_max = np.asarray(settings.workspace_max, dtype=np.float64)
         self.counts = dict.fromkeys(INTERVENTIONS, 0)
+        self.stopped = False
         self.reset(HOME_POSE)
+
+    def estop(self) -> None:
+        """Emergency stop: from now on every command holds the last safe command, until `release()`."""
+        self.stopped = True
+
+    def release(self) -> None:
+        self.stopped = False
+
+    def hold(self) -> np.ndarray:
+        """The last safe command again (a stop in place: never an extrapolation of the policy)."""
+        return self.previous.copy()
 
     def reset(self, q_measured: np.ndarray) -> None:
         """Start an episode from joint positions `q_measured` [23] (counts are kept: they add up)."""
@@ -72,6 +88,9 @@ class SafetyFilter:
         if bad.any():
             self.counts["nonfinite"] += 1
             action = np.where(bad, self.previous, action)
+        if self.stopped:
+            self.counts["estop"] += 1
+            return self.hold()
         if not self.settings.enabled:
             self.previous = action
             return action.copy()
