@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench bench-data
+.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench bench-data serve run-robot bench-serve
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,15 @@ export: setup ## Merge adapters, export ONNX (KV cache), check parity (default: 
 
 bench: setup ## Latency, tokens/s, memory per runtime vs 8 tokens/s (default: the latest export; ARGS="checkpoint=DIR")
 	$(PY) scripts/benchmark.py $(ARGS)
+
+serve: setup ## Serve a policy to robot clients over websockets: make serve ARGS="checkpoint=DIR [server.host=0.0.0.0]"
+	$(PY) scripts/serve.py $(ARGS)
+
+run-robot: setup ## Drive the simulated athena through a policy server (ARGS="control.url=ws://HOST:8765")
+	$(PY) scripts/run_robot.py $(ARGS)
+
+bench-serve: setup ## Server overhead p50/p99, success vs injected delay (async vs sync), concurrent clients
+	$(PY) scripts/bench_serve.py $(ARGS)
 
 bench-data: setup ## Loader samples/s (cold vs cached epoch) against the training step's consumption
 	$(PY) scripts/bench_data.py $(ARGS)

@@ -19,6 +19,7 @@ from vla.config import (
     PredictConfig,
     TrainConfig,
 )
+from vla.config.deploy import RunRobotConfig, ServeConfig
 
 # Each entry point's config (conf/<name>.yaml), its schema and the keys it needs from the command line
 # (the ones Hydra fills from its run folder are given here, as no app is running).
@@ -31,6 +32,8 @@ STAGES = {
     "make_sample_data": (MakeSampleDataConfig, []),
     "inspect_data": (InspectDataConfig, ["run_dir=/tmp/never-written"]),
     "bench_data": (BenchDataConfig, []),
+    "serve": (ServeConfig, ["checkpoint=some/export"]),
+    "run_robot": (RunRobotConfig, ["output_dir=/tmp/never-written"]),
 }
 # Group choices that need a key of their own.
 CHOICE_OVERRIDES = {

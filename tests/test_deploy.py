@@ -82,7 +82,9 @@ def test_through_the_server_the_same_actions_and_outcomes_as_in_process(robot, p
     local, served = Recording(policy), Recording(policy)
     expected = {
         task: evaluate_policy(
-            local, EvalSettings(tasks=[task], episodes_per_task=1, seed=SEED + i, sim=SIM, gif_episodes=0), robot=robot
+            local,
+            EvalSettings(tasks=[task], episodes_per_task=1, seed=SEED + i, sim=SIM, gif_episodes=0),
+            robot=robot,
         )["per_task"][task]
         for task in tasks
         for i in range(1)
@@ -91,7 +93,16 @@ def test_through_the_server_the_same_actions_and_outcomes_as_in_process(robot, p
         metadata = client.wait_metadata(5)
         assert (metadata["action_dim"], metadata["chunk_size"], metadata["state_dim"]) == (23, 4, 0)
         safety = SafetyFilter(robot, SIM.safety, SIM.control_hz)
-        report = drive_episodes(SimAthena(SIM, robot), client, safety, settings(url, mode="sync", realtime=False), tasks, 1, SEED, metadata)
+        report = drive_episodes(
+            SimAthena(SIM, robot),
+            client,
+            safety,
+            settings(url, mode="sync", realtime=False),
+            tasks,
+            1,
+            SEED,
+            metadata,
+        )
     assert len(served.chunks) == len(local.chunks) > 10
     np.testing.assert_array_equal(np.stack(served.chunks), np.stack(local.chunks))
     for task in tasks:
@@ -109,8 +120,14 @@ def test_the_expert_served_with_chunks_succeeds_as_in_process(robot):
             metadata = client.wait_metadata(5)
             safety = SafetyFilter(robot, SIM.safety, SIM.control_hz)
             sim = SimAthena(SIM, robot)
-            report = drive_episodes(sim, client, safety, control, ["raise_arm", "lift_knee"], 2, SEED, metadata)
-    expected = evaluate_policy("expert", EvalSettings(tasks=["raise_arm", "lift_knee"], episodes_per_task=2, sim=SIM, gif_episodes=0), robot=robot)
+            report = drive_episodes(
+                sim, client, safety, control, ["raise_arm", "lift_knee"], 2, SEED, metadata
+            )
+    expected = evaluate_policy(
+        "expert",
+        EvalSettings(tasks=["raise_arm", "lift_knee"], episodes_per_task=2, sim=SIM, gif_episodes=0),
+        robot=robot,
+    )
     assert report["success_rate"] == expected["success_rate"] == 1.0
     for task in ("raise_arm", "lift_knee"):
         assert report["per_task"][task]["final_values"] == expected["per_task"][task]["final_values"]
@@ -132,8 +149,14 @@ def test_hostile_requests_get_an_error_or_lose_their_connection_and_others_are_s
                 "instruction": {**good, "instruction": ""},
                 "reads no robot state": {**good, "state": np.zeros(47, np.float32)},
                 "type='explode'": {**good, "type": "explode"},
-                "does not fill shape": {**good, "image": {"__ndarray__": True, "dtype": "|u1", "shape": [64, 64, 3], "data": b"x"}},
-                "numbers only": {**good, "image": {"__ndarray__": True, "dtype": "|O", "shape": [1], "data": b"x" * 8}},
+                "does not fill shape": {
+                    **good,
+                    "image": {"__ndarray__": True, "dtype": "|u1", "shape": [64, 64, 3], "data": b"x"},
+                },
+                "numbers only": {
+                    **good,
+                    "image": {"__ndarray__": True, "dtype": "|O", "shape": [1], "data": b"x" * 8},
+                },
             }
             for expected, message in cases.items():
                 reply = request(conn, msgpack.packb(message, default=wire._encode, use_bin_type=True))
@@ -148,7 +171,10 @@ def test_hostile_requests_get_an_error_or_lose_their_connection_and_others_are_s
             health = request(conn, wire.pack({"type": "health", "id": 2}))
             assert health["ok"] and health["errors"] == 10 and health["requests"] == 1
         # A frame over max_size closes that connection (1009) and only that one.
-        with connect(url, proxy=None, compression=None) as other, connect(url, proxy=None, compression=None, max_size=None) as big:
+        with (
+            connect(url, proxy=None, compression=None) as other,
+            connect(url, proxy=None, compression=None, max_size=None) as big,
+        ):
             other.recv(timeout=5), big.recv(timeout=5)
             big.send(b"\x00" * 2**18)
             with pytest.raises(Exception) as closed:
@@ -257,3 +283,61 @@ def test_server_killed_mid_episode_client_holds_and_reconnects(robot, policy):
     held_commands_are_the_last_safe_one(result)
     late = [t for t in range(40, 60) if t not in result["held_ticks"]]
     assert late, "no chunk after the server came back"
+
+
+@pytest.mark.slow
+def test_serve_and_run_robot_entry_points(tmp_path):
+    """make serve / make run-robot as subprocesses: the robot finishes its episode through the server,
+    writes robot.json, and the server stops cleanly on SIGTERM."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from test_l1_head import perturb, tiny
+
+    perturb(tiny("l1", False, d=23, chunk=4)).save_pretrained(tmp_path / "model")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(__file__))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/serve.py",
+            f"checkpoint={tmp_path / 'model'}",
+            f"server.port={port}",
+            f"hydra.run.dir={tmp_path / 'serve'}",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        robot = subprocess.run(
+            [
+                sys.executable,
+                "scripts/run_robot.py",
+                f"control.url=ws://127.0.0.1:{port}",
+                "control.connect_timeout_s=10",
+                "tasks=[raise_arm]",
+                "episodes_per_task=1",
+                "image_size=64",
+                f"output_dir={tmp_path / 'robot'}",
+                f"hydra.run.dir={tmp_path / 'robot'}",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert robot.returncode == 0, robot.stderr[-3000:]
+        report = json.loads((tmp_path / "robot" / "robot.json").read_text())
+        assert report["episodes"] == 1 and report["events"]["chunks"] > 0
+        assert report["connection"]["connects"] == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, out[-3000:]
+    assert "stopped:" in out

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vla.config.base import ConfigError, check_choice
 from vla.config.data import AnnotationConfig, AugmentConfig, DataConfig, FilterConfig, SampleDataConfig
+from vla.config.deploy import ControlSettings, RunRobotConfig, ServeConfig, ServerSettings
 from vla.config.model import (
     ACTION_TOKEN_INITS,
     HEADS,
@@ -97,6 +98,8 @@ def register_configs() -> None:
     cs.store(name="bench_data_schema", node=BenchDataConfig)
     cs.store(name="make_sample_data_schema", node=MakeSampleDataConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="serve_schema", node=ServeConfig)
+    cs.store(name="run_robot_schema", node=RunRobotConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 
@@ -136,6 +139,10 @@ __all__ = [
     "BenchmarkConfig",
     "CallbacksConfig",
     "ConfigError",
+    "ControlSettings",
+    "RunRobotConfig",
+    "ServeConfig",
+    "ServerSettings",
     "DataConfig",
     "EvalSettings",
     "EvaluateConfig",

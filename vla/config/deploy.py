@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from vla.config.base import ConfigError, check_choice
-from vla.config.sim import EVALUATION_SEED_BASE, SimConfig, check_tasks
+from vla.config.sim import CAMERAS, EVALUATION_SEED_BASE, SimConfig, SimSettings, check_tasks
 from vla.config.stages import POLICY_BACKENDS
+from vla.config.train import PathsConfig
+
 CHUNK_MODES = ("async", "sync")
 
 
@@ -68,7 +70,9 @@ class ControlSettings:
         if self.request_when_left is not None and self.request_when_left < 1:
             raise ConfigError(f"control.request_when_left={self.request_when_left}: must be >= 1 or null")
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0 or self.reconnect_backoff_s <= 0:
-            raise ConfigError("control.request_timeout_s, connect_timeout_s and reconnect_backoff_s must be > 0")
+            raise ConfigError(
+                "control.request_timeout_s, connect_timeout_s and reconnect_backoff_s must be > 0"
+            )
         if self.max_retries < 0 or self.ensemble_decay < 0:
             raise ConfigError("control.max_retries and control.ensemble_decay must be >= 0")
 
@@ -100,9 +104,20 @@ class RunRobotConfig:
     control_hz: int = 25
     control: ControlSettings = field(default_factory=ControlSettings)
     sim: SimConfig = field(default_factory=SimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     output_dir: str = MISSING  # set by Hydra: outputs/run_robot/<date>/<time>; robot.json goes there
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")
+        check_choice("camera", self.camera, CAMERAS)
         if self.episodes_per_task < 1:
             raise ConfigError(f"episodes_per_task={self.episodes_per_task}: must be >= 1")
+
+    def sim_settings(self) -> SimSettings:
+        return SimSettings(
+            image_size=self.image_size,
+            camera=self.camera,
+            control_hz=self.control_hz,
+            mesh_reduction=self.sim.mesh_reduction,
+            safety=self.sim.safety,
+        )

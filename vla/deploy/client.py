@@ -15,6 +15,7 @@ counted in `events`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -106,7 +107,9 @@ class PolicyClient:
             log.debug("connect to %s failed: %s", s.url, error)
             return None
         if metadata.get("type") != "metadata":
-            log.error("%s sent %r first, not its metadata; is it a policy server?", s.url, metadata.get("type"))
+            log.error(
+                "%s sent %r first, not its metadata; is it a policy server?", s.url, metadata.get("type")
+            )
             conn.close()
             return None
         self.metadata = metadata
@@ -119,10 +122,8 @@ class PolicyClient:
         self.events[counter] += 1
         self._connected.clear()
         log.warning("connection to %s: %s; reconnecting", self.settings.url, why)
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection may fail; it is gone either way
             conn.close()
-        except Exception:  # closing a broken connection may fail in several ways; it is gone either way
-            pass
 
     def _main(self) -> None:
         conn, backoff = None, self.settings.reconnect_backoff_s
@@ -147,7 +148,9 @@ class PolicyClient:
                     if reply.get("id") == request["id"]:
                         break
             except TimeoutError:
-                self._drop(conn, f"no reply within {self.settings.request_timeout_s} s (watchdog)", "timeouts")
+                self._drop(
+                    conn, f"no reply within {self.settings.request_timeout_s} s (watchdog)", "timeouts"
+                )
                 conn = None
                 self._inbox.put({"type": "lost", "id": request["id"], "error": "timed out"})
                 continue

@@ -153,7 +153,9 @@ def run_episode(
             chunks.clear()  # the retry starts from a fresh observation after the retract
             if events["retries"] > settings.max_retries:
                 events["gave_up"] += 1
-                log.error("tick %d: still stuck after %d retries: giving the task up", t, settings.max_retries)
+                log.error(
+                    "tick %d: still stuck after %d retries: giving the task up", t, settings.max_retries
+                )
                 break
         if settings.realtime:
             next_tick += period

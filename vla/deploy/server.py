@@ -56,13 +56,23 @@ def check_request(message: dict, state_dim: int) -> tuple[np.ndarray, str, np.nd
         raise RequestError("image: send an RGB uint8 array [H, W, 3]")
     if image.dtype != np.uint8:
         raise RequestError(f"image has dtype {image.dtype}; send uint8 RGB [H, W, 3] (0-255)")
-    if image.ndim != 3 or image.shape[2] != 3 or not all(IMAGE_SIDE[0] <= n <= IMAGE_SIDE[1] for n in image.shape[:2]):
+    if (
+        image.ndim != 3
+        or image.shape[2] != 3
+        or not all(IMAGE_SIDE[0] <= n <= IMAGE_SIDE[1] for n in image.shape[:2])
+    ):
         raise RequestError(
             f"image has shape {list(image.shape)}; send [H, W, 3] with H, W in [{IMAGE_SIDE[0]}, {IMAGE_SIDE[1]}]"
         )
     instruction = message.get("instruction")
-    if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise RequestError(f"instruction: send a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
+    if (
+        not isinstance(instruction, str)
+        or not instruction.strip()
+        or len(instruction) > MAX_INSTRUCTION_CHARS
+    ):
+        raise RequestError(
+            f"instruction: send a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters"
+        )
     state = message.get("state")
     if state_dim == 0:
         if state is not None:
@@ -175,7 +185,13 @@ class PolicyServer:
             compression=None,  # images are incompressible enough; deflate would cost ms per frame
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
-            log.info("serving %s (%s) on ws://%s:%s", self.metadata["source"], self.metadata["backend"], s.host, self.port)
+            log.info(
+                "serving %s (%s) on ws://%s:%s",
+                self.metadata["source"],
+                self.metadata["backend"],
+                s.host,
+                self.port,
+            )
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -198,7 +214,7 @@ class PolicyServer:
 class ServerThread:
     """A `PolicyServer` in a background thread (tests, benchmarks, a notebook):
 
-        with ServerThread(server) as url:  ...  # ws://127.0.0.1:<port>
+    with ServerThread(server) as url:  ...  # ws://127.0.0.1:<port>
     """
 
     def __init__(self, server: PolicyServer) -> None:

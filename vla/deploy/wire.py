@@ -34,7 +34,12 @@ def _encode(obj: Any) -> Any:
         if obj.dtype.kind not in _DTYPE_KINDS:
             raise TypeError(f"cannot send an array of dtype {obj.dtype}")
         array = np.ascontiguousarray(obj)
-        return {"__ndarray__": True, "dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+        return {
+            "__ndarray__": True,
+            "dtype": array.dtype.str,
+            "shape": list(array.shape),
+            "data": array.tobytes(),
+        }
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot send {type(obj).__name__}")
