@@ -226,12 +226,13 @@ def test_interrupted_export_leaves_nothing_at_out_dir(tmp_path, isaac_root, monk
         assert json.loads((out / "export.json").read_text())["onnx"]["dir"] == str(out / "onnx")
 
 
-@pytest.mark.parametrize(("grounding", "parallel"), [(0, False), (3, False), (3, True)])
+@pytest.mark.parametrize(("grounding", "parallel"), [(0, False), (3, False), (3, True), (0, True)])
 def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding, parallel):
     """Prompts of different lengths in one batch, constrained and free decoding: the onnxruntime
     policy gives PyTorch's tokens (after `grounding` grounding tokens, which it returns as well), and
     its logits match an uncached PyTorch pass to 1e-4 (for a parallel-decoding model, one pass with
-    placeholders at the action positions)."""
+    placeholders at the action positions). A parallel-decoding model without grounding tokens is
+    exported as one chunk graph (one pass per query), the others as prefix + decode graphs."""
     from vla.config import ActionLayout
     from vla.export.onnx import export_onnx
     from vla.inference.onnx_policy import OnnxPolicy
@@ -244,6 +245,8 @@ def test_onnx_kv_cache_parity_on_random_model(tmp_path, grounding, parallel):
     model.set_layout(ActionLayout(grounding=grounding, parallel_decoding=parallel, constrain_decoding=True))
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
+    graphs = json.loads((tmp_path / "onnx" / "policy.json").read_text())["graphs"]
+    assert graphs == (["chunk.onnx"] if parallel and not grounding else ["prefix.onnx", "decode.onnx"])
     policy = OnnxPolicy(tmp_path / "model", tmp_path / "onnx", threads=1)
     assert policy.layout == model.layout  # read from the exported model folder's config.json
     rng = np.random.default_rng(0)
@@ -307,7 +310,7 @@ def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, groun
     export_onnx(model, tmp_path / "onnx")
     quantize_int8(tmp_path / "onnx")
     meta = json.loads((tmp_path / "onnx" / "policy.json").read_text())
-    graphs = ["chunk.onnx"] if head == "l1" else ["prefix.onnx", "decode.onnx"]
+    graphs = ["chunk.onnx"]  # l1, and the token head with parallel decoding (test_l1_head.tiny's): one pass
     assert meta["graphs"] == graphs and meta["head"] == head and meta["chunk_size"] == 2
     assert (meta["action_dim"], meta["proprio_dim"]) == (3 if head == "l1" else 0, 4 if proprio else 0)
     inputs = [i.name for i in ort.InferenceSession(str(tmp_path / "onnx" / graphs[0])).get_inputs()]

@@ -186,15 +186,19 @@ def check_same_actions(
 @torch.no_grad()
 def onnx_logit_diff(model: OpenVLA, policy: Any, samples: HeldOut) -> float:
     """Token head: the max abs difference between the ONNX logits of every decoded position and one
-    uncached PyTorch forward pass over prompt + image (+ state) + the decoded tokens, a reference
-    independent of the KV-cache path the ONNX graphs take."""
+    uncached PyTorch forward pass over prompt + image (+ state) + the decoded tokens (placeholders at
+    a parallel-decoding model's chunk), a reference independent of the path the ONNX graphs take."""
     worst = 0.0
-    key, _ = action_stats(model.norm_stats, None)
+    key, stats = action_stats(model.norm_stats, None)
+    parallel = model.layout.parallel_tokens(len(stats["q01"]))
     for i, (img, text) in enumerate(zip(samples.images, samples.instructions)):
         inputs = policy.processor([img], [build_prompt(text)])
         pred, logits = policy.predict_action(**inputs, return_logits=True, proprio=samples.state(i))
         tokens = pred.token_ids.reshape(-1)
-        ids = torch.tensor([[*pred.input_ids[0], *tokens[:-1].tolist()]])
+        fed = tokens.tolist()
+        if parallel:  # a parallel-decoding model reads placeholders at the chunk's positions
+            fed[-parallel:] = [model.action_placeholder_id] * parallel
+        ids = torch.tensor([[*pred.input_ids[0], *fed[:-1]]])
         state = None
         if samples.states is not None:
             state = torch.from_numpy(normalize_proprio(samples.state(i), model.norm_stats[key], 1, key))

@@ -11,9 +11,16 @@ The token head's two graphs keep the per-token cost constant, as transformers' o
 
 A continuous head (l1, OpenVLA-OFT) predicts the chunk in one pass, so it has one graph:
 
-- `chunk.onnx`: (pixel_values, input_ids = the prompt ids with '▁' then K*D placeholder ids, and
+- `chunk.onnx`: (pixel_values, input_ids = the prompt ids with '▁' then G + K*D placeholder ids, and
   `proprio` [B,S] for a model with a state input) -> `actions` [B,K,D], normalized and clamped to
-  [-1, 1] as `L1Head.predict` does.
+  [-1, 1] as `L1Head.predict` does (and `grounding` [B,G] when the layout has grounding values).
+
+So does a parallel-decoding token model without grounding tokens (OpenVLA-OFT's parallel decoding):
+
+- `chunk.onnx`: (pixel_values, input_ids = the prompt ids with '▁' then K*D - 1 placeholder ids,
+  proprio) -> `logits` [B,L-1,V] at every prompt position after `<s>`; the runtime decodes the last K*D
+  (the '▁' predicts the first action token, each placeholder the next), as `TokenHead.generate` does
+  in its one pass.
 
 `proprio` is the normalized state (`vla.model.proprio.normalize_proprio`; the onnxruntime policy
 normalizes raw states as the torch model does). `policy.json` names the graphs and records the head,
@@ -43,6 +50,7 @@ from vla.inference.onnx_policy import (
     cache_names,
     graph_files,
     graph_paths,
+    one_pass,
 )
 from vla.model.checkpoint import _atomic_folder, commit_folder
 from vla.model.modeling import OpenVLA
@@ -118,6 +126,33 @@ class ChunkGraph(nn.Module):
         return actions, head.grounding(ground).float().clamp(-1.0, 1.0)
 
 
+class TokenChunkGraph(nn.Module):
+    """Image (+ state) + prompt ending in placeholders -> the logits at every prompt position after
+    `<s>` [B, L-1, V] (a parallel-decoding token model's one pass, for rows of equal length)."""
+
+    def __init__(self, model: OpenVLA):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio: torch.Tensor | None = None
+    ):
+        embeds = _embeds(self.model, pixel_values, input_ids, proprio)
+        # use_cache=True only for the trace (see ChunkGraph).
+        logits = self.model.language_model(inputs_embeds=embeds, use_cache=True).logits
+        return logits[:, embeds.shape[1] - input_ids.shape[1] + 1 :].float()
+
+
+def chunk_tokens(model: OpenVLA) -> int:
+    """K*D of a parallel-decoding token model: the tokens of its one pass (D of its statistics keys,
+    the largest where they differ); 0 for other layouts."""
+    layout = model.layout
+    if layout.continuous or not one_pass(layout):
+        return 0
+    dims = [len(stats["action"]["q01"]) for stats in model.norm_stats.values() if "action" in stats]
+    return layout.chunk_size * max(dims, default=0)
+
+
 def policy_metadata(model: OpenVLA) -> dict[str, Any]:
     """What the onnxruntime policy needs besides the graphs, the processor and the action layout (those
     come from the exported model folder's config.json): the graph files, the head and its sizes (checked
@@ -129,7 +164,8 @@ def policy_metadata(model: OpenVLA) -> dict[str, Any]:
         "chunk_size": layout.chunk_size,
         "action_dim": layout.action_dim,
         "grounding": layout.grounding,
-        "placeholders": layout.placeholders,  # the chunk graph's inputs after the prompt (0: token head)
+        # The chunk graph's placeholder inputs after the prompt (0: prefix + decode graphs).
+        "placeholders": layout.placeholders or max(chunk_tokens(model) - 1, 0),
         "proprio_dim": layout.proprio_dim,
         "n_layers": model.config.llama_config.num_hidden_layers,
         "empty_token_id": int(model.empty_token_id),
@@ -145,15 +181,16 @@ def _example_inputs(model: OpenVLA) -> tuple[torch.Tensor, ...]:
     channels = 3 * len(model.config.towers)
     ids = [*model.processor.tokenizer(build_prompt("reach the red ball"))["input_ids"], model.empty_token_id]
     layout = model.layout
-    ids += [model.action_placeholder_id] * layout.placeholders
+    ids += [model.action_placeholder_id] * (layout.placeholders or max(chunk_tokens(model) - 1, 0))
     inputs = (torch.zeros(1, channels, size, size), torch.tensor([ids]))
     return (*inputs, torch.zeros(1, layout.proprio_dim)) if layout.proprio_dim else inputs
 
 
 @torch.no_grad()
 def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
-    """Write the model's graphs (`prefix.onnx` + `decode.onnx`, or `chunk.onnx` for a continuous head)
-    and `policy.json` into `folder` (atomically). The model is exported in float32 (a copy if it is
+    """Write the model's graphs (`prefix.onnx` + `decode.onnx`, or `chunk.onnx` for a one-pass layout:
+    a continuous head or parallel decoding without grounding) and `policy.json` into `folder`
+    (atomically). The model is exported in float32 (a copy if it is
     stored in another dtype)."""
     import warnings
 
@@ -176,6 +213,9 @@ def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
                 outputs = ["actions", "grounding"] if layout.grounding else ["actions"]
                 _trace(ChunkGraph(model), inputs, tmp / CHUNK_FILE, opset, names, outputs,
                        {**axes, **{name: {0: "batch"} for name in outputs}})  # fmt: skip
+            elif one_pass(layout):
+                _trace(TokenChunkGraph(model), inputs, tmp / CHUNK_FILE, opset, names, ["logits"],
+                       {**axes, "logits": {0: "batch", 1: "prompt"}})  # fmt: skip
             else:
                 _export_token_graphs(model, inputs, names, axes, tmp, opset)
         (tmp / POLICY_FILE).write_text(json.dumps(policy_metadata(model), indent=2) + "\n")

@@ -1,8 +1,9 @@
 """The onnxruntime twin of `OpenVLA.predict`: the exported graphs (`vla.export.onnx`) with the torch
 model's prompt handling, state normalization, layout and outputs.
 
-A token-head export decodes greedily with the KV cache (prefix + decode graphs); a continuous-head
-export (l1) runs its one chunk graph over the prompt and K*D placeholders.
+A token-head export decodes greedily with the KV cache (prefix + decode graphs); a parallel-decoding
+token export without grounding tokens, and a continuous-head export (l1), run their one chunk graph over
+the prompt and the chunk's placeholders.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ def cache_names(n_layers: int) -> list[str]:
     return [f"{kv}.{i}" for i in range(n_layers) for kv in ("key", "value")]
 
 
+def one_pass(layout: ActionLayout) -> bool:
+    """Whether a query is one forward pass (one chunk graph): a continuous head, or a parallel-decoding
+    token head without grounding tokens (which are decoded one at a time before the chunk)."""
+    return layout.continuous or (layout.parallel_decoding and not layout.grounding)
+
+
 def graph_files(layout: ActionLayout) -> list[str]:
-    """The graphs of an export: prefix + decode (KV cache) for the token head, one chunk graph for a
-    continuous head."""
-    return [CHUNK_FILE] if layout.continuous else [PREFIX_FILE, DECODE_FILE]
+    """The graphs of an export: one chunk graph for a one-pass layout (`one_pass`), else prefix +
+    decode (the token head's KV cache)."""
+    return [CHUNK_FILE] if one_pass(layout) else [PREFIX_FILE, DECODE_FILE]
 
 
 def graph_paths(onnx_dir: Path, precision: str) -> list[Path]:
@@ -95,7 +102,8 @@ class OnnxPolicy:
         # (the processor runs in torch) for the cores: measured 5 -> 15 ms per action on 2 cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = [ort.InferenceSession(str(f), options, providers=list(providers)) for f in files]
-        if self.layout.continuous:
+        # Exports of parallel-decoding token models written before their chunk graph hold prefix + decode.
+        if len(sessions) == 1:
             (self.chunk,) = sessions
         else:
             self.prefix, self.decode = sessions
@@ -168,6 +176,27 @@ class OnnxPolicy:
             outputs = self.decode.run(None, feeds)
             position += 1
         return np.stack(tokens, axis=1), np.stack(logits, axis=1)
+
+    def token_chunk(
+        self,
+        ids: np.ndarray,
+        pixel_values: np.ndarray,
+        n_tokens: int,
+        constrain: bool,
+        proprio: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A parallel-decoding token model's one pass for rows of equal length: the prompt ('▁' last)
+        then n_tokens - 1 placeholders; the logits at the last n_tokens positions (the '▁' and the
+        placeholders, as `TokenHead.generate` gets them) decoded greedily. Returns tokens [B, n] and
+        their logits [B, n, V]."""
+        lo, hi = self.action_tokenizer.first_action_token, self.action_tokenizer.last_action_token
+        holders = np.full((len(ids), n_tokens - 1), self.meta["action_placeholder_id"], np.int64)
+        feeds = {"pixel_values": pixel_values, "input_ids": np.concatenate([ids, holders], axis=1)}
+        if proprio is not None:
+            feeds["proprio"] = proprio
+        logits = self.chunk.run(None, feeds)[0][:, -n_tokens:]
+        tokens = logits[..., lo : hi + 1].argmax(-1) + lo if constrain else logits.argmax(-1)
+        return tokens.astype(np.int64), logits
 
     def chunk_actions(
         self, ids: np.ndarray, pixel_values: np.ndarray, proprio: np.ndarray | None = None
@@ -243,7 +272,10 @@ class OnnxPolicy:
         for group in groups:
             ids = np.asarray([rows[i] for i in group], np.int64)
             group_state = None if state is None else state[group]
-            tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain, parallel, group_state)
+            if hasattr(self, "chunk"):  # one pass: parallel decoding, no grounding tokens
+                tokens, logits = self.token_chunk(ids, pixels[group], n_tokens, constrain, group_state)
+            else:
+                tokens, logits = self.generate(ids, pixels[group], n_tokens, constrain, parallel, group_state)
             token_ids[group] = tokens
             for j, i in enumerate(group):
                 all_logits[i] = logits[j]
