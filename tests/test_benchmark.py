@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, load_script
 from vla.config import BenchmarkConfig, ConfigError
 
 
@@ -229,3 +229,21 @@ def test_train_export_benchmark_cli(tmp_path):
     assert "target 8 action tokens/s" in out.stdout
     for name in ("benchmark.json", "benchmark.md", "benchmark_latency.png"):
         assert (export_dir / name).is_file()
+
+
+def test_bench_heads_script_times_every_head_on_both_backends(capsys, monkeypatch):
+    """`make bench-heads` (scripts/bench_heads.py): one row per head and backend, the autoregressive token
+    head as each backend's reference."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["bench_heads.py", "--chunk", "2", "--queries", "1", "--state"])
+    load_script("bench_heads").main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    rows = [r for r in rows if not r.startswith("| ---")]
+    heads = [(r.split(" | ")[0].lstrip("| "), r.split(" | ")[1]) for r in rows]
+    assert heads == [
+        (head, backend)
+        for head in ("tokens, autoregressive", "tokens, parallel", "l1")
+        for backend in ("torch", "onnxruntime")
+    ]
+    assert all(r.endswith("1.0x |") for r in rows[:2])
