@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv export bench bench-data serve run-robot bench-serve
+.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ predict: setup ## One action chunk: make predict ARGS="image=PNG instruction='..
 
 bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
 	$(PY) scripts/bench_kv_cache.py $(ARGS)
+
+bench-heads: setup ## Chunk latency of every action head (tokens AR / parallel / l1), torch and onnxruntime
+	$(PY) scripts/bench_heads.py $(ARGS)
 
 export: setup ## Merge adapters, export ONNX (KV cache), check parity (default: the latest run; ARGS="run=DIR")
 	$(PY) scripts/export.py $(ARGS)
