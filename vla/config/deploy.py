@@ -28,6 +28,9 @@ class ServerSettings:
     # through a message) is disconnected; also the limit on the opening handshake.
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
+    # Requests answered at once per connection (a robot with a latency over half a chunk keeps several
+    # in flight); beyond this the connection is not read until one is answered.
+    max_in_flight: int = 16
     # Added to every reply after inference (measurements of late inference only; 0 in service).
     inject_delay_ms: float = 0.0
 
@@ -36,6 +39,8 @@ class ServerSettings:
             raise ConfigError(f"server.port={self.port}: must be in [0, 65535]")
         if self.max_message_bytes < 2**16:
             raise ConfigError(f"server.max_message_bytes={self.max_message_bytes}: needs at least 65536")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"server.max_in_flight={self.max_in_flight}: must be >= 1")
         if self.ping_interval_s <= 0 or self.ping_timeout_s <= 0 or self.inject_delay_ms < 0:
             raise ConfigError("server.ping_interval_s and ping_timeout_s must be > 0, inject_delay_ms >= 0")
 
@@ -48,8 +53,12 @@ class ControlSettings:
     # async: ask for the next chunk while the current one still runs, blend the overlap (temporal
     # ensembling); sync: ask when the chunk is used up and hold still until the answer comes.
     mode: str = "async"
-    # async: ask for the next chunk when this many actions are left (null: half the chunk, at least 1).
+    # async: ask for the next chunk when this many actions are left. null: from the measured latency
+    # (the largest lag, in ticks, of the last latency_window chunks, plus one; asking only once stopped,
+    # as sync, when that lag is a chunk or more; half the chunk until the first chunk is measured).
     request_when_left: int | None = None
+    latency_window: int = 5
+    max_in_flight: int = 8  # async: requests in flight at once, at most
     # Temporal ensembling weight exp(-decay * i) of the i-th oldest prediction for a step (ACT's m;
     # 0: plain average).
     ensemble_decay: float = 0.01
@@ -73,6 +82,8 @@ class ControlSettings:
             raise ConfigError(
                 "control.request_timeout_s, connect_timeout_s and reconnect_backoff_s must be > 0"
             )
+        if self.latency_window < 1 or self.max_in_flight < 1:
+            raise ConfigError("control.latency_window and control.max_in_flight must be >= 1")
         if self.max_retries < 0 or self.ensemble_decay < 0:
             raise ConfigError("control.max_retries and control.ensemble_decay must be >= 0")
 

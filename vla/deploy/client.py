@@ -1,16 +1,18 @@
 """The robot's side of the connection to a policy server (`vla.deploy.server`): requests go out and
-replies come back on a background thread, so the control loop never waits on the network.
+replies come back on background threads, so the control loop never waits on the network.
 
     client = PolicyClient(ControlSettings(url="ws://gpu-box:8765"))
     client.start(); info = client.wait_metadata(5.0)
     rid = client.submit({"image": frame, "instruction": "...", "step": t})   # returns at once
     reply = client.poll()          # the next reply, or None: {"type": "actions"|"error"|"lost", "id", ...}
 
-The thread connects (and reconnects after any failure, with a doubling backoff), sends the newest
-submitted request (an older one not yet sent is dropped: its observation is stale) and waits for the
-answer at most `request_timeout_s` (the watchdog): past that, or when the connection breaks, the
-request comes back as {"type": "lost"} and the connection is re-opened. Each event is logged and
-counted in `events`.
+One thread connects (and reconnects after any failure, with a doubling backoff) and receives; another
+sends each submitted request as soon as it is submitted, so several may be in flight (the server
+answers them concurrently, each reply naming its request). While there is no connection only the
+newest submitted request waits to be sent (an older one comes back {"type": "lost"}: its observation
+is stale). A request unanswered after `request_timeout_s` (the watchdog), or in flight when the
+connection breaks, comes back as {"type": "lost"} and the connection is re-opened. Each event is
+logged and counted in `events`.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ class PolicyClient:
         self.metadata: dict | None = None
         self.events = {"connects": 0, "disconnects": 0, "timeouts": 0, "errors": 0}
         self._ids = itertools.count(1)
-        self._outbox: queue.Queue[dict] = queue.Queue(maxsize=1)
+        self._outbox: queue.Queue[dict] = queue.Queue()
         self._inbox: queue.Queue[dict] = queue.Queue()
+        self._in_flight: dict[int, float] = {}  # request id -> time sent
+        self._lock = threading.Lock()  # guards _conn and _in_flight between the two threads
+        self._conn: ClientConnection | None = None
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._main, name="policy-client", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="policy-client-send", daemon=True)
 
     @property
     def connected(self) -> bool:
@@ -51,6 +57,7 @@ class PolicyClient:
 
     def start(self) -> PolicyClient:
         self._thread.start()
+        self._sender.start()
         return self
 
     def wait_metadata(self, timeout: float) -> dict:
@@ -60,14 +67,8 @@ class PolicyClient:
         return self.metadata
 
     def submit(self, request: dict) -> int:
-        """Queue an infer request (image, instruction, state, step); returns its id. Replaces a request
-        that is still waiting to be sent."""
+        """Queue an infer request (image, instruction, state, step) to be sent at once; returns its id."""
         request = {"type": "infer", **request, "id": next(self._ids)}
-        try:
-            dropped = self._outbox.get_nowait()
-            self._inbox.put({"type": "lost", "id": dropped["id"], "error": "replaced by a newer request"})
-        except queue.Empty:
-            pass
         self._outbox.put(request)
         return request["id"]
 
@@ -81,6 +82,7 @@ class PolicyClient:
     def close(self) -> None:
         self._closing.set()
         self._thread.join(5)
+        self._sender.join(5)
 
     def __enter__(self) -> PolicyClient:
         return self.start()
@@ -115,12 +117,17 @@ class PolicyClient:
         self.metadata = metadata
         self.events["connects"] += 1
         log.info("connected to %s (%s, chunk %s)", s.url, metadata.get("source"), metadata.get("chunk_size"))
-        self._connected.set()
         return conn
 
     def _drop(self, conn: ClientConnection, why: str, counter: str) -> None:
+        """Close `conn` and give up every request in flight on it."""
         self.events[counter] += 1
-        self._connected.clear()
+        with self._lock:
+            self._connected.clear()
+            self._conn = None
+            lost, self._in_flight = list(self._in_flight), {}
+        for request_id in lost:
+            self._inbox.put({"type": "lost", "id": request_id, "error": why})
         log.warning("connection to %s: %s; reconnecting", self.settings.url, why)
         with contextlib.suppress(Exception):  # closing a broken connection may fail; it is gone either way
             conn.close()
@@ -135,35 +142,61 @@ class PolicyClient:
                     backoff = min(2 * backoff, _MAX_BACKOFF_S)
                     continue
                 backoff = self.settings.reconnect_backoff_s
+                with self._lock:
+                    self._conn = conn
+                    self._connected.set()
             try:
-                request = self._outbox.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            sent = time.perf_counter()
-            try:
-                conn.send(wire.pack(request))
-                while True:  # skip anything that is not this request's answer
-                    left = self.settings.request_timeout_s - (time.perf_counter() - sent)
-                    reply = wire.unpack(conn.recv(timeout=max(left, 1e-3)))
-                    if reply.get("id") == request["id"]:
-                        break
+                reply = wire.unpack(conn.recv(timeout=0.05))
             except TimeoutError:
-                self._drop(
-                    conn, f"no reply within {self.settings.request_timeout_s} s (watchdog)", "timeouts"
-                )
-                conn = None
-                self._inbox.put({"type": "lost", "id": request["id"], "error": "timed out"})
+                with self._lock:
+                    oldest = min(self._in_flight.values(), default=None)
+                if oldest is not None and time.perf_counter() - oldest > self.settings.request_timeout_s:
+                    why = f"no reply within {self.settings.request_timeout_s} s (watchdog)"
+                    self._drop(conn, why, "timeouts")
+                    conn = None
                 continue
             except (OSError, websockets.WebSocketException, wire.WireError) as error:
                 self._drop(conn, f"{type(error).__name__}: {error}", "disconnects")
                 conn = None
-                self._inbox.put({"type": "lost", "id": request["id"], "error": str(error)})
                 continue
+            with self._lock:
+                sent = self._in_flight.pop(reply.get("id"), None)
+            if sent is None:
+                continue  # not a request of ours in flight (e.g. answered after its watchdog)
             if reply["type"] == "error":
                 self.events["errors"] += 1
-                log.error("the server refused request %s: %s", request["id"], reply.get("error"))
+                log.error("the server refused request %s: %s", reply.get("id"), reply.get("error"))
             reply["roundtrip_ms"] = 1000 * (time.perf_counter() - sent)
             self._inbox.put(reply)
         if conn is not None:
             conn.close()
         self._connected.clear()
+
+    # The sending thread.
+    def _send_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                request = self._outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            while not self._connected.wait(0.05):  # only the newest request waits for a connection
+                if self._closing.is_set():
+                    return
+                with contextlib.suppress(queue.Empty):
+                    newer = self._outbox.get_nowait()
+                    self._inbox.put(
+                        {"type": "lost", "id": request["id"], "error": "replaced by a newer request"}
+                    )
+                    request = newer
+            with self._lock:
+                conn = self._conn
+                if conn is not None:
+                    self._in_flight[request["id"]] = time.perf_counter()
+            try:
+                if conn is None:
+                    raise ConnectionError("the connection was lost")
+                conn.send(wire.pack(request))
+            except (OSError, websockets.WebSocketException) as error:  # the receiver reconnects
+                with self._lock:
+                    self._in_flight.pop(request["id"], None)
+                self._inbox.put({"type": "lost", "id": request["id"], "error": str(error)})

@@ -2,12 +2,19 @@
 through the one safety filter (`vla.sim.safety.SafetyFilter`), at the policy's control rate.
 
 Per control tick t:
-  1. ask for a chunk when needed: `sync`, when the current chunk is used up; `async`, when
-     `request_when_left` actions are left, so the next chunk is there before this one runs out;
-  2. take any reply: an async chunk answers the observation of tick t0 with actions for t0..t0+K-1; the
-     ones already past are dropped, the rest blended with earlier predictions for the same ticks by
-     temporal ensembling (ACT: weights exp(-decay * i), i = 0 the oldest). A sync chunk runs from its
-     first action on arrival (the robot held still meanwhile);
+  1. ask for a chunk when needed: `sync`, when the current chunk is used up and none is in flight;
+     `async`, also whenever the queued chunks and those in flight cover no more than `ahead` ticks
+     from now, so several are in flight when the latency is over half a chunk. `ahead` follows the
+     measured latency: the largest lag (ticks from a request's observation to the tick its chunk is
+     taken) of the last `latency_window` chunks, plus one tick, so each chunk arrives before the
+     queue runs out. When that lag is a whole chunk or more, no chunk can arrive before its first
+     action is due, and async asks only once the robot has stopped, as sync does
+     (`request_when_left` fixes `ahead` instead);
+  2. take any reply. A chunk asked for while the robot was moving (actions queued for its observation's
+     tick t0) holds actions for t0..t0+K-1: the ones already past are dropped, the rest blended with
+     earlier predictions for the same ticks by temporal ensembling (ACT: weights exp(-decay * i), i = 0
+     the oldest). A chunk asked for while nothing was queued (always so in sync) runs from its first
+     action on arrival: the robot held still since the observation, which is still its state;
   3. no action for t (inference late, server down, request refused): hold the last safe command. Never
      extrapolate the policy. The client's watchdog gives up on a request after `request_timeout_s` and
      reconnects; the loop goes on holding;
@@ -22,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 
 import numpy as np
 
@@ -31,7 +39,27 @@ from vla.deploy.robot import Robot
 from vla.sim.safety import INTERVENTIONS, SafetyFilter
 
 log = logging.getLogger(__name__)
-EVENTS = ("requests", "chunks", "refused", "lost", "held", "retries", "gave_up", "timeout", "overruns")
+EVENTS = (
+    "requests",
+    "chunks",
+    "late",
+    "refused",
+    "lost",
+    "held",
+    "retries",
+    "gave_up",
+    "timeout",
+    "overruns",
+)
+
+
+def request_ahead(lags: list[int], chunk_size: int) -> int:
+    """Actions left when async asks for the next chunk, from the recent lags (ticks from a request's
+    observation to the tick its chunk was taken): the largest lag plus one tick of margin, so the chunk
+    comes before the queue runs out; 0 (ask once stopped, as sync) when the lag is a chunk or more,
+    since such a chunk is entirely past on arrival."""
+    lag = max(lags)
+    return 0 if lag >= chunk_size else min(lag + 1, chunk_size)
 
 
 class ChunkQueue:
@@ -41,11 +69,15 @@ class ChunkQueue:
         self.decay = decay
         self._by_tick: dict[int, list[np.ndarray]] = {}
 
-    def add(self, chunk: np.ndarray, start: int, now: int) -> None:
-        """Actions `chunk` [K, D] for ticks start..start+K-1; those before `now` are past and dropped."""
+    def add(self, chunk: np.ndarray, start: int, now: int) -> int:
+        """Actions `chunk` [K, D] for ticks start..start+K-1; those before `now` are past and dropped.
+        Returns how many were kept."""
+        kept = 0
         for k, action in enumerate(np.asarray(chunk, dtype=np.float64)):
             if start + k >= now:
                 self._by_tick.setdefault(start + k, []).append(action)
+                kept += 1
+        return kept
 
     def left(self, now: int) -> int:
         """Consecutive ticks from `now` on with an action."""
@@ -79,8 +111,10 @@ def run_episode(
     num_steps: int,
     metadata: dict,
     meta: dict | None = None,
+    recent_lags: deque[int] | None = None,
 ) -> dict:
     """Drive `robot` for `num_steps` ticks (or `settings.task_timeout_s`) toward `instruction`.
+    `recent_lags` carries the measured lags (ticks) from earlier episodes into this one and is updated.
 
     Returns {"steps", "events": {name: count}, "interventions": {name: count}, "commands": [T, 23],
     "held_ticks": [t, ...], "roundtrip_ms": [...]}; the caller scores the task."""
@@ -90,45 +124,71 @@ def run_episode(
     limit = num_steps if settings.task_timeout_s is None else math.ceil(settings.task_timeout_s * hz)
     timed_out, num_steps = limit < num_steps, min(num_steps, limit)
     chunk_size = int(metadata["chunk_size"])
-    ahead = 0 if settings.mode == "sync" else settings.request_when_left or max(1, chunk_size // 2)
+    fixed = settings.request_when_left
+    if recent_lags is None:
+        recent_lags = deque(maxlen=settings.latency_window)
+    ahead = 0 if settings.mode == "sync" else fixed or max(1, chunk_size // 2)  # until a lag is measured
+    if settings.mode == "async" and fixed is None and recent_lags:
+        ahead = request_ahead(list(recent_lags), chunk_size)
     reads_state = int(metadata.get("state_dim") or 0) > 0
     events = dict.fromkeys(EVENTS, 0)
     counts_before = dict(safety.counts)
     safety.reset(robot.joint_positions())
     chunks = ChunkQueue(settings.ensemble_decay)
-    pending: tuple[int, int, float] | None = None  # (request id, tick of its observation, time sent)
-    commands, held_ticks, roundtrips, holding = [], [], [], False
+    # request id -> (tick of its observation, time sent, whether the robot had nothing queued then)
+    pending: dict[int, tuple[int, float, bool]] = {}
+    commands, held_ticks, roundtrips, lags, holding = [], [], [], [], False
     period = 1.0 / hz
     next_tick = time.perf_counter()
+
+    def take(reply: dict, t: int) -> None:
+        """Take `reply` at tick t: queue its chunk, count its lag, or count why it has none."""
+        nonlocal ahead
+        if reply.get("id") not in pending:
+            return
+        asked_at, _, stopped = pending.pop(reply["id"])
+        if reply["type"] != "actions":  # "error" (refused) or "lost" (timed out, disconnected)
+            events["refused" if reply["type"] == "error" else "lost"] += 1
+            log.warning("tick %d: no chunk for request %d (%s)", t, reply["id"], reply.get("error"))
+            return
+        actions = np.asarray(reply["actions"])
+        start = t if stopped else asked_at  # stopped: the observation is still the state
+        if not chunks.add(actions.reshape(len(actions), -1), start, t):
+            events["late"] += 1
+            log.info("tick %d: the chunk for tick %d came after its last action", t, asked_at)
+        events["chunks"] += 1
+        roundtrips.append(reply.get("roundtrip_ms"))
+        lags.append(t - asked_at)
+        recent_lags.append(t - asked_at)
+        if settings.mode == "async" and fixed is None:
+            ahead = request_ahead(list(recent_lags), chunk_size)
+
     for t in range(num_steps):
-        if pending is not None and time.perf_counter() - pending[2] > settings.request_timeout_s:
-            events["lost"] += 1  # e.g. submitted while the server was down: ask again with a fresh frame
-            log.warning("tick %d: request %d unanswered for %s s", t, pending[0], settings.request_timeout_s)
-            pending = None
-        if pending is None and chunks.left(t) <= ahead:
+        for rid, (_, sent, _) in list(pending.items()):
+            if time.perf_counter() - sent > settings.request_timeout_s:
+                events["lost"] += 1  # e.g. submitted while the server was down: ask again, fresh frame
+                log.warning("tick %d: request %d unanswered for %s s", t, rid, settings.request_timeout_s)
+                del pending[rid]
+
+        while (reply := client.poll()) is not None:
+            take(reply, t)
+        # Ticks from t on that the queue and the chunks in flight will cover (if on time).
+        horizon = max([chunks.left(t)] + [asked + chunk_size - t for asked, _, _ in pending.values()])
+        stopped = not pending and not chunks.left(t)
+        if stopped or (ahead > 0 and horizon <= ahead and len(pending) < settings.max_in_flight):
             request = {"image": robot.image(), "instruction": instruction, "step": t}
             if reads_state:
                 request["state"] = np.asarray(robot.state(), dtype=np.float32)
             if meta is not None:
                 request["meta"] = {**meta, "step": t}
-            pending = (client.submit(request), t, time.perf_counter())
+            pending[client.submit(request)] = (t, time.perf_counter(), stopped)
             events["requests"] += 1
         # Lockstep (not realtime): wait for the answer when there is nothing else to do.
-        wait = settings.request_timeout_s + settings.connect_timeout_s
-        reply = client.poll(wait if (not settings.realtime and pending and not chunks.left(t)) else None)
-        while reply is not None:
-            if pending is not None and reply.get("id") == pending[0]:
-                if reply["type"] == "actions":
-                    actions = np.asarray(reply["actions"])
-                    start = t if settings.mode == "sync" else pending[1]
-                    chunks.add(actions.reshape(len(actions), -1), start, t)
-                    events["chunks"] += 1
-                    roundtrips.append(reply.get("roundtrip_ms"))
-                else:  # "error" (refused) or "lost" (timed out, disconnected): ask again next tick
-                    events["refused" if reply["type"] == "error" else "lost"] += 1
-                    log.warning("tick %d: no chunk for request %d (%s)", t, pending[0], reply.get("error"))
-                pending = None
-            reply = client.poll()
+        if not settings.realtime and pending and not chunks.left(t):
+            reply = client.poll(settings.request_timeout_s + settings.connect_timeout_s)
+            while reply is not None:
+                take(reply, t)
+                reply = client.poll()
         action = chunks.pop(t)
         q = robot.joint_positions()
         before = dict(safety.counts)
@@ -151,6 +211,7 @@ def run_episode(
             events["retries"] += 1
             log.warning("tick %d: stuck: retracting toward home, then retry %d", t, events["retries"])
             chunks.clear()  # the retry starts from a fresh observation after the retract
+            pending.clear()  # answers to observations from before it are of no use
             if events["retries"] > settings.max_retries:
                 events["gave_up"] += 1
                 log.error(
@@ -179,6 +240,7 @@ def run_episode(
         "commands": np.array(commands),
         "held_ticks": held_ticks,
         "roundtrip_ms": roundtrips,
+        "lag_ticks": lags,
     }
 
 
@@ -198,13 +260,14 @@ def drive_episodes(
     "roundtrip_ms": [...], "commands": {(task, seed): [T, 23]}}."""
     report = {"events": dict.fromkeys(EVENTS, 0), "interventions": dict.fromkeys(INTERVENTIONS, 0)}
     per_task, commands, roundtrips = {}, {}, []
+    recent_lags: deque[int] = deque(maxlen=settings.latency_window)  # the latency, across episodes
     for task in tasks:
         outcomes, values = [], []
         for s in range(seed, seed + episodes_per_task):
             spec = robot.start(task, s)
             meta = {"task": task, "seed": s} if metadata.get("reads_meta") else None
             result = run_episode(
-                robot, client, safety, settings, spec.instruction, spec.num_steps, metadata, meta
+                robot, client, safety, settings, spec.instruction, spec.num_steps, metadata, meta, recent_lags
             )
             details = robot.env.success_details()
             ok = result["events"]["gave_up"] == 0 and details["success"]

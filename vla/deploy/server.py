@@ -13,9 +13,9 @@ toolchain for the same four message kinds.
     server.run()                      # until SIGINT / SIGTERM, then closes every connection cleanly
 
 On connect the server sends a metadata message (`PolicyInfo`: action size, chunk size, control rate,
-statistics key, image size, state size). Each request is answered on its connection in order; the
-model runs in one worker thread, so the event loop keeps reading other clients' requests, health
-checks and pings while it computes. A bad request gets an error reply naming what was wrong and the
+statistics key, image size, state size). Requests are answered on their connection as each is done
+(several may be in flight; replies carry the request's id); the model runs in one worker thread, so
+the event loop keeps reading requests, health checks and pings while it computes. A bad request gets an error reply naming what was wrong and the
 connection stays open; a frame over `max_message_bytes`, or a peer that stops answering pings (e.g.
 one that sent half a frame and stalled), loses its connection. Nothing a client sends stops the
 server or delays other clients beyond the model time they share.
@@ -139,36 +139,60 @@ class PolicyServer:
             "timing": {"infer_ms": 1000 * infer_s, "queue_ms": 1000 * queue_s},
         }
 
+    async def _answer(self, connection: ServerConnection, payload, received: float) -> None:
+        """Reply to one message on `connection` (an error reply for a bad one)."""
+        peer = connection.remote_address
+        request_id = None
+        try:
+            message = wire.unpack(payload)
+            request_id = message.get("id")
+            reply = await self._reply(message)
+        except (wire.WireError, RequestError) as error:
+            self.stats["errors"] += 1
+            log.warning("client %s: bad request: %s", peer, error)
+            reply = {"type": "error", "error": str(error)}
+        except Exception as error:  # the policy failed on an accepted input: say so, keep serving
+            self.stats["errors"] += 1
+            log.exception("client %s: the policy failed", peer)
+            reply = {"type": "error", "error": f"the policy failed: {type(error).__name__}: {error}"}
+        if request_id is not None and isinstance(request_id, int | str):
+            reply = {**reply, "id": request_id}
+        if reply.get("type") == "actions":
+            reply["timing"]["server_ms"] = 1000 * (time.perf_counter() - received)
+        with contextlib.suppress(websockets.ConnectionClosed):  # the client left; nothing to answer
+            await connection.send(wire.pack(reply))
+
     async def _handle(self, connection: ServerConnection) -> None:
+        """Answer a connection's messages concurrently (a robot keeps several chunk requests in flight
+        when its latency is over half a chunk), at most `max_in_flight` at a time: beyond that the
+        connection is not read until one is answered. Replies carry their request's id and may come
+        out of order; the model itself runs one request at a time."""
         peer = connection.remote_address
         self.stats["connections"] += 1
         self.stats["open"] += 1
         log.info("client %s connected", peer)
+        slots = asyncio.Semaphore(self.settings.max_in_flight)
+        tasks: set[asyncio.Task] = set()
+
+        async def answer(payload, received: float) -> None:
+            try:
+                await self._answer(connection, payload, received)
+            finally:
+                slots.release()
+
         try:
             await connection.send(wire.pack(self.metadata))
             async for payload in connection:
                 received = time.perf_counter()
-                request_id = None
-                try:
-                    message = wire.unpack(payload)
-                    request_id = message.get("id")
-                    reply = await self._reply(message)
-                except (wire.WireError, RequestError) as error:
-                    self.stats["errors"] += 1
-                    log.warning("client %s: bad request: %s", peer, error)
-                    reply = {"type": "error", "error": str(error)}
-                except Exception as error:  # the policy failed on an accepted input: say so, keep serving
-                    self.stats["errors"] += 1
-                    log.exception("client %s: the policy failed", peer)
-                    reply = {"type": "error", "error": f"the policy failed: {type(error).__name__}: {error}"}
-                if request_id is not None and isinstance(request_id, int | str):
-                    reply = {**reply, "id": request_id}
-                if reply.get("type") == "actions":
-                    reply["timing"]["server_ms"] = 1000 * (time.perf_counter() - received)
-                await connection.send(wire.pack(reply))
+                await slots.acquire()
+                task = asyncio.create_task(answer(payload, received))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         except websockets.ConnectionClosed as closed:
             log.info("client %s: connection closed (%s)", peer, closed)
         finally:
+            for task in list(tasks):
+                task.cancel()
             self.stats["open"] -= 1
 
     async def serve(self, stop: asyncio.Event, ready: threading.Event | None = None) -> None:
