@@ -1,29 +1,41 @@
-"""Measure the policy server on loopback: its overhead beyond the model, success under injected
-inference delay (async vs sync chunks), and concurrent robot clients.
+"""Measure the policy server on loopback: its overhead beyond the model, concurrent robot clients,
+success under injected inference delay (async vs sync chunks), and a trained policy through the server.
 
-python scripts/bench_serve.py                       # --requests 1000 --episodes 2 --clients 8 --seconds 20
-1. overhead: a tiny random 23-DoF policy (chunks of 4), `--requests` sequential requests from one client;
+python scripts/bench_serve.py                                   # make bench-serve; conf/bench_serve.yaml
+python scripts/bench_serve.py seconds=300 requests=0 episodes_per_task=0   # an 8-client soak only
+python scripts/bench_serve.py checkpoint=outputs/train/<date>/<time> requests=0 seconds=0 episodes_per_task=0
+1. overhead: a tiny random 23-DoF policy (chunks of 4), `requests` sequential requests from one client;
    per request the client's round trip minus the model's own time (infer_ms, measured in the server).
-2. delay: the scripted expert served as a policy (vla.deploy.oracle, chunks of `--chunk`), so success
+2. concurrency: `clients` clients in threads request chunks from the tiny policy for `seconds` s;
+   errors and this process's resident memory (server and clients) sampled every second.
+3. delay: the scripted expert served as a policy (vla.deploy.oracle, chunks of `chunk`), so success
    measures only the deployment path; the simulated athena runs in real time at 25 Hz through the
-   client with 0/100/200/400 ms added to every reply, async and sync.
-3. concurrency: `--clients` clients in threads request chunks from the tiny policy for `--seconds` s;
-   errors and the server process's resident memory at the start and the end.
+   client with each of `delays_ms` added to every reply, in each of `modes`.
+4. checkpoint: a trained policy in its training scene, through the server under each of
+   `policy_delays_ms` and `modes` (real time), and in-process (`evaluate_policy`) on the same seeds.
+Writes bench_serve.json to the run folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import resource
 import sys
 import threading
 import time
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vla.cli import user_errors  # noqa: E402
+from vla.config import BenchServeConfig, register_configs, to_object  # noqa: E402
+
+register_configs()
 
 
 def rss_mb() -> float:
@@ -80,47 +92,83 @@ def overhead(policy, n: int) -> dict:
     }
 
 
-def delays(chunk: int, episodes: int, tasks: list[str]) -> dict:
+def through_server(policy, sim, control: dict, delay_ms: float, tasks, episodes: int, seed: int, robot):
+    """Episodes seed.. of `tasks` on the simulated athena driven through a server for `policy`."""
     from vla.config.deploy import ControlSettings, ServerSettings
-    from vla.config.sim import SimSettings
     from vla.deploy.client import PolicyClient
     from vla.deploy.controller import drive_episodes
-    from vla.deploy.oracle import ExpertOracle
     from vla.deploy.robot import SimAthena
     from vla.deploy.server import PolicyServer, ServerThread
-    from vla.sim.athena import AthenaRobot
     from vla.sim.safety import SafetyFilter
+
+    server = PolicyServer(policy, ServerSettings(port=0, inject_delay_ms=delay_ms))
+    with ServerThread(server) as url, PolicyClient(ControlSettings(url=url, **control)) as client:
+        metadata = client.wait_metadata(10)
+        safety = SafetyFilter(robot, sim.safety, sim.control_hz)
+        r = drive_episodes(
+            SimAthena(sim, robot), client, safety, client.settings, tasks, episodes, seed, metadata
+        )
+    return {
+        "success_rate": r["success_rate"],
+        "successes": {task: v["successes"] for task, v in r["per_task"].items()},
+        "held_per_episode": r["events"]["held"] / r["episodes"],
+        "late_chunks": r["events"]["late"],
+        "episodes": r["episodes"],
+    }
+
+
+def delays(cfg: BenchServeConfig) -> dict:
+    from vla.config.sim import SimSettings
+    from vla.deploy.oracle import ExpertOracle
+    from vla.sim.athena import AthenaRobot
 
     sim = SimSettings(image_size=64)
     out = {}
     with AthenaRobot(sim) as robot:
-        oracle = ExpertOracle(robot, chunk)
-        for delay in (0, 100, 200, 400):
-            for mode in ("async", "sync"):
-                server = PolicyServer(oracle, ServerSettings(port=0, inject_delay_ms=delay))
-                with ServerThread(server) as url, PolicyClient(ControlSettings(url=url, mode=mode)) as client:
-                    metadata = client.wait_metadata(10)
-                    safety = SafetyFilter(robot, sim.safety, sim.control_hz)
-                    r = drive_episodes(
-                        SimAthena(sim, robot),
-                        client,
-                        safety,
-                        client.settings,
-                        tasks,
-                        episodes,
-                        1_000_000,
-                        metadata,
-                    )
-                out[f"{mode}_{delay}ms"] = {
-                    "success_rate": r["success_rate"],
-                    "held_per_episode": r["events"]["held"] / r["episodes"],
-                    "episodes": r["episodes"],
-                }
-                print(f"delay {delay} ms {mode}: {out[f'{mode}_{delay}ms']}", flush=True)
+        oracle = ExpertOracle(robot, cfg.chunk)
+        for delay in cfg.delays_ms:
+            for mode in cfg.modes:
+                cell = through_server(
+                    oracle, sim, {"mode": mode}, delay, cfg.tasks, cfg.episodes_per_task, cfg.seed, robot
+                )
+                out[f"{mode}_{delay:g}ms"] = cell
+                print(f"expert, delay {delay:g} ms {mode}: {cell}", flush=True)
+    return out
+
+
+def trained(cfg: BenchServeConfig) -> dict:
+    """The policy in cfg.checkpoint in its training scene: in-process, then through the server."""
+    from vla.config import SampleDataConfig
+    from vla.config.sim import EvalSettings
+    from vla.inference import load_policy
+    from vla.inference.policy import training_scene
+    from vla.sim.athena import AthenaRobot
+    from vla.sim.evaluate import evaluate_policy
+
+    policy = load_policy(cfg.checkpoint, cfg.backend)
+    scene = training_scene(cfg.checkpoint)
+    sample = to_object(scene, SampleDataConfig) if scene is not None else SampleDataConfig()
+    sim = sample.sim_settings(cfg.sim)
+    n = cfg.policy_episodes_per_task
+    out = {"scene": {"camera": sim.camera, "image_size": sim.image_size, "control_hz": sim.control_hz}}
+    with AthenaRobot(sim) as robot:
+        settings = EvalSettings(tasks=cfg.tasks, episodes_per_task=n, seed=cfg.seed, sim=sim, gif_episodes=0)
+        local = evaluate_policy(policy, settings, robot=robot)
+        out["in_process"] = {
+            "success_rate": local["success_rate"],
+            "successes": {t: v["successes"] for t, v in local["per_task"].items()},
+        }
+        print(f"{cfg.checkpoint} in-process: {out['in_process']}", flush=True)
+        for delay in cfg.policy_delays_ms:
+            for mode in cfg.modes:
+                cell = through_server(policy, sim, {"mode": mode}, delay, cfg.tasks, n, cfg.seed, robot)
+                out[f"{mode}_{delay:g}ms"] = cell
+                print(f"policy, delay {delay:g} ms {mode}: {cell}", flush=True)
     return out
 
 
 def concurrency(policy, clients: int, seconds: float) -> dict:
+    """Clients in threads for `seconds` s; RSS sampled every second once they all run."""
     from vla.config.deploy import ControlSettings, ServerSettings
     from vla.deploy.client import PolicyClient
     from vla.deploy.server import PolicyServer, ServerThread
@@ -147,10 +195,13 @@ def concurrency(policy, clients: int, seconds: float) -> dict:
         for t in threads:
             t.start()
         time.sleep(min(2.0, seconds / 4))
-        start_rss = rss_mb()
+        samples = [rss_mb()]
+        while any(t.is_alive() for t in threads):
+            time.sleep(1.0)
+            samples.append(rss_mb())
         for t in threads:
             t.join()
-        end_rss = rss_mb()
+        start_rss, end_rss = samples[0], samples[-1]
         errors_server = server.stats["errors"]
     return {
         "clients": clients,
@@ -161,30 +212,39 @@ def concurrency(policy, clients: int, seconds: float) -> dict:
         "server_errors": errors_server,
         "rss_mb_start": round(start_rss, 1),
         "rss_mb_end": round(end_rss, 1),
+        "rss_mb_max": round(max(samples), 1),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--chunk", type=int, default=8)
-    parser.add_argument("--episodes", type=int, default=2)
-    parser.add_argument("--tasks", default="raise_arm,reach_ball,turn_torso,lift_knee")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    args = parser.parse_args()
+def run(cfg: BenchServeConfig) -> dict:
+    """Run the sections; returns the report written to `<output_dir>/bench_serve.json`."""
+    report = {}
+    if cfg.requests or (cfg.clients and cfg.seconds):
+        policy = tiny_policy()
+    if cfg.requests:
+        report["overhead"] = overhead(policy, cfg.requests)
+        print(json.dumps(report["overhead"]), flush=True)
+    if cfg.clients and cfg.seconds:
+        report["concurrency"] = concurrency(policy, cfg.clients, cfg.seconds)
+        print(json.dumps(report["concurrency"]), flush=True)
+    if cfg.episodes_per_task and cfg.delays_ms:
+        report["delay"] = delays(cfg)
+    if cfg.checkpoint is not None:
+        report["checkpoint"] = {"path": cfg.checkpoint, **trained(cfg)}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_serve.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench_serve")
+def main(cfg: DictConfig) -> None:
     from vla.sim import select_gl_backend
 
-    select_gl_backend()
-    import logging
-
+    select_gl_backend()  # before anything imports mujoco
     logging.basicConfig(level=logging.ERROR)
-    policy = tiny_policy()
-    report = {"overhead": overhead(policy, args.requests)}
-    print(json.dumps(report["overhead"]), flush=True)
-    report["concurrency"] = concurrency(policy, args.clients, args.seconds)
-    print(json.dumps(report["concurrency"]), flush=True)
-    report["delay"] = delays(args.chunk, args.episodes, args.tasks.split(","))
+    with user_errors():
+        report = run(to_object(cfg, BenchServeConfig))
     print(json.dumps(report, indent=2))
 
 

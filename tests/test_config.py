@@ -19,7 +19,7 @@ from vla.config import (
     PredictConfig,
     TrainConfig,
 )
-from vla.config.deploy import RunRobotConfig, ServeConfig
+from vla.config.deploy import BenchServeConfig, RunRobotConfig, ServeConfig
 
 # Each entry point's config (conf/<name>.yaml), its schema and the keys it needs from the command line
 # (the ones Hydra fills from its run folder are given here, as no app is running).
@@ -34,6 +34,7 @@ STAGES = {
     "bench_data": (BenchDataConfig, []),
     "serve": (ServeConfig, ["checkpoint=some/export"]),
     "run_robot": (RunRobotConfig, ["output_dir=/tmp/never-written"]),
+    "bench_serve": (BenchServeConfig, ["output_dir=/tmp/never-written"]),
 }
 # Group choices that need a key of their own.
 CHOICE_OVERRIDES = {

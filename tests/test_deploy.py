@@ -434,3 +434,48 @@ def test_async_with_a_lag_of_a_chunk_or_more_is_never_worse_than_sync(robot, lag
         assert all(ran[t + 1] == ran[t] + 1 for t in range(len(ran) - 1) if None not in ran[t : t + 2])
         assert held[:lag] == list(range(lag)), mode  # nothing to run before the first chunk
     assert runs["async"]["events"]["held"] <= runs["sync"]["events"]["held"]
+
+
+@pytest.mark.slow
+def test_bench_serve_entry_point_smoke(tmp_path):
+    """make bench-serve, shrunk: every section runs through Hydra's config and writes its report."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    out = tmp_path / "bench"
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "scripts/bench_serve.py",
+            "requests=20",
+            "clients=2",
+            "seconds=2",
+            "tasks=[turn_torso]",
+            "episodes_per_task=1",
+            "delays_ms=[300]",
+            f"output_dir={out}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    report = json.loads((out / "bench_serve.json").read_text())
+    assert report["overhead"]["requests"] == 20 and report["overhead"]["overhead_ms_p50"] > 0
+    assert report["concurrency"]["client_errors"] == 0 and report["concurrency"]["requests"] > 2
+    assert set(report["delay"]) == {"async_300ms", "sync_300ms"}
+    for cell in report["delay"].values():  # 300 ms is over the 8-tick chunk at 25 Hz: runs as sync does
+        assert cell["episodes"] == 1 and cell["held_per_episode"] >= 7
+    assert report["delay"]["async_300ms"]["success_rate"] >= report["delay"]["sync_300ms"]["success_rate"]
+
+
+def test_bench_serve_refuses_a_bad_mode():
+    from vla.config.base import ConfigError
+    from vla.config.deploy import BenchServeConfig
+
+    with pytest.raises(ConfigError, match="modes"):
+        BenchServeConfig(modes=["async", "later"], output_dir="x")

@@ -13,7 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vla.config.base import ConfigError, check_choice
 from vla.config.data import AnnotationConfig, AugmentConfig, DataConfig, FilterConfig, SampleDataConfig
-from vla.config.deploy import ControlSettings, RunRobotConfig, ServeConfig, ServerSettings
+from vla.config.deploy import (
+    BenchServeConfig,
+    ControlSettings,
+    RunRobotConfig,
+    ServeConfig,
+    ServerSettings,
+)
 from vla.config.model import (
     ACTION_TOKEN_INITS,
     HEADS,
@@ -100,6 +106,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="serve_schema", node=ServeConfig)
     cs.store(name="run_robot_schema", node=RunRobotConfig)
+    cs.store(name="bench_serve_schema", node=BenchServeConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 
@@ -139,6 +146,7 @@ __all__ = [
     "BenchmarkConfig",
     "CallbacksConfig",
     "ConfigError",
+    "BenchServeConfig",
     "ControlSettings",
     "RunRobotConfig",
     "ServeConfig",

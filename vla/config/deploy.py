@@ -132,3 +132,41 @@ class RunRobotConfig:
             mesh_reduction=self.sim.mesh_reduction,
             safety=self.sim.safety,
         )
+
+
+@dataclass
+class BenchServeConfig:
+    """`scripts/bench_serve.py`: the policy server on loopback. A section with 0 requests, seconds or
+    episodes is skipped."""
+
+    # 1. Overhead: sequential requests of a tiny random policy from one client (after 20 warm-up ones).
+    requests: int = 1000
+    # 2. Concurrency: robot clients in threads for this long (a soak: e.g. seconds=300).
+    clients: int = 8
+    seconds: float = 20.0
+    # 3. Delay: the scripted expert served as a policy (chunks of `chunk` at 25 Hz, real time), so that
+    # success measures only the deployment path, under each injected delay and chunk mode.
+    chunk: int = 8
+    episodes_per_task: int = 2
+    tasks: list[str] = field(default_factory=lambda: ["raise_arm", "reach_ball", "turn_torso", "lift_knee"])
+    delays_ms: list[float] = field(default_factory=lambda: [0.0, 100.0, 200.0, 400.0])
+    modes: list[str] = field(default_factory=lambda: list(CHUNK_MODES))
+    # 4. A trained policy (a run or export folder; null: skipped) in its training scene: success through
+    # the server under each of policy_delays_ms and mode, and in-process on the same held-out seeds.
+    checkpoint: str | None = None
+    backend: str = "torch"
+    policy_episodes_per_task: int = 10
+    policy_delays_ms: list[float] = field(default_factory=lambda: [0.0, 200.0])
+    seed: int = EVALUATION_SEED_BASE  # first held-out episode seed (sections 3 and 4)
+    sim: SimConfig = field(default_factory=SimConfig)
+    output_dir: str = MISSING  # set by Hydra: outputs/bench_serve/<date>/<time>; bench_serve.json goes there
+
+    def __post_init__(self) -> None:
+        self.tasks = check_tasks(self.tasks, "tasks")
+        check_choice("backend", self.backend, POLICY_BACKENDS)
+        for mode in self.modes:
+            check_choice("modes", mode, CHUNK_MODES)
+        if min([self.requests, self.clients, self.seconds, self.episodes_per_task, self.chunk - 1]) < 0:
+            raise ConfigError("requests, clients, seconds and episodes_per_task must be >= 0, chunk >= 1")
+        if any(d < 0 for d in [*self.delays_ms, *self.policy_delays_ms]):
+            raise ConfigError("delays_ms and policy_delays_ms must be >= 0")
