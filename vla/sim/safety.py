@@ -3,7 +3,10 @@
 
 Every command passes, in order:
   1. non-finite values (NaN/inf) are replaced by the previous command's value for that joint;
-  2. the change from the previous command is clipped to max_joint_speed / control_hz per joint;
+  2. the change from the previous command is clipped to max_joint_speed / control_hz per joint. The
+     speed limit is the configured one for every joint: MJCF has no joint velocity attribute, and the
+     G1 model athena is built from gives its actuators only torque ranges (actuatorfrcrange), so the
+     robot description has no velocity limit to read (the joint ranges in 3. do come from it);
   3. the result is clipped to the joint ranges read from the MuJoCo model (minus a margin);
   4. if forward kinematics puts either hand outside the workspace box, the step from the previous
      command is scaled down (bisection) to the largest fraction that keeps both hands inside.
