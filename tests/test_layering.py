@@ -1,4 +1,5 @@
-"""The package's layers point one way (config -> model -> data / sim -> training -> inference -> export), no
+"""The package's layers point one way (config -> model -> data / sim -> training -> inference -> export /
+deploy), no
 module imports itself through others, and the schema imports without torch or the simulator."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ LAYERS = {
     "training": 3,
     "inference": 4,
     "export": 5,
+    "deploy": 5,  # the policy server and the robot client (issue 23): above inference, beside export
 }
 # The simulator writes its episodes with the data package's writer; nothing else of data.
 SIM_MAY_IMPORT = {"vla.data.isaac", "vla.data.episodes"}
