@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import compose_config, load_script
-from vla.config import TASK_NAMES, EvalSettings, EvaluateConfig, SimSettings, to_settings
+from vla.config import TASK_NAMES, ConfigError, EvalSettings, EvaluateConfig, SimSettings, to_settings
 from vla.sim.athena import HOME_POSE, AthenaRobot
 from vla.sim.evaluate import check_actions, evaluate_policy, evaluate_with_baselines
 from vla.sim.tasks import EPISODE_SECONDS, PHRASINGS
@@ -77,6 +77,17 @@ def test_policy_protocol_and_action_chunks(robot, chunk):
     )
     _, reach_instructions = policy.calls[-1]
     assert all("ball" in text for text in reach_instructions)
+
+
+@pytest.mark.parametrize("execute", [1, 3])
+def test_execute_steps_re_queries_after_that_many_chunk_steps(robot, execute):
+    """`execute_steps=N` runs the first N steps of each 8-step chunk, then asks again: ceil(steps / N)
+    queries per task instead of ceil(steps / 8)."""
+    policy = RecordingPolicy(8)
+    evaluate_policy(policy, settings(tasks=["turn_torso"], episodes_per_task=1, execute_steps=execute), robot=robot)
+    assert len(policy.calls) == math.ceil(round(EPISODE_SECONDS["turn_torso"] * 25) / execute)
+    with pytest.raises(ConfigError, match=r"execute_steps=0 must be >= 1"):
+        settings(execute_steps=0)
 
 
 def test_a_policy_that_copies_the_expert_through_images_scores_like_it(robot):

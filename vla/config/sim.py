@@ -166,10 +166,15 @@ class EvalSettings:
     # follows the colour word drops toward 0% named ball; one that ignores it scores as without the swap.
     # The expert reads its goal from the simulator and is unaffected.
     swap_color: bool = False
+    # Steps of each action chunk executed before the policy is asked again: null executes the whole
+    # chunk (OpenVLA-OFT, ACT without ensembling); 1 re-plans every step (receding horizon).
+    execute_steps: int | None = None
     sim: SimSettings = field(default_factory=SimSettings)
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise ConfigError(f"execute_steps={self.execute_steps} must be >= 1 (null: the whole chunk)")
         if self.episodes_per_task < 1:
             raise ConfigError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.seed < EVALUATION_SEED_BASE:

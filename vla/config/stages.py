@@ -210,6 +210,7 @@ class EvaluateConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     gif_episodes: int = 2  # rollouts per task drawn into `<task>.gif` (0: no GIFs)
     swap_color: bool = False  # language probe: reach_ball's instruction names the nearest distractor's colour
+    execute_steps: int | None = None  # chunk steps run before the next query (null: all; 1: every step)
     data: DataConfig = field(default_factory=DataConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -231,5 +232,6 @@ class EvaluateConfig:
             baselines=list(self.baselines),
             gif_episodes=self.gif_episodes,
             swap_color=self.swap_color,
+            execute_steps=self.execute_steps,
             sim=sample.sim_settings(self.sim),
         )

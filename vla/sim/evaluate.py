@@ -4,7 +4,7 @@ random policy as baselines through the same loop, and reports (eval.json, eval.m
 A policy is any callable `policy(images, instructions) -> actions`: `images` a list of B RGB uint8
 [H, W, 3] frames from the camera (sim.camera), `instructions` B strings, `actions` [B, 23] joint targets or
 [B, K, 23] action chunks (all K steps are executed before the policy is asked again, as OpenVLA-OFT
-and LeRobot's ACT do). A `Policy` trained with the robot state (`info.state_dim` > 0) is called as
+and LeRobot's ACT do; `EvalSettings.execute_steps` runs only the first N of each chunk). A `Policy` trained with the robot state (`info.state_dim` > 0) is called as
 `policy(images, instructions, states)` with each robot's 47-value state (`AthenaRobot.state`). Actions pass through the safety filter (`vla.sim.safety`) unless
 `sim.safety.enabled` is false; every intervention is counted in the result.
 
@@ -126,7 +126,7 @@ def _evaluate_task(
         need = [i for i, q in enumerate(queues) if not q]
         if need:
             for i, chunk in zip(need, _query(policy, envs, told, need, images, rng)):
-                queues[i].extend(chunk)
+                queues[i].extend(chunk[: settings.execute_steps])
         for i, (env, safety) in enumerate(zip(envs, filters)):
             env.step(safety(queues[i].popleft(), env.joint_positions()))
         for i in range(recorded):
