@@ -13,22 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from data_factories import make_isaac_dataset
+from test_train import config, train  # the same fast training settings
 
-from tests.conftest import OPENVLA_LAYOUT, compose_config
-from vla.config import ConfigError, TrainConfig
+from vla.config import ConfigError
 from vla.data.episodes import DataError
 from vla.model.configuration import CheckpointError
-
-FAST = [
-    *OPENVLA_LAYOUT,
-    "logger=none",
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=2",
-    "model.architecture.image_size=56",
-]
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +25,6 @@ def isaac_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("isaac")
     make_isaac_dataset(root, n_episodes=4, steps=6)
     return root
-
-
-def config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    return compose_config("train", [*FAST, *overrides, f"run_dir={run_dir}"], TrainConfig)
-
-
-def train(run_dir: Path, overrides: list[str]) -> dict:
-    import train as entry
-
-    return entry.run(config(run_dir, overrides))
 
 
 # -- config values ---------------------------------------------------------------------------------
