@@ -231,16 +231,14 @@ def check_resume(ckpt_path: str, cfg: TrainConfig) -> Path:
     run_dir = path.parent.parent
     if (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").stat().st_size:
         trained = to_object(migrate_run_config(OmegaConf.load(run_dir / "config.yaml")), TrainConfig)
-        for group, keys in RESUME_LOCKED_KEYS.items():
-            for key in keys:
-                was = OmegaConf.select(OmegaConf.structured(trained), f"{group}.{key}")
-                now = OmegaConf.select(OmegaConf.structured(cfg), f"{group}.{key}")
-                if was != now:
-                    raise ConfigError(
-                        f"{group}.{key}={_show(now)}: the run resumed from ({run_dir}) was trained with "
-                        f"{group}.{key}={_show(was)}; a resumed run must train the same model: leave it out "
-                        "or start a new run"
-                    )
+        changed = first_change(trained, cfg, RESUME_LOCKED_KEYS)
+        if changed:
+            key, was, now = changed
+            raise ConfigError(
+                f"{key}={_show(now)}: the run resumed from ({run_dir}) was trained with "
+                f"{key}={_show(was)}; a resumed run must train the same model: leave it out "
+                "or start a new run"
+            )
     return path
 
 
@@ -303,16 +301,29 @@ def load_train_config(run_dir: Path, overrides: dict[str, dict[str, Any]] | None
         valid = f"; valid keys there: {sorted(parent)}" if isinstance(parent, DictConfig) else ""
         reason = str(err.msg).splitlines()[0]  # the rest repeats the key and the types
         raise ConfigError(f"{key}: {reason} (overriding {config_file}){valid}") from None
-    for group, keys in LOCKED_KEYS.items():
-        for key in keys:
-            was = OmegaConf.select(OmegaConf.structured(trained), f"{group}.{key}")
-            now = OmegaConf.select(OmegaConf.structured(cfg), f"{group}.{key}")
-            if was != now:
-                raise ConfigError(
-                    f"{group}.{key}={now!r}: the adapter in {run_dir} was trained with "
-                    f"{group}.{key}={was!r} ({config_file}); it cannot change after training (leave it out)"
-                )
+    changed = first_change(trained, cfg, LOCKED_KEYS)
+    if changed:
+        key, was, now = changed
+        raise ConfigError(
+            f"{key}={now!r}: the adapter in {run_dir} was trained with "
+            f"{key}={was!r} ({config_file}); it cannot change after training (leave it out)"
+        )
     return cfg
+
+
+def first_change(
+    trained: TrainConfig, cfg: TrainConfig, keys: dict[str, tuple[str, ...]]
+) -> tuple[str, Any, Any] | None:
+    """The first of `keys` ({group: keys}) whose value differs between `trained` and `cfg`, as
+    ("group.key", trained value, new value); None when all agree."""
+    was_cfg, now_cfg = OmegaConf.structured(trained), OmegaConf.structured(cfg)
+    for group, names in keys.items():
+        for name in names:
+            was = OmegaConf.select(was_cfg, f"{group}.{name}")
+            now = OmegaConf.select(now_cfg, f"{group}.{name}")
+            if was != now:
+                return f"{group}.{name}", was, now
+    return None
 
 
 def _load_base(run_dir: Path, cfg: TrainConfig) -> OpenVLA:
