@@ -12,8 +12,11 @@ Writes are atomic: the index is removed first, the array is written to a tempora
 then the index is written the same way. An interrupted build therefore leaves no index (or one that no
 longer matches), and the next run rebuilds that entry.
 
-Episodes whose frames are already in memory (pickle demos) have no per-frame source files; they are
-resized once into memory instead of going to disk.
+Episodes whose frames are a clip of a video file (LeRobot's MP4s, `vla.data.video`) are cached the same
+way: the index records the video file's (path, size, mtime_ns) and the clip's start and length, so the
+video is decoded once, not once per epoch. Episodes whose frames are already in memory (pickle demos,
+HDF5, LeRobot's images stored in Parquet) have no per-frame source files; they are resized once into
+memory instead of going to disk.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ def source_fingerprint(paths: Sequence[Path]) -> list[list[Any]]:
 
 
 def entry_name(episode: Episode) -> str:
-    """One cache entry per episode folder: a stable name, so a rebuild replaces the stale entry."""
+    """One cache entry per episode (and camera): a stable name, so a rebuild replaces the stale entry."""
     where = f"{Path(episode.path).resolve()}#{episode.episode_id}"
+    if episode.camera is not None:
+        where += f"#{episode.camera}"
     return hashlib.sha256(where.encode()).hexdigest()[:24]
 
 
@@ -146,7 +151,7 @@ def build_frame_cache(
     sources: list[Path | np.ndarray | None] = [None] * len(episodes)
     stale: list[tuple[int, Path, Path, dict]] = []
     for e, episode in enumerate(episodes):
-        if episode.frame_paths is None:  # in memory already: resize once, keep in memory
+        if episode.frames is not None:  # in memory already: resize once, keep in memory
             sources[e] = np.stack([resize(episode.frames[t]) for t in range(episode.num_steps)])
             continue
         name = entry_name(episode)
@@ -155,7 +160,9 @@ def build_frame_cache(
             "settings": settings,
             "episode_id": episode.episode_id,
             "shape": [episode.num_steps, image_size, image_size, 3],
-            "files": source_fingerprint(episode.frame_paths),
+            "files": source_fingerprint(episode.frame_paths)
+            if episode.video is None
+            else [episode.video.fingerprint()],
         }
         sources[e] = array_path
         if not (array_path.is_file() and _index_matches(index_path, index)):

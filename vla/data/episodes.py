@@ -21,6 +21,7 @@ from PIL import Image
 
 # DataError lives with the limits (vla.data.limits); the loaders import it from here.
 from vla.data.limits import DataError, check_image_size, check_instruction, read_image  # noqa: F401
+from vla.data.video import VideoClip
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,19 @@ class Episode:
     """One demonstration, T steps long.
 
     Step t pairs the observation (frame t, `states[t]`) with the action to take, `actions[t]`.
-    Exactly one of `frame_paths` (file-based, decoded lazily) and `frames` (held in memory) is set.
+    Exactly one of `frame_paths` (image files, decoded lazily), `video` (a clip of a video file, decoded
+    lazily) and `frames` (held in memory) is set: the frames of camera `camera`, the model's input.
+    Other cameras of the episode are in `cameras`, not decoded until `camera_frames(name)`.
     """
 
     episode_id: str
-    """Unique within a dataset: the folder name (Isaac) or `<file name>#<index>` (pickle demos)."""
-    source: Literal["isaac", "pickle"]
+    """Unique within a dataset: the folder name (Isaac), `<file name>#<index>` (pickle demos),
+    `episode_<index>` (LeRobot) or `<file name>#<demo>` (HDF5)."""
+    source: Literal["isaac", "pickle", "lerobot", "hdf5"]
     """Which loader produced the episode."""
     path: Path
-    """The episode folder (Isaac) or the pickle file holding it; error messages name it."""
+    """The episode folder (Isaac), the pickle or HDF5 file holding it, or the LeRobot dataset's root;
+    error messages name it."""
     instruction: str
     """The language instruction used for training (see each loader for which one is chosen)."""
     instructions: list[str]
@@ -68,6 +73,14 @@ class Episode:
     """T image files (PNG/JPEG), one per step."""
     frames: np.ndarray | None = None
     """uint8 [T, H, W, 3] RGB."""
+    video: VideoClip | None = None
+    """T frames of a video file (LeRobot's MP4s), decoded on access (`vla.data.video`)."""
+    camera: str | None = None
+    """Which camera the frames are, where the format names its cameras (LeRobot's feature key, the
+    HDF5 observation key)."""
+    cameras: dict[str, Any] = field(default_factory=dict)
+    """The episode's other cameras by name, each T frames not yet decoded: a `VideoClip`, an in-memory
+    uint8 [T, H, W, 3] array, or any object whose `load()` returns one (`vla.data.hdf5.H5Frames`)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Everything else the source recorded (e.g. Isaac's `seed`, `joint_names`, a demo's `timestamp`)."""
     step_instructions: list[str] | None = None
@@ -84,15 +97,18 @@ class Episode:
             )
         if self.states.ndim != 2 or len(self.states) != len(self.actions):
             raise DataError(f"{where}: states {self.states.shape} do not match actions {self.actions.shape}")
-        if (self.frame_paths is None) == (self.frames is None):
-            raise DataError(f"{where}: exactly one of frame_paths and frames must be set")
+        if sum(source is not None for source in (self.frame_paths, self.frames, self.video)) != 1:
+            raise DataError(f"{where}: exactly one of frame_paths, frames and video must be set")
         if self.frames is not None and (
             self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[3] != 3
         ):
             raise DataError(
                 f"{where}: frames must be uint8 [T, H, W, 3], got {self.frames.dtype} {self.frames.shape}"
             )
-        num_frames = len(self.frame_paths) if self.frame_paths is not None else len(self.frames)
+        if self.frame_paths is not None:
+            num_frames = len(self.frame_paths)
+        else:
+            num_frames = len(self.frames) if self.frames is not None else self.video.num_frames
         if num_frames != len(self.actions):
             raise DataError(f"{where}: {num_frames} frames but {len(self.actions)} actions")
         if self.step_instructions is not None and (
@@ -126,7 +142,25 @@ class Episode:
             raise IndexError(f"episode {self.episode_id!r} has {self.num_steps} steps, asked for step {t}")
         if self.frames is not None:
             return self.frames[t]
+        if self.video is not None:
+            return self.video.load()[t]  # the clip is decoded once for its T frames (decode_clip)
         return read_image(self.frame_paths[t], f"episode {self.episode_id!r}")
+
+    def camera_frames(self, name: str) -> np.ndarray:
+        """All T frames of camera `name` (the model's `camera` or one of `cameras`), uint8 [T, H, W, 3]."""
+        if name == self.camera:
+            return np.stack([self.frame(t) for t in range(self.num_steps)])
+        if name not in self.cameras:
+            known = [c for c in (self.camera, *self.cameras) if c is not None]
+            raise KeyError(f"episode {self.episode_id!r} has no camera {name!r}; it has {known}")
+        source = self.cameras[name]
+        frames = source if isinstance(source, np.ndarray) else source.load()
+        if len(frames) != self.num_steps:
+            raise DataError(
+                f"episode {self.episode_id!r} ({self.path}): camera {name!r} has {len(frames)} frames "
+                f"for {self.num_steps} steps"
+            )
+        return frames
 
 
 @dataclass
