@@ -1,0 +1,392 @@
+"""Load a LeRobotDataset v3 (`data=lerobot data.root=DIR`) into `Episode`s.
+
+The layout (LeRobot's `lerobot/datasets/utils.py`; `vla.data.lerobot_writer` writes the same):
+`meta/info.json` (codebase_version "v3.*", fps, features, `data_path` / `video_path` templates),
+`meta/tasks.parquet` (task_index and the task string), `meta/episodes/chunk-*/file-*.parquet` (one row
+per episode: `length`, `data/chunk_index`, `data/file_index`, and per video key
+`videos/<key>/chunk_index`, `file_index`, `from_timestamp`, `to_timestamp`), `data/chunk-*/file-*.parquet`
+(one row per frame of several episodes: `episode_index`, `frame_index`, `timestamp`, `task_index` and
+the features) and `videos/<key>/chunk-*/file-*.mp4` (several episodes back to back; an episode's frame
+i is the one shown at from_timestamp + i / fps).
+
+Features are chosen by key: `camera` (default the first visual feature: logged), `state_keys`
+(concatenated in that order; default `observation.state` when there is one) and `action_key`
+(default `action`). The training instruction is the episode's first frame's task; fps comes from
+info.json. Video frames stay in their MP4 until the frame cache decodes them (`vla.data.video`);
+frames stored as images inside the Parquet files (dtype "image") are decoded when loading. The other
+visual features are kept, not decoded, in `Episode.cameras`.
+
+Every problem is a `DataError` naming the file and episode; with `on_error="skip"` a bad episode (or
+every episode of an unreadable data or video file) is left out and reported.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vla.data.episodes import (
+    DataError,
+    Episode,
+    LoadResult,
+    OnError,
+    SkippedEpisode,
+    as_float_matrix,
+    check_on_error,
+    drop_inconsistent_dims,
+    record_skip,
+)
+from vla.data.limits import image_to_rgb8, load_json
+from vla.data.video import VideoClip, probe_video
+
+log = logging.getLogger(__name__)
+
+VISUAL = ("video", "image")
+# An episode's video span may differ from length / fps by rounding in the container; more is a mismatch.
+SPAN_TOLERANCE_FRAMES = 0.5
+
+
+class ParquetImages:
+    """A camera stored as encoded images inside Parquet (dtype "image"), decoded by `load()`."""
+
+    def __init__(self, images: list[bytes], where: str):
+        self.images, self.where = images, where
+
+    def load(self) -> np.ndarray:
+        return np.stack([_decode_png(data, self.where, t) for t, data in enumerate(self.images)])
+
+
+def _decode_png(data: bytes | None, where: str, t: int) -> np.ndarray:
+    if not data:
+        raise DataError(f"{where}: frame {t} has no image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image_to_rgb8(image, f"{where}: frame {t}")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: frame {t}: cannot decode the image: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_root(root: str | Path) -> Path:
+    """`root` as a local dataset folder. A hub id (`owner/name`) that is not a local folder is an error
+    saying how to get it: this reader never downloads (training machines here have no hub access)."""
+    path = Path(root)
+    if path.is_dir():
+        return path
+    if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(root)):
+        raise DataError(
+            f"data.root={root}: no such folder; to use the hub dataset {root}, download it where a network "
+            f"exists (huggingface-cli download --repo-type dataset {root} --local-dir DIR) and pass data.root=DIR"
+        )
+    raise DataError(f"{root}: not a folder (expected a LeRobotDataset v3 folder with meta/info.json)")
+
+
+def read_info(root: Path) -> dict[str, Any]:
+    path = root / "meta" / "info.json"
+    if not path.is_file():
+        raise DataError(f"{root}: missing {path}; not a LeRobotDataset (v3 keeps its metadata in meta/)")
+    info = load_json(path, str(root))
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: must hold a JSON object")
+    missing = [k for k in ("codebase_version", "fps", "features", "data_path") if k not in info]
+    if missing:
+        raise DataError(f"{path}: missing keys {missing}")
+    version = str(info["codebase_version"])
+    if not version.startswith("v3"):
+        raise DataError(
+            f"{path}: codebase_version {version}; this reader reads v3 datasets (convert a v2.1 dataset with "
+            "LeRobot's lerobot.datasets.v30.convert_dataset_v21_to_v30)"
+        )
+    if not isinstance(info["features"], dict) or not all(
+        isinstance(f, dict) for f in info["features"].values()
+    ):
+        raise DataError(f"{path}: 'features' must map each key to its dtype/shape")
+    return info
+
+
+def _read_parquet(path: Path, where: str, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"{where}: missing {path}")
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as exc:  # ArrowInvalid for truncated or corrupt files, KeyError-like for columns
+        raise DataError(f"{where}: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_tasks(root: Path) -> dict[int, str]:
+    """task_index -> task. LeRobot writes a pandas frame indexed by the task string (column `task` or
+    pandas' `__index_level_0__`)."""
+    path = root / "meta" / "tasks.parquet"
+    table = _read_parquet(path, str(root))
+    names = table.column_names
+    text = next((c for c in ("task", "__index_level_0__") if c in names), None)
+    if "task_index" not in names or text is None:
+        raise DataError(f"{path}: expected columns task_index and task, found {names}")
+    return dict(zip(table["task_index"].to_pylist(), table[text].to_pylist(), strict=True))
+
+
+def read_episode_table(root: Path) -> list[dict[str, Any]]:
+    """The rows of meta/episodes (all files, in episode order), without the per-episode statistics."""
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise DataError(f"{root}: no episode table (meta/episodes/chunk-*/file-*.parquet)")
+    rows = []
+    for path in files:
+        table = _read_parquet(path, str(root))
+        table = table.select([c for c in table.column_names if not c.startswith("stats/")])
+        rows.extend(table.to_pylist())
+    for row in rows:
+        for key in ("episode_index", "length", "data/chunk_index", "data/file_index"):
+            if not isinstance(row.get(key), int):
+                raise DataError(
+                    f"{root}/meta/episodes: a row lacks an integer {key!r}: {row.get('episode_index')}"
+                )
+    return sorted(rows, key=lambda row: row["episode_index"])
+
+
+def _column_matrix(table, key: str, where: str) -> np.ndarray:
+    """A Parquet column of vectors (list / fixed-size list) or scalars as a [N, D] array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table[key].combine_chunks()
+    if (
+        pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+    ):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise DataError(f"{where}: column {key!r} has vectors of lengths {sorted(set(lengths.tolist()))}")
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
+    return column.to_numpy(zero_copy_only=False).reshape(-1, 1)
+
+
+class _DataFile:
+    """One data file's frames as arrays, read once for all its episodes."""
+
+    def __init__(self, path: Path, keys: list[str], image_keys: list[str]):
+        where = f"data file {path}"
+        table = _read_parquet(path, where)
+        missing = [
+            k for k in [*keys, *image_keys, "episode_index", "frame_index"] if k not in table.column_names
+        ]
+        if missing:
+            raise DataError(f"{where}: missing columns {missing} (it has {table.column_names})")
+        self.episode_index = table["episode_index"].to_numpy()
+        self.frame_index = table["frame_index"].to_numpy()
+        self.columns = {key: _column_matrix(table, key, where) for key in keys}
+        self.images = {}
+        for key in image_keys:
+            self.images[key] = [cell["bytes"] if cell else None for cell in table[key].to_pylist()]
+
+    def rows(self, episode_index: int) -> np.ndarray:
+        rows = np.flatnonzero(self.episode_index == episode_index)
+        return rows[np.argsort(self.frame_index[rows], kind="stable")]
+
+
+def load_lerobot_dataset(
+    root: str | Path,
+    *,
+    camera: str | None = None,
+    state_keys: Sequence[str] | None = None,
+    action_key: str | None = None,
+    on_error: OnError = "raise",
+    expected_action_dim: int | None = None,
+    expected_state_dim: int | None = None,
+) -> LoadResult:
+    """Load and validate every episode of the LeRobotDataset v3 at `root` (see the module docstring).
+
+    `state_keys=[]` loads no state; None: `observation.state` when the dataset has it. Raises
+    `DataError` whatever `on_error` says when the metadata is unreadable or no usable episode is left."""
+    check_on_error(on_error)
+    root = resolve_root(root)
+    info = read_info(root)
+    features, fps = info["features"], float(info["fps"])
+    visual = [key for key, feature in features.items() if feature.get("dtype") in VISUAL]
+    vectors = [key for key in features if key not in visual]
+    if not visual:
+        raise DataError(f"{root}: no visual feature (dtype video or image) among {list(features)}")
+    if camera is None:
+        camera = visual[0]
+        log.info("data.camera: %s (the first of the dataset's cameras %s)", camera, visual)
+    elif camera not in visual:
+        raise DataError(
+            f"{root}: data.camera={camera!r} is not a visual feature; the dataset's cameras: {visual}"
+        )
+    action_key = action_key or "action"
+    if state_keys is None:
+        state_keys = ["observation.state"] if "observation.state" in features else []
+    for kind, key in [("action_key", action_key), *(("state_keys", k) for k in state_keys)]:
+        if key not in vectors:
+            raise DataError(
+                f"{root}: data.{kind} has unknown feature {key!r}; the dataset's vector features: {vectors}"
+            )
+    if features[camera]["dtype"] == "video" and not info.get("video_path"):
+        raise DataError(f"{root}/meta/info.json: {camera!r} is a video feature but video_path is not set")
+
+    tasks = read_tasks(root)
+    image_keys = [key for key in visual if features[key]["dtype"] == "image"]
+    keys = [action_key, *state_keys, *(k for k in ("timestamp", "task_index") if k in features)]
+    data_files: dict[Path, _DataFile | DataError] = {}
+    episodes: list[Episode] = []
+    skipped: list[SkippedEpisode] = []
+    rows = read_episode_table(root)
+    for row in rows:
+        episode_id = f"episode_{row['episode_index']:06d}"
+        try:
+            path = root / info["data_path"].format(
+                chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+            )
+            if path not in data_files:
+                try:
+                    data_files[path] = _DataFile(path, keys, image_keys)
+                except DataError as error:
+                    data_files[path] = error
+            data = data_files[path]
+            if isinstance(data, DataError):
+                raise DataError(f"episode {episode_id!r}: {data}")
+            episodes.append(
+                _episode(
+                    root,
+                    info,
+                    row,
+                    episode_id,
+                    data,
+                    path,
+                    camera,
+                    visual,
+                    state_keys,
+                    action_key,
+                    tasks,
+                    fps,
+                )
+            )
+        except DataError as error:
+            if on_error == "raise":
+                raise
+            record_skip(skipped, episode_id, error)
+    episodes = drop_inconsistent_dims(
+        episodes,
+        expected_action_dim=expected_action_dim,
+        expected_state_dim=expected_state_dim,
+        on_error=on_error,
+        skipped=skipped,
+    )
+    if not episodes:
+        raise DataError(f"{root}: no usable episodes ({len(rows)} in the table, {len(skipped)} skipped)")
+    return LoadResult(episodes=episodes, skipped=skipped)
+
+
+def _episode(
+    root: Path,
+    info: dict[str, Any],
+    row: dict[str, Any],
+    episode_id: str,
+    data: _DataFile,
+    data_path: Path,
+    camera: str,
+    visual: list[str],
+    state_keys: Sequence[str],
+    action_key: str,
+    tasks: dict[int, str],
+    fps: float,
+) -> Episode:
+    where = f"episode {episode_id!r} ({data_path})"
+    rows = data.rows(row["episode_index"])
+    steps = len(rows)
+    if steps == 0 or steps != row["length"]:
+        raise DataError(
+            f"{where}: {steps} frames in the data file but length {row['length']} in meta/episodes"
+        )
+    actions = as_float_matrix(data.columns[action_key][rows], key=action_key, where=where)
+    states = [as_float_matrix(data.columns[k][rows], key=k, where=where) for k in state_keys]
+    states = np.concatenate(states, axis=1) if states else np.zeros((steps, 0), dtype=np.float32)
+    timestamps = (
+        data.columns["timestamp"][rows, 0].astype(np.float64) if "timestamp" in data.columns else None
+    )
+    if "task_index" in data.columns:
+        unknown = set(data.columns["task_index"][rows, 0].tolist()) - tasks.keys()
+        if unknown:
+            raise DataError(f"{where}: task_index {sorted(unknown)} not in meta/tasks.parquet")
+        per_step = [tasks[int(i)] for i in data.columns["task_index"][rows, 0]]
+    else:
+        per_step = list(row.get("tasks") or [])
+    instructions = list(dict.fromkeys(t.strip() for t in per_step if isinstance(t, str) and t.strip()))
+    if not instructions:
+        raise DataError(f"{where}: no task (instruction) for the episode")
+
+    sources = {
+        key: _camera_source(root, info, row, key, rows, data, steps, fps, episode_id) for key in visual
+    }
+    main = sources.pop(camera)
+    if isinstance(main, VideoClip):
+        _check_span(root, info, row, camera, main, fps, episode_id)
+    else:
+        main = main.load()
+    return Episode(
+        episode_id=episode_id,
+        source="lerobot",
+        path=root,
+        instruction=instructions[0],
+        instructions=instructions,
+        actions=actions,
+        states=states,
+        fps=fps,
+        timestamps=timestamps,
+        frames=main if isinstance(main, np.ndarray) else None,
+        video=main if isinstance(main, VideoClip) else None,
+        camera=camera,
+        cameras=sources,
+        metadata={
+            "episode_index": row["episode_index"],
+            "robot_type": info.get("robot_type"),
+            "data_file": str(data_path),
+            "state_keys": list(state_keys),
+            "action_key": action_key,
+        },
+    )
+
+
+def _camera_source(root, info, row, key, rows, data, steps, fps, episode_id) -> VideoClip | ParquetImages:
+    if key in data.images:
+        return ParquetImages([data.images[key][r] for r in rows], f"episode {episode_id!r} ({root}): {key!r}")
+    needed = [f"videos/{key}/{k}" for k in ("chunk_index", "file_index", "from_timestamp")]
+    if any(row.get(k) is None for k in needed):
+        raise DataError(f"episode {episode_id!r} ({root}/meta/episodes): no {needed} for video {key!r}")
+    path = root / info["video_path"].format(
+        video_key=key, chunk_index=row[needed[0]], file_index=row[needed[1]]
+    )
+    return VideoClip(path, float(row[needed[2]]), steps, fps, episode_id)
+
+
+def _check_span(root, info, row, key, clip: VideoClip, fps: float, episode_id: str) -> None:
+    """The episode's video span holds its frames: the table's span is length / fps and the file is long
+    enough (a truncated file fails to open, or ends early)."""
+    where = f"episode {episode_id!r} ({clip.path})"
+    if not clip.path.is_file():
+        raise DataError(f"{where}: missing video file for {key!r}")
+    end = row.get(f"videos/{key}/to_timestamp")
+    if end is not None and abs((end - clip.start) * fps - clip.num_frames) > SPAN_TOLERANCE_FRAMES:
+        raise DataError(
+            f"{where}: the video span {clip.start:.3f}-{end:.3f} s holds {(end - clip.start) * fps:.1f} frames at "
+            f"{fps} fps, the data file has {clip.num_frames}"
+        )
+    video = probe_video(clip.path, where)
+    if clip.start + clip.num_frames / fps > video.duration + SPAN_TOLERANCE_FRAMES / fps:
+        raise DataError(
+            f"{where}: the episode's {clip.num_frames} frames from {clip.start:.3f} s end after the video "
+            f"({video.duration:.3f} s): truncated, or the episode table does not match it"
+        )
