@@ -69,11 +69,13 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         required_action_dim,
         save_run_config,
     )
+    from vla.training.warm_start import check_coverage, check_init_from, init_statistics, load_init_model
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     # `ckpt_path=` (a .ckpt or a run folder) checked before anything is written; then a folder of our own.
     resume = check_resume(cfg.ckpt_path, cfg) if cfg.ckpt_path else None
+    init = check_init_from(cfg.init_from, cfg) if cfg.init_from else None  # (run folder, its config)
     run_dir = claim_run_dir(Path(cfg.run_dir))
     cfg.run_dir = str(run_dir)
     save_run_config(run_dir, cfg)
@@ -81,13 +83,19 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
     datamodule = VLADataModule.for_run(data, cfg)
     stats = datamodule.prepare(
-        required_action_dim(cfg.ckpt_path, cfg.data.dataset_key), prompt_budget(cfg.model)
+        required_action_dim(cfg.ckpt_path or cfg.init_from, cfg.data.dataset_key), prompt_budget(cfg.model)
     )
+    if init:  # the weights predict in the started-from run's normalisation: keep its statistics
+        stats = datamodule.statistics = init_statistics(init[0], cfg.data.dataset_key)
+        check_coverage(stats, datamodule.train_episodes, cfg.data.dataset_key)
     check_pretrained_key(cfg.model.pretrained, cfg.data.dataset_key, stats)
     save_statistics(run_dir / "dataset_statistics.json", stats)
     # The tiny base is a fresh random model: keep it (before quantization) so the run is self-contained.
     quant = cfg.quantization if cfg.model.pretrained else type(cfg.quantization)()
-    base = build_base_model(cfg.model, quant, stats, cfg.augment.crop_scale)
+    if init:
+        base = load_init_model(*init)
+    else:
+        base = build_base_model(cfg.model, quant, stats, cfg.augment.crop_scale)
     if not cfg.model.pretrained:
         base.save_pretrained(run_dir / "base_model")
         base.name_or_path = str((run_dir / "base_model").resolve())  # the adapter's base_model_name_or_path

@@ -20,6 +20,8 @@ from vla.config.deploy import (
     ServeConfig,
     ServerSettings,
 )
+from vla.config.doctor import DoctorConfig, DoctorSettings
+from vla.config.learn import LearnOnlineConfig, LearnSettings, RoundTraining
 from vla.config.model import (
     ACTION_TOKEN_INITS,
     HEADS,
@@ -107,6 +109,8 @@ def register_configs() -> None:
     cs.store(name="serve_schema", node=ServeConfig)
     cs.store(name="run_robot_schema", node=RunRobotConfig)
     cs.store(name="bench_serve_schema", node=BenchServeConfig)
+    cs.store(name="doctor_schema", node=DoctorConfig)
+    cs.store(name="learn_online_schema", node=LearnOnlineConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)
 
@@ -152,11 +156,15 @@ __all__ = [
     "ServeConfig",
     "ServerSettings",
     "DataConfig",
+    "DoctorConfig",
+    "DoctorSettings",
     "EvalSettings",
     "EvaluateConfig",
     "ExportConfig",
     "FilterConfig",
     "InspectDataConfig",
+    "LearnOnlineConfig",
+    "LearnSettings",
     "LoggerConfig",
     "LoraConfig",
     "MakeSampleDataConfig",
@@ -165,6 +173,7 @@ __all__ = [
     "PathsConfig",
     "PredictConfig",
     "QuantizationConfig",
+    "RoundTraining",
     "SafetySettings",
     "SampleDataConfig",
     "SampleDataSettings",

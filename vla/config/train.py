@@ -142,10 +142,17 @@ class TrainConfig:
     run_dir: str = MISSING  # set by Hydra: outputs/train/<date>/<time>[_<run_name>]
     seed: int = 0
     ckpt_path: str | None = None  # resume from a Lightning checkpoint (or a run folder)
+    # Start a new run from a finished lora=full run's weights and statistics (fresh optimizer and
+    # schedule; vla.training.warm_start); continuous learning fine-tunes each round this way.
+    init_from: str | None = None
     run_name: str | None = None  # W&B run name and run-folder suffix; default: the overrides (W&B only)
     optimized_metric: str | None = "val/loss"  # what train.py returns to a sweeper
 
     def __post_init__(self) -> None:
+        if self.ckpt_path and self.init_from:
+            raise ConfigError(
+                "ckpt_path resumes a run, init_from starts a new one from a run's weights: pass one of them"
+            )
         if self.model.action_head != "tokens" and self.data.token_noise > 0:
             raise ConfigError(
                 f"data.token_noise={self.data.token_noise} perturbs action tokens, which "
