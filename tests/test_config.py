@@ -12,6 +12,7 @@ from vla.config import (
     BenchDataConfig,
     BenchmarkConfig,
     ConfigError,
+    DoctorConfig,
     EvaluateConfig,
     ExportConfig,
     InspectDataConfig,
@@ -31,6 +32,7 @@ STAGES = {
     "evaluate": (EvaluateConfig, []),
     "make_sample_data": (MakeSampleDataConfig, []),
     "inspect_data": (InspectDataConfig, ["run_dir=/tmp/never-written"]),
+    "doctor": (DoctorConfig, ["run_dir=/tmp/never-written"]),
     "bench_data": (BenchDataConfig, []),
     "serve": (ServeConfig, ["checkpoint=some/export"]),
     "run_robot": (RunRobotConfig, ["output_dir=/tmp/never-written"]),
@@ -40,6 +42,8 @@ STAGES = {
 CHOICE_OVERRIDES = {
     ("data", "isaac"): ["data.root=/x"],
     ("data", "pickle"): ["data.root=/x"],
+    ("data", "lerobot"): ["data.root=/x"],
+    ("data", "hdf5"): ["data.root=/x"],
 }
 # The default lora=full cannot train a quantized base (tested below): in training, quantization goes with LoRA.
 TRAIN_CHOICE_OVERRIDES = {

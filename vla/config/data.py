@@ -144,8 +144,18 @@ class DataConfig:
     """Where the demonstrations come from and how they are split and batched."""
 
     name: str = "sample"
-    format: str = "sample"  # sample | isaac | pickle
-    root: str | None = None  # isaac: folder of episodes; pickle: a file or a folder of them
+    format: str = "sample"  # sample | isaac | pickle | lerobot | hdf5
+    # isaac: folder of episodes; pickle: a file or a folder of them; lerobot: a LeRobotDataset v3 folder;
+    # hdf5: an Isaac Lab / robomimic .hdf5 file or a folder of them
+    root: str | None = None
+    # lerobot / hdf5: the camera the model sees (a visual feature key, e.g. observation.images.front, or
+    # an obs key); null: the first one (logged). The others stay in Episode.cameras, not decoded.
+    camera: str | None = None
+    # lerobot / hdf5: the state vectors, concatenated in this order; null: lerobot observation.state (when
+    # present), hdf5 every non-image obs vector in name order; []: no state.
+    state_keys: list[str] | None = None
+    action_key: str | None = None  # lerobot / hdf5: null: "action" (lerobot), "actions" (hdf5)
+    instruction: str | None = None  # hdf5: the instruction when the file records none
     dataset_key: str = "athena_sim"  # key of the statistics in dataset_statistics.json
     success_only: bool = False  # keep only episodes recorded as successful (applied by data.filter)
     on_error: str = "raise"  # raise | skip (bad episodes are reported and left out)
@@ -182,7 +192,7 @@ class DataConfig:
         return dataclasses.asdict(self.sample) if self.format == "sample" else None
 
     def __post_init__(self) -> None:
-        check_choice("data.format", self.format, ("sample", "isaac", "pickle"))
+        check_choice("data.format", self.format, ("sample", "isaac", "pickle", "lerobot", "hdf5"))
         check_choice("data.on_error", self.on_error, ("raise", "skip"))
         check_choice("data.instructions", self.instructions, ("metadata", "annotated", "both"))
         if self.num_workers < 0:

@@ -1,4 +1,4 @@
-"""The Lightning DataModule: load episodes (sample, Isaac or pickle), quality filter, language annotation,
+"""The Lightning DataModule: load episodes (sample, Isaac, pickle, LeRobot v3 or HDF5), quality filter, language annotation,
 split, statistics, loaders.
 
 Frames come from the image cache (`vla.data.cache`, built in `setup` with `data.cache_images`); the
@@ -43,6 +43,29 @@ def load_episodes(
             cfg.root,
             join_gripper=cfg.join_gripper,
             next_action=cfg.next_action,
+            on_error=cfg.on_error,
+            expected_action_dim=expected_action_dim,
+        )
+    if cfg.format == "lerobot":
+        from vla.data.lerobot import load_lerobot_dataset
+
+        return load_lerobot_dataset(
+            cfg.root,
+            camera=cfg.camera,
+            state_keys=cfg.state_keys,
+            action_key=cfg.action_key,
+            on_error=cfg.on_error,
+            expected_action_dim=expected_action_dim,
+        )
+    if cfg.format == "hdf5":
+        from vla.data.hdf5 import load_hdf5_demos
+
+        return load_hdf5_demos(
+            cfg.root,
+            camera=cfg.camera,
+            state_keys=cfg.state_keys,
+            action_key=cfg.action_key,
+            instruction=cfg.instruction,
             on_error=cfg.on_error,
             expected_action_dim=expected_action_dim,
         )
