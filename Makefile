@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve
+.PHONY: help setup train test test-full lint format sim-data inspect doctor evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ sim-data: setup ## Generate data=sample's simulated episodes (the dataset make t
 
 inspect: setup ## Look at the training data: counts, statistics, filter report, frames.png, actions.png
 	$(PY) scripts/inspect_data.py $(ARGS)
+
+doctor: setup ## Check the data before training: statistics, warnings, report.md (exit 1 on an error; ARGS="data=isaac data.root=DIR")
+	$(PY) scripts/doctor.py $(ARGS)
 
 evaluate: setup ## Closed-loop success in the simulator, with baselines (default: the latest run; ARGS="checkpoint=DIR")
 	$(PY) scripts/evaluate.py $(ARGS)
