@@ -281,19 +281,23 @@ def test_export_config_is_checked():
     assert compose_config("export", ["run=some/run", "out_dir=x", "held_out=3"], ExportConfig).held_out == 3
 
 
-def tiny_with_head(head: str, proprio: bool, grounding: int = 0):
-    """A tiny model at 28 px with chunks of 2 x 3 actions (test_l1_head's), its language model moved so
-    that every input matters, and two states [2, 4] in robot units (None without a state input)."""
+def tiny_with_head(head: str, proprio: bool, grounding: int = 0, film: bool = False):
+    """A tiny model at 28 px with chunks of 2 x 3 actions (test_l1_head's), its language model (and
+    FiLM) moved so that every input matters, and two states [2, 4] in robot units (None without a state
+    input)."""
+    from test_film import perturb_film
     from test_l1_head import perturb, tiny
 
     states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
-    return perturb(tiny(head, proprio, grounding=grounding)), states
+    model = perturb(tiny(head, proprio, grounding=grounding, film=film))
+    return (perturb_film(model) if film else model), states
 
 
 @pytest.mark.parametrize(
-    ("head", "proprio", "grounding"), [("l1", False, 0), ("l1", True, 0), ("l1", True, 2), ("tokens", True, 0)]
+    ("head", "proprio", "grounding", "film"),
+    [("l1", False, 0, False), ("l1", True, 0, True), ("l1", True, 2, False), ("tokens", True, 0, True)],
 )
-def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, grounding):
+def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, grounding, film):
     """The l1 head's chunk graph (with grounding values as a second output when the layout has them)
     and the token head's graphs with a state input: the onnxruntime policy predicts PyTorch float32's
     chunk (normalized actions within 1e-5, tokens identical) from raw states, batch 1 and a batch of
@@ -305,7 +309,7 @@ def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, groun
     from vla.export.onnx import export_onnx, quantize_int8
     from vla.inference.onnx_policy import OnnxPolicy
 
-    model, states = tiny_with_head(head, proprio, grounding)
+    model, states = tiny_with_head(head, proprio, grounding, film)
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     quantize_int8(tmp_path / "onnx")

@@ -41,11 +41,14 @@ def statistics(d: int, s: int) -> dict:
     return {"k": {"action": action, "proprio": summary(s, -2.0), "num_transitions": 1, "num_trajectories": 1}}
 
 
-def tiny(head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2, grounding: int = 0) -> OpenVLA:
+def tiny(
+    head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2, grounding: int = 0, film: bool = False
+) -> OpenVLA:
     cfg = ModelConfig(
         architecture=TinyArchitecture(image_size=SIZE),
         action_head=head,
         proprio=proprio,
+        film=film,
         layout=LayoutConfig(chunk_size=chunk, parallel_decoding=head == "tokens", grounding=grounding),
     )
     return build_base_model(cfg, QuantizationConfig(), statistics(d, s)).eval()
@@ -230,18 +233,19 @@ def test_regression_losses_on_known_errors(regression, expected):
     assert float(head.validation_loss(out, batch)) == pytest.approx(0.55)  # always L1
 
 
-@pytest.mark.parametrize("kind", ["full", "lora"])
-def test_continuous_head_does_not_train_the_unused_lm_head(kind):
+@pytest.mark.parametrize(("kind", "film"), [("full", False), ("lora", False), ("lora", True)])
+def test_continuous_head_does_not_train_the_unused_lm_head(kind, film):
     """The l1 head never runs the language-model head: it is left frozen (full) or out of the LoRA
     targets, so every trainable weight of the LLM and the heads gets a gradient (DDP refuses unused ones); the token head
     trains it as before."""
     from vla.config import LoraConfig
     from vla.training.adapters import apply_adapter
 
-    model = apply_adapter(tiny("l1", True), LoraConfig(kind=kind))
+    model = apply_adapter(tiny("l1", True, film=film), LoraConfig(kind=kind))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and not any("lm_head" in n for n in names)
     assert any("action_head" in n for n in names) and any("proprio_projector" in n for n in names)
+    assert any("film" in n.split(".") for n in names) == film
     batch_ids = torch.tensor([[1, 5, 6, 7, 7, 7, 7, 7, 7, 2]])
     labels = torch.tensor([[-100, -100, -100, 7, 7, 7, 7, 7, 7, 2]])
     head = model.head if kind == "full" else model.base_model.model.head

@@ -85,6 +85,8 @@ class ActionLayout:
     action_dim: int = 0
     # S robot-state values projected into one input token after the image patches; 0: no state input.
     proprio_dim: int = 0
+    # FiLM (OpenVLA-OFT+): the instruction modulates every vision block (`vla.model.projectors.FiLM`).
+    film: bool = False
 
     def __post_init__(self) -> None:
         check_choice("action_layout.head", self.head, HEADS)
@@ -112,6 +114,7 @@ class ActionLayout:
             center_crop_scale=center_crop_scale,
             action_dim=action_dim if model.action_head != "tokens" else 0,
             proprio_dim=proprio_dim if model.proprio else 0,
+            film=model.film,
         )
 
     @property
@@ -153,6 +156,10 @@ class ModelConfig:
     # Feed the robot state (Isaac `states`/`observations`, pickle `robot_state`, the simulator's 47
     # values), normalized with its own statistics, to the LLM as one projected token after the image.
     proprio: bool = False
+    # FiLM (OpenVLA-OFT+): the mean embedding of the prompt's words scales and shifts the features of
+    # every vision block, so the image is seen through the instruction (OFT+ added it because its
+    # policies ignored the language; so did this project's reach policies: docs/experiments/athena_suite.md).
+    film: bool = False
     layout: LayoutConfig = field(default_factory=LayoutConfig)  # the action layout (model.layout.*)
 
     def __post_init__(self) -> None:

@@ -66,7 +66,7 @@ def _flat_cache(cache: DynamicCache) -> list[torch.Tensor]:
 def _embeds(model: OpenVLA, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio) -> torch.Tensor:
     """`[<s>] + visual prefix (patches, then the state token) + the rest of the prompt`, as `forward`."""
     tokens = model.language_model.get_input_embeddings()(input_ids)
-    prefix = model.visual_prefix(pixel_values, proprio)
+    prefix = model.visual_prefix(pixel_values, proprio, model.film_language(input_ids, tokens))
     return torch.cat([tokens[:, :1], prefix.to(tokens.dtype), tokens[:, 1:]], dim=1)
 
 

@@ -74,6 +74,7 @@ class OpenVLA(nn.Module):
         self.action_head: nn.Module | None = None
         self.proprio_projector: nn.Module | None = None
         self.grounding_head: nn.Module | None = None
+        self.film: nn.Module | None = None
         build_modules(self, self.layout, llama.hidden_size)
 
     # -- loading and saving live in vla.model.checkpoint ---------------------------------------------
@@ -121,7 +122,11 @@ class OpenVLA(nn.Module):
     def head(self) -> TokenHead | L1Head:
         """The action head of the layout: its training loss and its decoding (`vla.model.heads`)."""
         return make_head(
-            self.layout, self.action_tokenizer, self.action_placeholder_id, self.action_head, self.grounding_head
+            self.layout,
+            self.action_tokenizer,
+            self.action_placeholder_id,
+            self.action_head,
+            self.grounding_head,
         )
 
     @property
@@ -155,14 +160,44 @@ class OpenVLA(nn.Module):
         spec = self.config.towers[0]
         return (self.config.image_size // spec.patch_size) ** 2
 
-    def project_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = self.projector.fc1.weight.dtype
-        return self.projector(self.vision_backbone(pixel_values.to(dtype)))
+    def film_language(
+        self, input_ids: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """[B, H] what FiLM conditions the vision blocks on (OpenVLA-OFT+): the mean input embedding
+        (`tokens`, [B, L, H]) of each row's prompt words, leaving out `<s>`, `</s>`, `<PAD>` (the
+        placeholders), action and grounding tokens and masked padding, so a training sample and a
+        prediction for the same instruction give the same vector. None for a model without FiLM."""
+        if self.film is None:
+            return None
+        cfg = self.language_model.config
+        words = (
+            (input_ids < self.action_tokenizer.first_action_token)
+            & (input_ids != cfg.bos_token_id)
+            & (input_ids != cfg.eos_token_id)
+            & (input_ids != self.action_placeholder_id)
+        )
+        if attention_mask is not None:
+            words = words & attention_mask.bool()
+        weight = words.to(tokens.dtype)[..., None]
+        return (tokens * weight).sum(1) / weight.sum(1).clamp(min=1.0)
 
-    def visual_prefix(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
-        """[B, N, H] what the LLM reads between `<s>` and the prompt: the projected image patches, then
-        (for a model with a state input) the projected robot state as one more token."""
-        patches = self.project_image(pixel_values)
+    def project_image(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N, H] projected patches; `language` ([B, H], `film_language`) for a model with FiLM."""
+        dtype = self.projector.fc1.weight.dtype
+        film = None
+        if self.film is not None:
+            if language is None:
+                raise ValueError("this model has FiLM: pass the prompt's language vector (film_language)")
+            film = self.film(language)
+        return self.projector(self.vision_backbone(pixel_values.to(dtype), film))
+
+    def visual_prefix(
+        self, pixel_values: torch.Tensor, proprio: torch.Tensor | None, language: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, N, H] what the LLM reads between `<s>` and the prompt: the projected image patches (seen
+        through the instruction with FiLM: `language`), then (for a model with a state input) the
+        projected robot state as one more token."""
+        patches = self.project_image(pixel_values, language)
         if not self.proprio_dim:
             return patches
         if proprio is None:
@@ -188,8 +223,9 @@ class OpenVLA(nn.Module):
         """Teacher-forced pass; `labels` (same shape as `input_ids`, -100 = no loss) give the loss.
         `output="hidden"`: the final hidden states at the text positions (`HiddenOutput`, for a
         continuous head) instead of the logits; the language-model head is not run."""
-        prefix = self.visual_prefix(pixel_values, proprio)
         tokens = self.language_model.get_input_embeddings()(input_ids)
+        language = self.film_language(input_ids, tokens, attention_mask)
+        prefix = self.visual_prefix(pixel_values, proprio, language)
         embeds = torch.cat([tokens[:, :1], prefix.to(tokens.dtype), tokens[:, 1:]], dim=1)
         b, n = prefix.shape[:2]
         mask = None
@@ -210,13 +246,15 @@ class OpenVLA(nn.Module):
         self, rows: list[list[int]], pixel_values: torch.Tensor, proprio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Multimodal prefix embeddings, left-padded so that every row ends at the last column."""
-        patches = self.visual_prefix(pixel_values, proprio)
         embed = self.language_model.get_input_embeddings()
-        device = patches.device
-        seqs = []
-        for i, ids in enumerate(rows):
-            tok = embed(torch.tensor(ids, device=device))
-            seqs.append(torch.cat([tok[:1], patches[i].to(tok.dtype), tok[1:]], dim=0))
+        device = pixel_values.device
+        ids = [torch.tensor(row, device=device) for row in rows]
+        toks = [embed(row) for row in ids]
+        language = None
+        if self.film is not None:
+            language = torch.cat([self.film_language(i[None], t[None]) for i, t in zip(ids, toks)])
+        patches = self.visual_prefix(pixel_values, proprio, language)
+        seqs = [torch.cat([tok[:1], patches[i].to(tok.dtype), tok[1:]], dim=0) for i, tok in enumerate(toks)]
         longest = max(s.shape[0] for s in seqs)
         if all(s.shape[0] == longest for s in seqs):
             return torch.stack(seqs), None, None

@@ -4,9 +4,10 @@
 normalized actions (OFT's `L1RegressionActionHead`: an MLP with residual blocks). `ProprioProjector`
 maps a normalized robot state to one LLM input embedding (OFT's `ProprioProjector`). A continuous head
 with grounding (`model.layout.grounding=G`) has a second `ActionMLP` that maps the G grounding
-positions' hidden states to the G grounding values. Their weights live in the model's safetensors under
-the prefixes `action_head.`, `proprio_projector.` and `grounding_head.`; a model without them (every
-OpenVLA checkpoint) has none of these keys.
+positions' hidden states to the G grounding values. `FiLM` (OpenVLA-OFT+) lets the instruction scale
+and shift the features of every vision block. Their weights live in the model's safetensors under the
+prefixes `action_head.`, `proprio_projector.`, `grounding_head.` and `film.`; a model without them
+(every OpenVLA checkpoint) has none of these keys.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import nn
 ACTION_HEAD_PREFIX = "action_head."
 PROPRIO_PREFIX = "proprio_projector."
 GROUNDING_PREFIX = "grounding_head."
-MODULES = ("action_head", "proprio_projector", "grounding_head")  # what `build_modules` may add
+FILM_PREFIX = "film."
+MODULES = ("action_head", "proprio_projector", "grounding_head", "film")  # what `build_modules` may add
 
 
 class _ResidualBlock(nn.Module):
@@ -65,12 +67,38 @@ class ProprioProjector(nn.Module):
         return self.fc2(self.act(self.fc1(state)))
 
 
+class FiLM(nn.Module):
+    """OpenVLA-OFT+'s FiLM: the instruction's mean input embedding [B, H] -> a (gamma, beta) pair
+    [B, C] per vision block that runs (a tower's blocks but its unused last one), applied after the
+    block's attention as `x * (1 + gamma) + beta` (`vla.model.vision.Block`). Initialised to zero, so a
+    new FiLM leaves a base model's vision features exactly as they were."""
+
+    size = 1  # what `module_sizes` asks for: on or off
+
+    def __init__(self, llm_dim: int, towers: list[tuple[int, int]]):
+        """`towers`: (width, blocks that run) per vision tower."""
+        super().__init__()
+        self.towers = nn.ModuleList(
+            nn.ModuleList(nn.Linear(llm_dim, 2 * width) for _ in range(blocks)) for width, blocks in towers
+        )
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, language: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        weight = self.towers[0][0].weight
+        language = language.to(weight.dtype)
+        return [[layer(language).chunk(2, dim=-1) for layer in tower] for tower in self.towers]
+
+
 def module_sizes(layout) -> dict[str, int]:
     """The size of each of `MODULES` that `layout` (an `ActionLayout`) needs; 0: not needed."""
     return {
         "action_head": layout.action_dim if layout.continuous else 0,
         "proprio_projector": layout.proprio_dim,
         "grounding_head": layout.grounding if layout.continuous else 0,
+        "film": FiLM.size if layout.film else 0,
     }
 
 
@@ -83,11 +111,14 @@ def build_modules(model: nn.Module, layout, llm_dim: int, seed: int = 0) -> None
         "action_head": lambda size: ActionMLP(llm_dim, size),
         "proprio_projector": lambda size: ProprioProjector(size, llm_dim),
         "grounding_head": lambda size: ActionMLP(llm_dim, size),
+        "film": lambda size: FiLM(llm_dim, model.vision_backbone.film_towers),
     }
     for name, size in module_sizes(layout).items():
         current = getattr(model, name, None)
         current = getattr(current, "original_module", current)  # PEFT's modules_to_save wrapper
-        have = getattr(current, "action_dim", None) or getattr(current, "proprio_dim", None)
+        have = next(
+            (getattr(current, a) for a in ("action_dim", "proprio_dim", "size") if hasattr(current, a)), None
+        )
         if size and have == size:
             continue
         if size:

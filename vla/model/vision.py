@@ -77,8 +77,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, spec.mlp_hidden, spec.act_layer)
         self.ls2 = LayerScale(dim) if spec.layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`film`: ([B, C] gamma, [B, C] beta) of OpenVLA-OFT+'s FiLM, applied after the attention."""
         x = x + self.ls1(self.attn(self.norm1(x)))
+        if film is not None:
+            gamma, beta = film
+            x = x * (1 + gamma[:, None].to(x.dtype)) + beta[:, None].to(x.dtype)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -124,14 +128,20 @@ class VisionTransformer(nn.Module):
         tokens = [t for t in (self.cls_token, self.reg_token) if t is not None]
         return [t.expand(x.shape[0], -1, -1) for t in tokens]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    @property
+    def used_blocks(self) -> int:
+        """The blocks that run (all but the last)."""
+        return self.spec.depth - 1
+
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
+        """`film`: a (gamma, beta) pair per block that runs (`vla.model.projectors.FiLM`), or None."""
         x = self.patch_embed(pixel_values)
         if self.spec.no_embed_class:
             x = torch.cat([*self._prefix(x), x + self.pos_embed], dim=1)
         else:
             x = torch.cat([*self._prefix(x), x], dim=1) + self.pos_embed
-        for block in self.blocks[: self.spec.depth - 1]:
-            x = block(x)
+        for i, block in enumerate(self.blocks[: self.used_blocks]):
+            x = block(x, None if film is None else film[i])
         return x[:, self.spec.num_prefix_tokens :]
 
 
@@ -149,8 +159,19 @@ class VisionBackbone(nn.Module):
         extra = self.fused_featurizer.embed_dim if self.fused_featurizer is not None else 0
         return self.featurizer.embed_dim + extra
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    @property
+    def towers(self) -> list[VisionTransformer]:
+        return [t for t in (self.featurizer, self.fused_featurizer) if t is not None]
+
+    @property
+    def film_towers(self) -> list[tuple[int, int]]:
+        """(width, blocks that run) per tower: what `vla.model.projectors.FiLM` modulates."""
+        return [(t.embed_dim, t.used_blocks) for t in self.towers]
+
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
+        """`film`: per tower, the (gamma, beta) pairs of its blocks (OpenVLA-OFT+), or None."""
+        film = film or [None, None]
         if self.fused_featurizer is None:
-            return self.featurizer(pixel_values)
+            return self.featurizer(pixel_values, film[0])
         first, second = torch.split(pixel_values, [3, 3], dim=1)
-        return torch.cat([self.featurizer(first), self.fused_featurizer(second)], dim=2)
+        return torch.cat([self.featurizer(first, film[0]), self.fused_featurizer(second, film[1])], dim=2)

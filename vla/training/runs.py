@@ -178,7 +178,7 @@ def load_run(run_dir: str | Path, merge: bool = True) -> nn.Module:
 LOCKED_KEYS = {
     "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
     "quantization": ("method",),
-    "model": ("action_head", "proprio"),
+    "model": ("action_head", "proprio", "film"),
     "model.layout": ("chunk_size", "grounding", "parallel_decoding"),
 }
 # What a resumed run must share with the run it continues, beyond LOCKED_KEYS: the base it was built
