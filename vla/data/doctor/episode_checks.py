@@ -218,17 +218,23 @@ def instructions(episodes: Sequence[Episode], settings: DoctorSettings) -> list[
     """Instructions held by few episodes, and instructions that differ only in case, spacing or
     punctuation (the model sees them as different prompts)."""
     counts = Counter(episode.instruction for episode in episodes)
+    holders = defaultdict(list)
+    for episode in episodes:
+        holders[episode.instruction].append(episode.episode_id)
+
+    def described(text: str) -> str:
+        return f"{text!r} ({counts[text]}: {listed(holders[text], 3)})"
+
     findings = []
     rare = sorted((n, text) for text, n in counts.items() if n < settings.min_instruction_episodes)
     if rare:
-        rare_set = {text for _, text in rare}
         findings.append(
             Finding(
                 "instruction_rare",
                 "warning",
                 f"{len(rare)} of {len(counts)} instructions have fewer than {settings.min_instruction_episodes} "
-                f"episodes: {listed([f'{text!r} ({n})' for n, text in rare], settings.max_listed)}.",
-                episodes=[e.episode_id for e in episodes if e.instruction in rare_set],
+                f"episodes: {listed([described(text) for _, text in rare], settings.max_listed)}.",
+                episodes=[e for _, text in rare for e in holders[text]],
             )
         )
     variants = defaultdict(list)
@@ -241,8 +247,8 @@ def instructions(episodes: Sequence[Episode], settings: DoctorSettings) -> list[
                     "instruction_variant",
                     "warning",
                     f"{len(texts)} instructions differ only in case, spacing or punctuation: "
-                    f"{listed([f'{t!r} ({counts[t]})' for t in texts], settings.max_listed)}.",
-                    episodes=[e.episode_id for e in episodes if e.instruction in texts],
+                    f"{listed([described(t) for t in texts], settings.max_listed)}.",
+                    episodes=[e for text in texts for e in holders[text]],
                 )
             )
     return findings

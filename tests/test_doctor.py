@@ -1,0 +1,436 @@
+"""The data doctor: a seeded fault suite, each fault flagged by the check meant for it; clean data without
+a finding; exact statistics; the report written whole; scripts/doctor.py on episode folders."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, compose_config
+from vla.config import ConfigError
+from vla.config.doctor import DoctorConfig, DoctorSettings
+from vla.data.doctor import CHECKS, diagnose
+from vla.data.doctor.report import write_report
+from vla.data.episodes import DataError, Episode, LoadResult
+from vla.data.isaac import write_isaac_episode
+from vla.data.statistics import compute_statistics, save_statistics
+
+# A small clean dataset that behaves like robot data: 40 episodes of 25 steps at 10 Hz (1,000 frames,
+# so a fault in under 10 frames stays outside q01..q99), joint targets in radians following smooth
+# sines, a small-range wrist, a 0/1 gripper (a7, masked as OpenVLA masks grippers), 6 joint-position
+# states, 4 instructions with 10 episodes each.
+EPISODES, STEPS, FPS = 40, 25, 10.0
+INSTRUCTIONS = ["pick up the cube", "open the drawer", "push the red button", "wave the left arm"]
+GRIPPER = 7
+MASK = [GRIPPER]
+KEY = "sim_robot"
+
+
+def clean_episode(i: int) -> Episode:
+    rng = np.random.default_rng(i)
+    t = np.arange(STEPS) / FPS
+    amplitude = np.r_[rng.uniform(0.3, 1.2, 5), rng.uniform(0.05, 0.15), rng.uniform(0.3, 1.2)]
+    frequency, phase = rng.uniform(0.3, 0.6, 7), rng.uniform(0, 2 * np.pi, 7)
+    joints = amplitude * np.sin(2 * np.pi * frequency * t[:, None] + phase)
+    gripper = (np.arange(STEPS) >= rng.integers(5, 20)).astype(float)
+    actions = np.c_[joints, gripper].astype(np.float32)
+    states = (joints[:, :6] + rng.normal(0, 0.01, (STEPS, 6))).astype(np.float32)
+    return Episode(
+        episode_id=f"ep{i:02d}",
+        source="isaac",
+        path=Path(f"/data/ep{i:02d}"),
+        instruction=INSTRUCTIONS[i % 4],
+        instructions=[INSTRUCTIONS[i % 4]],
+        actions=actions,
+        states=states,
+        fps=FPS,
+        timestamps=t.astype(np.float64),
+        frames=rng.integers(0, 256, (STEPS, 8, 8, 3), dtype=np.uint8),
+    )
+
+
+@pytest.fixture(scope="module")
+def clean() -> list[Episode]:
+    return [clean_episode(i) for i in range(EPISODES)]
+
+
+def check(episodes: list[Episode], skipped=(), base_stats=None, **settings):
+    return diagnose(
+        LoadResult(episodes, list(skipped)),
+        DoctorSettings(**settings),
+        mask_dims=MASK,
+        dataset_key=KEY,
+        base_stats=base_stats,
+    )
+
+
+def test_clean_data_has_no_finding_at_all(clean):
+    diagnosis = check(clean)
+    assert diagnosis.findings == []
+    assert not diagnosis.failed("warning")
+    assert len(diagnosis.checked) == EPISODES and diagnosis.statistics["num_transitions"] == EPISODES * STEPS
+
+
+def test_statistics_pool_every_frame_instead_of_averaging_episodes():
+    short, long = clean_episode(0), clean_episode(1)
+    long = dataclasses.replace(
+        long,
+        episode_id="long",
+        actions=np.tile(long.actions * 3, (4, 1)),
+        states=np.tile(long.states, (4, 1)),
+        timestamps=np.arange(4 * STEPS) / FPS,
+        frames=np.tile(long.frames, (4, 1, 1, 1)),
+    )
+    stats = check([short, long]).statistics["action"]
+    pooled = np.concatenate([short.actions, long.actions]).astype(np.float64)
+    # By definition (numpy's linear quantile over the pooled frames); the frame-weighted mean.
+    np.testing.assert_allclose(stats["q01"], np.quantile(pooled, 0.01, axis=0))
+    np.testing.assert_allclose(stats["q99"], np.quantile(pooled, 0.99, axis=0))
+    np.testing.assert_allclose(stats["mean"], pooled.mean(axis=0))
+    per_episode = np.mean([np.quantile(e.actions, 0.99, axis=0) for e in (short, long)], axis=0)
+    assert np.abs(np.asarray(stats["q99"]) - per_episode)[:7].max() > 0.1  # averaging would differ
+
+
+# ---- the seeded fault suite: each fault, the check meant for it, the episode(s) and dimension named ----
+
+
+class Fault(NamedTuple):
+    check: str
+    episodes: set[str]
+    dim: str | None
+    inject: Callable[[list[Episode], Path], dict]
+    """Changes the episodes in place (or appends); returns extra arguments for `check` (base_stats)."""
+
+
+def _set(episodes, i, **changes):
+    episodes[i] = dataclasses.replace(episodes[i], **changes)
+    return {}
+
+
+def _scaled(array, rows, column, factor=None, value=None, add=None):
+    array = array.copy()
+    if factor is not None:
+        array[rows, column] *= factor
+    if value is not None:
+        array[rows, column] = value
+    if add is not None:
+        array[rows, column] += add
+    return array
+
+
+def _outlier(episodes, _):
+    x = np.concatenate([e.actions[:, 5] for e in episodes]).astype(np.float64)
+    q01, q99 = np.quantile(x, [0.01, 0.99])
+    return _set(episodes, 7, actions=_scaled(episodes[7].actions, 12, 5, value=q99 + 5 * (q99 - q01)))
+
+
+def _quantile_collapse(episodes, _):
+    for i, e in enumerate(episodes):
+        _set(episodes, i, actions=_scaled(e.actions, slice(None), 6, value=0.5 if i == 9 else 0.0))
+    return _set(episodes, 9, actions=_scaled(episodes[9].actions, slice(3, None), 6, value=0.0))
+
+
+def _timestamps(i, change):
+    def inject(episodes, _):
+        times = episodes[i].timestamps.copy()
+        change(times)
+        return _set(episodes, i, timestamps=times)
+
+    return inject
+
+
+def _swap(times):
+    times[[8, 9]] = times[[9, 8]]
+
+
+def _gap(times):
+    times[12:] += 0.5
+
+
+def _duplicate(episodes, _):
+    episodes.append(dataclasses.replace(episodes[12], episode_id="ep12_copy"))
+    return {}
+
+
+def _instruction(i, text):
+    return lambda episodes, _: _set(episodes, i, instruction=text, instructions=[text])
+
+
+def _base_stats(episodes, tmp_path):
+    stats = compute_statistics(episodes)
+    for group in ("mean", "std", "max", "min", "q01", "q99", "mask"):
+        stats["action"][group] = stats["action"][group][:7]
+    save_statistics(tmp_path / "dataset_statistics.json", {KEY: stats})
+    return {"base_stats": tmp_path}  # a folder holding dataset_statistics.json, as a run or a model
+
+
+def _extra_dim(episodes, _):
+    e = episodes[15]
+    return _set(episodes, 15, actions=np.c_[e.actions, np.zeros(STEPS, np.float32)])
+
+
+def _gripper_255(episodes, _):
+    for i, e in enumerate(episodes):
+        _set(episodes, i, actions=_scaled(e.actions, slice(None), GRIPPER, factor=255.0))
+    return {}
+
+
+FAULTS = {
+    "nan_action": Fault(
+        "non_finite",
+        {"ep03"},
+        "action/3",
+        lambda es, _: _set(es, 3, actions=_scaled(es[3].actions, 5, 3, value=np.nan)),
+    ),
+    "inf_state": Fault(
+        "non_finite",
+        {"ep04"},
+        "state/1",
+        lambda es, _: _set(es, 4, states=_scaled(es[4].states, 7, 1, value=np.inf)),
+    ),
+    "degrees_episode": Fault(
+        "unit_mixup",
+        {"ep05"},
+        "action/a1",
+        lambda es, _: _set(es, 5, actions=_scaled(es[5].actions, slice(None), 1, factor=180 / np.pi)),
+    ),
+    "degrees_from_step_20": Fault(
+        "jump",
+        {"ep06"},
+        "action/a3",
+        lambda es, _: _set(es, 6, actions=_scaled(es[6].actions, slice(20, None), 3, add=3.0)),
+    ),
+    "outlier_frame": Fault("outlier", {"ep07"}, "action/a5", _outlier),
+    "dead_state_sensor": Fault(
+        "frozen",
+        {"ep08"},
+        "state/s2",
+        lambda es, _: _set(es, 8, states=_scaled(es[8].states, slice(None), 2, value=es[8].states[0, 2])),
+    ),
+    "q01_equals_q99": Fault("quantile_collapse", {"ep09"}, "action/a6", _quantile_collapse),
+    "gripper_0_255": Fault(
+        "gripper_range", {f"ep{i:02d}" for i in range(EPISODES)}, f"action/a{GRIPPER}", _gripper_255
+    ),
+    "timestamps_backwards": Fault("timestamp_order", {"ep10"}, None, _timestamps(10, _swap)),
+    "timestamps_gap": Fault("timestamp_gap", {"ep11"}, None, _timestamps(11, _gap)),
+    "duplicated_episode": Fault("duplicate", {"ep12", "ep12_copy"}, None, _duplicate),
+    "rare_instruction": Fault("instruction_rare", {"ep13"}, None, _instruction(13, "wave at the camera")),
+    "instruction_variant": Fault(
+        "instruction_variant", {"ep14", "ep02", "ep06"}, None, _instruction(14, "Push the red button.")
+    ),
+    "extra_action_dim": Fault("dim_mismatch", {"ep15"}, None, _extra_dim),
+    "base_has_7_actions": Fault("base_action_dim", set(), None, _base_stats),
+}
+
+
+def test_the_fault_suite_covers_at_least_ten_kinds_of_fault():
+    assert len({fault.check for fault in FAULTS.values()}) >= 10
+    assert {fault.check for fault in FAULTS.values()} <= set(CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_each_fault_is_flagged_by_its_check(name, clean, tmp_path):
+    fault = FAULTS[name]
+    episodes = copy.deepcopy(clean)
+    extra = fault.inject(episodes, tmp_path)
+    diagnosis = check(episodes, **extra)
+    found = [f for f in diagnosis.findings if f.check == fault.check]
+    assert found, (
+        f"{name}: not flagged by {fault.check}; findings: {[(f.check, f.message) for f in diagnosis.findings]}"
+    )
+    assert all(f.severity in ("warning", "error") for f in found)
+    assert fault.episodes <= {e for f in found for e in f.episodes}
+    named = {e for e in fault.episodes if any(e in f.message for f in found)}
+    assert len(named) >= min(len(fault.episodes), 10)  # messages list the first doctor.max_listed
+    if fault.dim is not None:
+        assert any(fault.dim in f.dims for f in found)
+    # The doctor fails the run (exit status 1) on errors; warnings fail it with fail_on=warning.
+    assert diagnosis.failed("warning")
+
+
+def test_errors_fail_the_run_and_warnings_only_with_fail_on_warning(clean, tmp_path):
+    duplicated = copy.deepcopy(clean)
+    _duplicate(duplicated, tmp_path)
+    assert not check(duplicated).failed("error") and check(duplicated).failed("warning")
+    degrees = copy.deepcopy(clean)
+    FAULTS["degrees_episode"].inject(degrees, tmp_path)
+    assert check(degrees).failed("error")
+
+
+def test_unit_mixup_message_gives_the_numbers(clean, tmp_path):
+    episodes = copy.deepcopy(clean)
+    FAULTS["degrees_episode"].inject(episodes, tmp_path)
+    (finding,) = [f for f in check(episodes).findings if f.check == "unit_mixup"]
+    largest = float(np.abs(episodes[5].actions[:, 1]).max())
+    assert f"{largest:.4g}" in finding.message and "57.3" in finding.message
+
+
+def test_skipped_episodes_are_reported_under_their_check():
+    skipped = [
+        ("ep_a", "episode 'ep_a' (/d/ep_a): 24 images in /d/ep_a/images but 25 actions in episode_data.npz"),
+        (
+            "ep_b",
+            "/d/ep_b/episode_data.npz: 'actions' has 2 non-finite values (NaN/inf), first at step 3, dim 1",
+        ),
+        (
+            "ep_c",
+            "episode 'ep_c' (/d/ep_c): metadata has no non-empty instruction in any of ['task_description']",
+        ),
+        ("ep_d", "/d/ep_d/episode_data.npz: cannot read: zipfile.BadZipFile"),
+    ]
+    diagnosis = check([clean_episode(0), clean_episode(1)], skipped=skipped)
+    by_episode = {f.episodes[0]: f for f in diagnosis.findings if f.severity == "error"}
+    assert {e: f.check for e, f in by_episode.items()} == {
+        "ep_a": "count_mismatch",
+        "ep_b": "non_finite",
+        "ep_c": "instruction_empty",
+        "ep_d": "load_error",
+    }
+    assert "BadZipFile" in by_episode["ep_d"].message
+
+
+@pytest.mark.skipif(not hasattr(Episode, "camera_frames"), reason="Episode has no other cameras yet")
+def test_another_cameras_frame_count_is_checked(clean):
+    episodes = copy.deepcopy(clean)
+    wrist = np.zeros((STEPS - 2, 8, 8, 3), np.uint8)
+    episodes[0] = dataclasses.replace(episodes[0], cameras={"wrist": wrist})
+    (finding,) = [f for f in check(episodes).findings if f.check == "count_mismatch"]
+    assert finding.episodes == ["ep00"] and f"{STEPS - 2} frames for {STEPS}" in finding.message
+
+
+def test_base_statistics_with_the_same_layout_pass_and_a_degree_base_is_flagged(clean, tmp_path):
+    stats = compute_statistics(clean, mask_dims=MASK)
+    save_statistics(tmp_path / "same.json", {KEY: stats})
+    assert check(clean, base_stats=tmp_path / "same.json").findings == []
+    degrees = copy.deepcopy(stats)
+    for key in ("q01", "q99"):
+        degrees["action"][key] = [v * 57.3 for v in stats["action"][key]]
+    save_statistics(tmp_path / "degrees.json", {KEY: degrees})
+    (finding,) = check(clean, base_stats=tmp_path / "degrees.json").findings
+    assert finding.check == "base_scale" and "action/0" in finding.dims
+
+
+def test_base_statistics_from_a_model_config_and_bad_inputs(clean, tmp_path):
+    stats = compute_statistics(clean[:3])
+    stats["action"] = {k: v[:7] for k, v in stats["action"].items()}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"norm_stats": {"bridge_orig": stats}}))
+    (finding,) = check(clean, base_stats=model).findings  # one other key: a warning, not an error
+    assert (finding.check, finding.severity) == (
+        "base_action_dim",
+        "warning",
+    ) and "bridge_orig" in finding.message
+    with pytest.raises(ConfigError, match="doctor.base_key='nope'.*bridge_orig"):
+        check(clean, base_stats=model, base_key="nope")
+    with pytest.raises(DataError, match="no such statistics file"):
+        check(clean, base_stats=tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="data.mask_dims"):
+        diagnose(LoadResult(clean), DoctorSettings(), mask_dims=[99])
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="doctor.outlier_k"):
+        DoctorSettings(outlier_k=0)
+    with pytest.raises(ConfigError, match="doctor.fail_on"):
+        DoctorSettings(fail_on="info")
+
+
+def test_a_failed_report_write_leaves_the_previous_report_whole(clean, tmp_path, monkeypatch):
+    diagnosis = check(clean)
+    paths = write_report(diagnosis, tmp_path, {"data": "clean"}, max_listed=10)
+    before = Path(paths["report"]).read_text()
+    assert "0 error(s), 0 warning(s), 0 note(s)" in before
+    from matplotlib.figure import Figure
+
+    def broken(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    episodes = copy.deepcopy(clean)
+    _duplicate(episodes, tmp_path)
+    with pytest.raises(OSError, match="No space"):
+        write_report(check(episodes), tmp_path, {"data": "duplicated"}, max_listed=10)
+    assert Path(paths["report"]).read_text() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ---- scripts/doctor.py on Isaac episode folders written from the clean episodes ----
+
+
+def write_folders(episodes: list[Episode], root: Path) -> None:
+    for e in episodes:
+        metadata = {"task_description": e.instruction, "success": True, "fps": e.fps}
+        write_isaac_episode(
+            {
+                "images": e.frames,
+                "actions": e.actions,
+                "states": e.states,
+                "timestamps": e.timestamps,
+                "metadata": metadata,
+            },
+            root / e.episode_id,
+        )
+
+
+def run_script(root: Path, run_dir: Path, *overrides: str) -> dict:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import doctor
+
+    cfg = compose_config(
+        "doctor",
+        [
+            "data=isaac",
+            f"data.root={root}",
+            f"data.mask_dims={MASK}",
+            f"data.dataset_key={KEY}",
+            f"run_dir={run_dir}",
+            *overrides,
+        ],
+        DoctorConfig,
+    )
+    return doctor.run(cfg)
+
+
+def test_script_clean_folders_exit_0_and_write_the_report(clean, tmp_path, capsys):
+    write_folders(clean[:12], tmp_path / "data")  # 3 episodes per instruction: enough for the default
+    result = run_script(tmp_path / "data", tmp_path / "run")
+    assert result["status"] == 0 and result["counts"] == {"error": 0, "warning": 0, "info": 0}
+    assert f"report: {tmp_path / 'run' / 'report.md'}" in capsys.readouterr().out
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| action | 7 | a7 |" in report and "no (mask_dims)" in report and "method='linear'" in report
+    saved = json.loads((tmp_path / "run" / "doctor.json").read_text())
+    assert saved["statistics"]["num_transitions"] == 12 * STEPS and saved["findings"] == []
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {
+        "report.md",
+        "doctor.json",
+        "dimensions.png",
+        "instructions.png",
+    }
+
+
+def test_script_reports_bad_files_by_episode_with_on_error_skip(clean, tmp_path):
+    root = tmp_path / "data"
+    write_folders(clean[:12], root)
+    frame = root / "ep01" / "images" / "frame_000000.png"
+    frame.with_name("frame_999999.png").write_bytes(frame.read_bytes())  # one image too many
+    with np.load(root / "ep02" / "episode_data.npz") as npz:
+        arrays = dict(npz)
+    arrays["actions"][4, 0] = np.nan
+    np.savez(root / "ep02" / "episode_data.npz", **arrays)
+    (root / "ep03" / "metadata.json").write_text(json.dumps({"task_description": " ", "fps": FPS}))
+
+    result = run_script(root, tmp_path / "run")  # data.on_error=raise is overridden: every bad one is listed
+    assert result["status"] == 1
+    errors = {f.episodes[0]: f.check for f in result["findings"] if f.severity == "error"}
+    assert errors == {"ep01": "count_mismatch", "ep02": "non_finite", "ep03": "instruction_empty"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "ep01: left out by the loader" in report and "26 images" in report and "but 25 actions" in report
