@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect doctor evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve
+.PHONY: help setup train test test-full lint format sim-data inspect doctor evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve learn-online
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ serve: setup ## Serve a policy to robot clients over websockets: make serve ARGS
 
 run-robot: setup ## Drive the simulated athena through a policy server (ARGS="control.url=ws://HOST:8765")
 	$(PY) scripts/run_robot.py $(ARGS)
+
+learn-online: setup ## Continuous learning: deploy, record, relabel (DAgger), retrain, promote (ARGS="start=RUN")
+	$(PY) scripts/learn_online.py $(ARGS)
 
 bench-serve: setup ## Server overhead p50/p99, success vs injected delay (async vs sync), concurrent clients
 	$(PY) scripts/bench_serve.py $(ARGS)
