@@ -287,3 +287,75 @@ def test_writer_is_atomic_and_refuses_to_overwrite(episodes, tmp_path):
         write_lerobot_dataset(bad, root, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr"]  # no temporary folder left behind
     assert len(load_lerobot_dataset(root).episodes) == 3  # the old dataset untouched
+
+
+# -- LeRobot's own library ---------------------------------------------------------------------------
+
+# tests/fixtures/lerobot_v3_by_lerobot: written by LeRobot 0.4.4 itself (tests/lerobot_compat/
+# write_with_lerobot.py, vcodec h264 at LeRobot's own settings) from make_episode(i, steps=5 + i,
+# wrist=True) for i = 0, 1, 2. LeRobot's encoder settings (crf 30) lose more than ours: measured
+# mean |error| 6.3-6.5 levels, max 54.
+BY_LEROBOT = Path(__file__).parent / "fixtures" / "lerobot_v3_by_lerobot"
+LEROBOT_MEAN_TOLERANCE = 8.0
+
+
+def lerobot_source_episodes() -> list[Episode]:
+    return [make_episode(i, steps=5 + i, wrist=True) for i in range(3)]
+
+
+def check_read_back(root: Path, tolerance: float) -> None:
+    for original, back in zip(lerobot_source_episodes(), load_lerobot_dataset(root).episodes, strict=True):
+        np.testing.assert_array_equal(back.actions, original.actions)
+        np.testing.assert_array_equal(back.states, original.states)
+        assert back.instruction == original.instruction and back.fps == FPS
+        np.testing.assert_allclose(back.timestamps, np.arange(original.num_steps) / FPS, atol=1e-6)
+        front = np.abs(all_frames(back) - original.frames)
+        wrist = np.abs(
+            back.camera_frames("observation.images.wrist").astype(np.int64) - original.cameras["wrist"]
+        )
+        assert front.mean() <= tolerance and wrist.mean() <= tolerance
+
+
+def test_reads_a_dataset_written_by_lerobot_itself():
+    check_read_back(BY_LEROBOT, LEROBOT_MEAN_TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["video", "image"])
+def test_lerobot_writes_and_we_read_back(tmp_path, storage):
+    """Regenerates what the fixture holds with LeRobot's writer (a throwaway environment: tests/lerobot_env.py)."""
+    from lerobot_env import run_lerobot
+
+    episodes = lerobot_source_episodes()
+    arrays = {"tasks": np.array([e.instruction for e in episodes]), "fps": np.array(FPS)}
+    for i, e in enumerate(episodes):
+        arrays.update({f"actions_{i}": e.actions, f"states_{i}": e.states, f"front_{i}": e.frames})
+        arrays[f"wrist_{i}"] = e.cameras["wrist"]
+    np.savez(tmp_path / "episodes.npz", **arrays)
+    run_lerobot("write_with_lerobot.py", str(tmp_path / "episodes.npz"), str(tmp_path / "lr"), storage)
+    check_read_back(tmp_path / "lr", LEROBOT_MEAN_TOLERANCE if storage == "video" else 0)
+
+
+@pytest.mark.slow
+def test_lerobot_reads_what_we_write(tmp_path):
+    """LeRobot's LeRobotDataset (its metadata, Parquet and video-timestamp code) over our writer's output."""
+    from lerobot_env import run_lerobot
+
+    episodes = lerobot_source_episodes()
+    write(episodes, tmp_path / "lr")
+    out = json.loads(run_lerobot("read_with_lerobot.py", str(tmp_path / "lr"), "observation.images.front"))
+    assert out["fps"] == FPS and out["num_episodes"] == 3
+    assert out["camera_keys"] == ["observation.images.front", "observation.images.wrist"]
+    assert {"action", "observation.state", "observation.images.front"} <= set(out["stats_keys"])
+    rows = out["rows"]
+    assert [(r["episode_index"], r["frame_index"]) for r in rows] == [
+        (e, t) for e, episode in enumerate(episodes) for t in range(episode.num_steps)
+    ]
+    for row in rows:
+        episode = episodes[row["episode_index"]]
+        t = row["frame_index"]
+        np.testing.assert_array_equal(np.float32(row["action"]), episode.actions[t])
+        np.testing.assert_array_equal(np.float32(row["state"]), episode.states[t])
+        assert row["task"] == episode.instruction
+        assert abs(row["timestamp"] - t / FPS) < 1e-6
+        assert np.abs(np.int64(row["image"]) - episode.frames[t]).mean() < MEAN_TOLERANCE
