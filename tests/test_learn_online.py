@@ -374,13 +374,16 @@ def test_baseline_and_success_only_arms(tmp_path, start_run, monkeypatch):
         trained_on.append(c.data.success_only)
         return entry.run(c)
 
-    rounds.run_loop(cfg, train_fn, judge=lambda task, seed, instruction, sim_says: seen.append(seed) or False)
+    result = rounds.run_loop(
+        cfg, train_fn, judge=lambda task, seed, instruction, sim_says: seen.append(seed) or False
+    )
     meta = [
         json.loads(p.read_text())
         for p in (tmp_path / "so" / "dataset" / "round_001").glob("episodes/*/metadata.json")
     ]
     assert len(seen) == 2 and [m["success"] for m in meta] == [False, False]
     assert all(m["judge"] == "human" for m in meta) and trained_on == [True]
+    assert result["rounds"][1]["train_episodes"] == 3  # the start run's three demos only
 
 
 def test_terminal_judge_asks_until_it_gets_yes_or_no(monkeypatch):
@@ -389,3 +392,22 @@ def test_terminal_judge_asks_until_it_gets_yes_or_no(monkeypatch):
     answers = iter(["maybe", "", "Y"])
     monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
     assert terminal_judge("raise_arm", 1, "raise your arm", False) is True
+
+    def closed(prompt):
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", closed)
+    with pytest.raises(LoopError, match="learn.judge=human"):
+        terminal_judge("raise_arm", 1, "raise your arm", False)
+
+
+def test_cli_names_a_bad_start_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cmd = [sys.executable, "scripts/learn_online.py", f"start={tmp_path}", f"output_dir={tmp_path / 'loop'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"start={tmp_path}" in proc.stderr and "lora=full" in proc.stderr

@@ -72,8 +72,16 @@ class RecordingRobot:
 
 def terminal_judge(task: str, seed: int, instruction: str, sim_says: bool) -> bool:
     """Ask a person whether the episode succeeded (the seed's `input("Task successful? (y/n)")`)."""
+    from vla.learn.dataset import LoopError
+
     while True:
-        answer = input(f"{task} seed {seed} ({instruction!r}): success? [y/n] ").strip().lower()
+        try:
+            answer = input(f"{task} seed {seed} ({instruction!r}): success? [y/n] ").strip().lower()
+        except EOFError:
+            raise LoopError(
+                "learn.judge=human: no answer on standard input (not a terminal?); the episodes recorded so "
+                "far are kept: rerun on a terminal with the same output_dir, or use learn.judge=sim"
+            ) from None
         if answer in ("y", "yes", "n", "no"):
             return answer.startswith("y")
         print("answer y or n")

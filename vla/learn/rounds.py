@@ -57,6 +57,13 @@ def evaluate_run(run_dir: str | Path, cfg: LearnOnlineConfig, sim: SimSettings) 
     }
 
 
+def training_episodes(view: Path, success_only: bool) -> int:
+    """Episodes of the union view the fine-tune trains on (with success_only, those judged successful)."""
+    if not success_only:
+        return sum(1 for _ in view.iterdir())
+    return sum(bool(read_json(p / "metadata.json").get("success")) for p in view.iterdir())
+
+
 def should_promote(candidate: dict, deployed: dict, rule: str) -> tuple[bool, str]:
     """`point`: more successes on the same held-out scenes; `interval`: the candidate's 95% interval
     lies wholly above the deployed policy's (lower bound above its upper bound)."""
@@ -177,6 +184,7 @@ class Loop:
         return {**record, "round": r}
 
     def _record_rollouts(self, r: int, policy_dir: str) -> dict:
+        from vla.config.deploy import ServerSettings
         from vla.deploy.client import PolicyClient
         from vla.deploy.robot import SimAthena
         from vla.deploy.server import PolicyServer, ServerThread
@@ -192,7 +200,7 @@ class Loop:
             policy = load_policy(policy_dir)
             mixing = MixingPolicy(policy, model, learn.beta(r), learn.seed, r, learn.tasks)
             served = mixing if learn.relabel == "dagger" else policy
-            server = PolicyServer(served, dataclasses.replace(_server_settings(), port=0))
+            server = PolicyServer(served, ServerSettings(port=0))  # loopback, any free port
             with ServerThread(server) as url:
                 control = dataclasses.replace(self.cfg.control, url=url)
                 with PolicyClient(control) as client:
@@ -248,7 +256,7 @@ class Loop:
             "init_from": init_from,
             "policy_trained": str(run_dir.resolve()),
             "train_view": str(view),
-            "train_episodes": sum(1 for _ in view.iterdir()),
+            "train_episodes": training_episodes(view, train_cfg.data.success_only),
             "val_loss": metrics.get("val/loss"),
             "train_seconds": metrics.get("wall_time_s"),
         }
@@ -293,12 +301,6 @@ class Loop:
         self.dataset.write_manifest(r, record)
         log_round(self.cfg.logger, self.dir, history_rows(self.dataset.manifests()[: r + 1]))
         return record
-
-
-def _server_settings():
-    from vla.config.deploy import ServerSettings
-
-    return ServerSettings()
 
 
 def run_loop(cfg: LearnOnlineConfig, train_fn: TrainFn, judge=None) -> dict[str, Any]:
