@@ -134,13 +134,13 @@ FAULTS = {
     "nan_action": Fault(
         "non_finite",
         {"ep03"},
-        "action/3",
+        "action/a3",
         lambda es, _: _set(es, 3, actions=_scaled(es[3].actions, 5, 3, value=np.nan)),
     ),
     "inf_state": Fault(
         "non_finite",
         {"ep04"},
-        "state/1",
+        "state/s1",
         lambda es, _: _set(es, 4, states=_scaled(es[4].states, 7, 1, value=np.inf)),
     ),
     "degrees_episode": Fault(

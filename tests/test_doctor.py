@@ -151,7 +151,7 @@ def test_base_statistics_with_the_same_layout_pass_and_a_degree_base_is_flagged(
         degrees["action"][key] = [v * 57.3 for v in stats["action"][key]]
     save_statistics(tmp_path / "degrees.json", {KEY: degrees})
     (finding,) = check(clean, base_stats=tmp_path / "degrees.json").findings
-    assert finding.check == "base_scale" and "action/0" in finding.dims
+    assert finding.check == "base_scale" and "action/a0" in finding.dims
 
 
 def test_base_statistics_from_a_model_config_and_bad_inputs(clean, tmp_path):
@@ -217,20 +217,14 @@ def write_folders(episodes: list[Episode], root: Path) -> None:
         )
 
 
-def run_script(root: Path, run_dir: Path, *overrides: str) -> dict:
+def run_script(root: Path, run_dir: Path, *overrides: str, data: str = "isaac") -> dict:
     sys.path.insert(0, str(ROOT / "scripts"))
     import doctor
 
     cfg = compose_config(
         "doctor",
-        [
-            "data=isaac",
-            f"data.root={root}",
-            f"data.mask_dims={MASK}",
-            f"data.dataset_key={KEY}",
-            f"run_dir={run_dir}",
-            *overrides,
-        ],
+        [f"data={data}", f"data.root={root}", f"data.mask_dims={MASK}", f"data.dataset_key={KEY}"]
+        + [f"run_dir={run_dir}", *overrides],
         DoctorConfig,
     )
     return doctor.run(cfg)
@@ -270,3 +264,30 @@ def test_script_reports_bad_files_by_episode_with_on_error_skip(clean, tmp_path)
     assert errors == {"ep01": "count_mismatch", "ep02": "non_finite", "ep03": "instruction_empty"}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "ep01: left out by the loader" in report and "26 images" in report and "but 25 actions" in report
+
+
+def test_script_on_a_missing_folder_names_it(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        run_script(tmp_path / "nowhere", tmp_path / "run")
+
+
+def test_script_reads_a_lerobot_dataset_through_load_episodes(clean, tmp_path):
+    pytest.importorskip("av")
+    pytest.importorskip("pyarrow")
+    from vla.data.lerobot_writer import write_lerobot_dataset
+
+    # 16 px frames (libx264 wants even sizes); the frames become MP4 clips the doctor does not decode.
+    episodes = [
+        dataclasses.replace(e, frames=e.frames.repeat(2, axis=1).repeat(2, axis=2)) for e in clean[:12]
+    ]
+    write_lerobot_dataset(episodes, tmp_path / "clean")
+    FAULTS["degrees_episode"].inject(episodes, tmp_path)
+    write_lerobot_dataset(episodes, tmp_path / "degrees")
+
+    result = run_script(tmp_path / "clean", tmp_path / "run_clean", data="lerobot")
+    assert result["status"] == 0 and result["findings"] == []
+    result = run_script(tmp_path / "degrees", tmp_path / "run_degrees", data="lerobot")
+    assert result["status"] == 1
+    assert [(f.check, f.episodes, f.dims) for f in result["findings"]] == [
+        ("unit_mixup", ["episode_000005"], ["action/a1"])
+    ]

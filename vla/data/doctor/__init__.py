@@ -152,7 +152,7 @@ def diagnose(
     if base_stats is not None:
         base, source = read_base_statistics(base_stats)
         findings += compare_with_base(
-            base, source, stats, dataset_key, settings.base_key, settings.max_listed
+            base, source, stats, names, dataset_key, settings.base_key, settings.max_listed
         )
         diagnosis.base = str(source)
     if quality is not None:

@@ -44,6 +44,7 @@ def compare_with_base(
     base: dict[str, Any],
     source: Path,
     stats: DatasetStatistics,
+    names: dict[str, list[str]],
     dataset_key: str,
     base_key: str | None,
     max_listed: int,
@@ -123,7 +124,7 @@ def compare_with_base(
             (mine > 0) & (base_range > 0) & ((ratio > SCALE_RATIO) | (ratio < 1 / SCALE_RATIO))
         )
         if len(far):
-            text = [f"{kind[0]}{d}: {mine[d]:.4g} vs {base_range[d]:.4g}" for d in far]
+            text = [f"{names[kind][d]}: {mine[d]:.4g} vs {base_range[d]:.4g}" for d in far]
             findings.append(
                 Finding(
                     "base_scale",
@@ -131,7 +132,7 @@ def compare_with_base(
                     f"{len(far)} {kind} dimension(s) span a q01..q99 range over {SCALE_RATIO:g}x larger or "
                     f"smaller than in {source} [{key!r}] (this data vs the base): {listed(text, max_listed)}; "
                     "another unit (degrees, millimetres) or another robot?",
-                    dims=[f"{kind}/{d}" for d in far],
+                    dims=[f"{kind}/{names[kind][d]}" for d in far],
                 )
             )
     return findings

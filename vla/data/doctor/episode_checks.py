@@ -14,6 +14,7 @@ import numpy as np
 from vla.config.doctor import DoctorSettings
 from vla.data.doctor.findings import Finding, listed
 from vla.data.episodes import Episode, SkippedEpisode
+from vla.data.inspect import dimension_names
 
 # What a loader's reason for leaving an episode out (on_error=skip) is about, by its wording (the
 # loaders' DataError messages); anything else is a `load_error`.
@@ -45,11 +46,10 @@ def non_finite(episode: Episode) -> Finding | None:
     for kind, array in (("action", episode.actions), ("state", episode.states)):
         bad = ~np.isfinite(array)
         if bad.any():
-            columns = np.flatnonzero(bad.any(axis=0))
+            names = dimension_names(episode, kind, array.shape[1])
+            columns = [names[c] for c in np.flatnonzero(bad.any(axis=0))]
             step = int(np.argwhere(bad)[0][0])
-            parts.append(
-                f"{int(bad.sum())} in {kind}s (dims {listed([str(c) for c in columns], 10)}, first at step {step})"
-            )
+            parts.append(f"{int(bad.sum())} in {kind}s ({listed(columns, 10)}; first at step {step})")
             dims += [f"{kind}/{c}" for c in columns]
     if not parts:
         return None
