@@ -411,3 +411,45 @@ def test_cli_names_a_bad_start_and_exits_2(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"start={tmp_path}" in proc.stderr and "lora=full" in proc.stderr
+
+
+def test_history_is_logged_per_round_to_tensorboard_and_csv(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vla.config import LoggerConfig
+    from vla.learn.history import log_round
+
+    rows = []
+    for r, (successes, promoted) in enumerate([(20, True), (18, False), (31, True)]):
+        rows.append(
+            {
+                "round": r,
+                "relabel": "dagger",
+                "beta": 0.5 if r else 0.0,
+                "new_episodes": 10 * bool(r),
+                "new_successes": 5 * bool(r),
+                "train_episodes": 8 + 10 * r,
+                "success_rate": successes / 50,
+                "ci95_low": 0.1,
+                "ci95_high": 0.9,
+                "successes": successes,
+                "eval_episodes": 50,
+                "promoted": promoted,
+                "policy": f"run{r}",
+            }
+        )
+        for name in ("tensorboard", "csv"):
+            log_round(LoggerConfig(name=name), tmp_path, rows)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [(e.step, round(e.value, 2)) for e in events.Scalars("learn/success_rate")] == [
+        (0, 0.4),
+        (1, 0.36),
+        (2, 0.62),
+    ]
+    assert [e.value for e in events.Scalars("learn/promoted")] == [1.0, 0.0, 1.0]
+    assert events.Images("learn/history")  # the plot
+    csv_rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert len(csv_rows) == 4 and csv_rows[2].startswith("1,0.36")
+    table = (tmp_path / "history.md").read_text()
+    assert "| 1 | dagger | 0.5 | 10 (5) | 18 | 36% [10-90] (18/50) | no |" in table
+    assert (tmp_path / "history.png").stat().st_size > 1000
