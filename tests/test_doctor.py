@@ -121,6 +121,7 @@ def test_skipped_episodes_are_reported_under_their_check():
             "episode 'ep_c' (/d/ep_c): metadata has no non-empty instruction in any of ['task_description']",
         ),
         ("ep_d", "/d/ep_d/episode_data.npz: cannot read: zipfile.BadZipFile"),
+        ("ep_e", "/d/x.hdf5#demo_4: obs 'front_rgb' has 23 steps, 'actions' has 25"),
     ]
     diagnosis = check([clean_episode(0), clean_episode(1)], skipped=skipped)
     by_episode = {f.episodes[0]: f for f in diagnosis.findings if f.severity == "error"}
@@ -129,6 +130,7 @@ def test_skipped_episodes_are_reported_under_their_check():
         "ep_b": "non_finite",
         "ep_c": "instruction_empty",
         "ep_d": "load_error",
+        "ep_e": "count_mismatch",
     }
     assert "BadZipFile" in by_episode["ep_d"].message
 
@@ -291,3 +293,36 @@ def test_script_reads_a_lerobot_dataset_through_load_episodes(clean, tmp_path):
     assert [(f.check, f.episodes, f.dims) for f in result["findings"]] == [
         ("unit_mixup", ["episode_000005"], ["action/a1"])
     ]
+
+
+def write_isaac_lab_hdf5(path: Path, episodes: list[Episode], wrist_short: int | None = None) -> None:
+    """Isaac Lab's recorder layout: data/demo_N/{actions, obs/joint_pos, obs/front_rgb, obs/wrist_rgb}."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Isaac-Stack-Cube-Franka-v0"})
+        data.attrs["total"] = sum(e.num_steps for e in episodes)
+        for i, e in enumerate(episodes):
+            demo = data.create_group(f"demo_{i}")
+            demo.attrs["num_samples"] = e.num_steps
+            demo.attrs["success"] = True
+            demo["actions"] = e.actions
+            demo["obs/joint_pos"] = e.states
+            demo["obs/front_rgb"] = e.frames
+            demo["obs/wrist_rgb"] = e.frames[: e.num_steps - 2] if i == wrist_short else e.frames
+
+
+def test_script_reads_isaac_lab_hdf5_and_counts_the_other_cameras_frames(clean, tmp_path):
+    pytest.importorskip("h5py")
+    write_isaac_lab_hdf5(tmp_path / "clean.hdf5", clean[:12])
+    write_isaac_lab_hdf5(tmp_path / "short.hdf5", clean[:12], wrist_short=3)
+    # One instruction for every demo (Isaac Lab records none), so 12 episodes of it: no warning.
+    hdf5 = ["data.camera=front_rgb", "data.instruction=stack the cubes"]
+    result = run_script(tmp_path / "clean.hdf5", tmp_path / "run_clean", *hdf5, data="hdf5")
+    assert result["status"] == 0 and result["findings"] == []
+    result = run_script(tmp_path / "short.hdf5", tmp_path / "run_short", *hdf5, data="hdf5")
+    assert result["status"] == 1
+    (finding,) = result["findings"]
+    assert finding.check == "count_mismatch" and "'wrist_rgb' has 23 frames for 25" in finding.message
+    assert finding.episodes[0].endswith("demo_3")

@@ -13,7 +13,7 @@ import numpy as np
 
 from vla.config.doctor import DoctorSettings
 from vla.data.doctor.findings import Finding, listed
-from vla.data.episodes import Episode, SkippedEpisode
+from vla.data.episodes import DataError, Episode, SkippedEpisode
 from vla.data.inspect import dimension_names
 
 # What a loader's reason for leaving an episode out (on_error=skip) is about, by its wording (the
@@ -22,7 +22,10 @@ SKIP_KINDS = (
     ("non_finite", re.compile(r"non-finite|\bNaN\b", re.IGNORECASE)),
     (
         "count_mismatch",
-        re.compile(r"images? in .* but \d+ actions|\d+ frames (but|for) \d+|has \d+ steps, expected \d+"),
+        re.compile(
+            r"images? in .* but \d+ actions|\d+ frames (but|for) \d+|has \d+ steps, expected \d+"
+            r"|has \d+ steps, '\w+' has \d+|num_samples is \d+ but"
+        ),
     ),
     ("instruction_empty", re.compile(r"non-empty (string|instruction)")),
     ("dim_mismatch", re.compile(r"dimension \d+ differs")),
@@ -63,13 +66,33 @@ def non_finite(episode: Episode) -> Finding | None:
     )
 
 
+def frame_count(source) -> int | None:
+    """Frames of a camera without decoding them: an array's length, a video clip's `num_frames`, an
+    HDF5 camera's dataset shape (`vla.data.hdf5.H5Frames`); None for anything else."""
+    if isinstance(source, np.ndarray):
+        return len(source)
+    if getattr(source, "num_frames", None) is not None:
+        return int(source.num_frames)
+    if type(source).__name__ == "H5Frames":
+        import h5py
+
+        try:
+            with h5py.File(source.path, "r") as f:
+                return int(f[source.dataset].shape[0])
+        except Exception as exc:
+            raise DataError(
+                f"{source.path}: cannot read {source.dataset}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return None
+
+
 def camera_counts(episodes: Sequence[Episode]) -> list[Finding]:
-    """Cameras besides the model's whose frame count differs from the episode's steps. Counted without
-    decoding: in-memory arrays by length, video clips by their `num_frames`; others are not counted."""
+    """Cameras besides the model's (`Episode.cameras`) whose frame count differs from the episode's
+    steps, counted without decoding (`frame_count`)."""
     findings = []
     for episode in episodes:
         for name, source in getattr(episode, "cameras", {}).items():
-            count = len(source) if isinstance(source, np.ndarray) else getattr(source, "num_frames", None)
+            count = frame_count(source)
             if count is not None and count != episode.num_steps:
                 findings.append(
                     Finding(
