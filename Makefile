@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-full lint format sim-data inspect doctor evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve learn-online
+.PHONY: help setup train test test-full lint format sim-data convert-data inspect doctor evaluate predict bench-kv bench-heads export bench bench-data serve run-robot bench-serve learn-online
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ format: setup ## ruff fix and format
 
 sim-data: setup ## Generate data=sample's simulated episodes (the dataset make train reads) into the cache
 	$(PY) scripts/make_sample_data.py $(ARGS)
+
+convert-data: setup ## Export a dataset as LeRobotDataset v3: make convert-data ARGS="output_dir=DIR [data=hdf5 data.root=F]"
+	$(PY) scripts/convert_data.py $(ARGS)
 
 inspect: setup ## Look at the training data: counts, statistics, filter report, frames.png, actions.png
 	$(PY) scripts/inspect_data.py $(ARGS)

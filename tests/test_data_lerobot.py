@@ -172,7 +172,7 @@ def test_state_keys_concatenate_and_empty_means_no_state(episodes, tmp_path):
 def test_simulator_style_episode_folders_round_trip_to_the_same_training_inputs(tmp_path):
     """Isaac episode folders -> LeRobot v3 -> the model's inputs: the same actions, states, instructions
     and statistics; the model-size frames within the codec's tolerance."""
-    make_isaac_dataset(tmp_path / "isaac", n_episodes=3, steps=6)
+    make_isaac_dataset(tmp_path / "isaac", n_episodes=3, steps=6, successes=[True, False, True])
     folders = load_isaac_episodes(tmp_path / "isaac").episodes
     for e, episode in enumerate(folders):  # camera-like pixels instead of the factory's noise
         episode.frame_paths, episode.frames = None, smooth_frames(e, episode.num_steps)
@@ -180,6 +180,7 @@ def test_simulator_style_episode_folders_round_trip_to_the_same_training_inputs(
     config = DataConfig(name="lerobot", format="lerobot", root=str(tmp_path / "lr"))
     loaded = load_episodes(config, tmp_path / "cache").episodes
     assert compute_statistics(loaded) == compute_statistics(folders)
+    assert [e.success for e in loaded] == [True, False, True]  # our episode-table column
     resize = ImageTransform(size=24, means=[(0.5,) * 3], stds=[(0.5,) * 3]).resize
     for a, b in zip(folders, loaded, strict=True):
         assert (a.instruction, a.instructions[0]) == (b.instruction, b.instructions[0])

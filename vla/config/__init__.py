@@ -51,6 +51,7 @@ from vla.config.stages import (
     RUN_OVERRIDE_GROUPS,
     BenchDataConfig,
     BenchmarkConfig,
+    ConvertDataConfig,
     EvaluateConfig,
     ExportConfig,
     InspectDataConfig,
@@ -105,6 +106,7 @@ def register_configs() -> None:
     cs.store(name="benchmark_schema", node=BenchmarkConfig)
     cs.store(name="bench_data_schema", node=BenchDataConfig)
     cs.store(name="make_sample_data_schema", node=MakeSampleDataConfig)
+    cs.store(name="convert_data_schema", node=ConvertDataConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="serve_schema", node=ServeConfig)
     cs.store(name="run_robot_schema", node=RunRobotConfig)
@@ -150,6 +152,7 @@ __all__ = [
     "BenchmarkConfig",
     "CallbacksConfig",
     "ConfigError",
+    "ConvertDataConfig",
     "BenchServeConfig",
     "ControlSettings",
     "RunRobotConfig",

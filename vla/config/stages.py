@@ -193,6 +193,31 @@ class MakeSampleDataConfig:
 
 
 @dataclass
+class ConvertDataConfig:
+    """`scripts/convert_data.py`: export the `data` group's episodes (sample, isaac, pickle, hdf5 or
+    lerobot) as a LeRobotDataset v3 folder (`vla.data.lerobot_writer`)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)  # generates data=sample's episodes on first use
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    output_dir: str = MISSING  # the dataset folder to write (written beside it, then renamed into place)
+    fps: float | None = None  # frames per second of the dataset; null: the episodes' own (they must agree)
+    robot_type: str | None = None  # info.json's robot_type; null: athena for data=sample, else none
+    video: bool = True  # cameras as MP4 (libx264, yuv420p); false: PNG images inside the Parquet files
+    crf: int = 18  # libx264 quality (lower: closer to the source, larger files; LeRobot's own is 30)
+    episodes_per_file: int = 1000  # episodes per data Parquet file and per MP4
+    overwrite: bool = False  # replace an existing output_dir (only once the new dataset is complete)
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_file < 1:
+            raise ConfigError(f"episodes_per_file={self.episodes_per_file} must be >= 1")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"crf={self.crf} must be in 0..51 (libx264's range)")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"fps={self.fps} must be > 0 (or null: the episodes' own)")
+
+
+@dataclass
 class EvaluateConfig:
     """`scripts/evaluate.py`: closed-loop success in the simulator, with the expert and random baselines.
 

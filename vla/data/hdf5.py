@@ -210,7 +210,12 @@ def _demo(
         raise DataError(f"{where}: num_samples is {int(declared)} but {action_key!r} has {steps} steps")
     if steps == 0:
         raise DataError(f"{where}: {action_key!r} has no steps")
-    obs = _datasets(demo["obs"]) if "obs" in demo else {}
+    import h5py
+
+    # Isaac Lab records the policy observation group: a group of terms, or one dataset when the group
+    # concatenates its terms (then its only key is "obs").
+    obs = demo.get("obs")
+    obs = _datasets(obs) if isinstance(obs, h5py.Group) else {"obs": obs} if obs is not None else {}
     images = sorted(k for k, d in obs.items() if d.ndim == 4 and d.shape[-1] == 3)
     vectors = sorted(k for k, d in obs.items() if d.ndim in (1, 2))
     if not images:

@@ -12,7 +12,8 @@ i is the one shown at from_timestamp + i / fps).
 Features are chosen by key: `camera` (default the first visual feature: logged), `state_keys`
 (concatenated in that order; default `observation.state` when there is one) and `action_key`
 (default `action`). The training instruction is the episode's first frame's task; fps comes from
-info.json. Video frames stay in their MP4 until the frame cache decodes them (`vla.data.video`);
+info.json; `success` from a boolean `success` column of the episode table when there is one (our
+writer adds it; LeRobot itself records none). Video frames stay in their MP4 until the frame cache decodes them (`vla.data.video`);
 frames stored as images inside the Parquet files (dtype "image") are decoded when loading. The other
 visual features are kept, not decoded, in `Episode.cameras`.
 
@@ -344,6 +345,7 @@ def _episode(
         instructions=instructions,
         actions=actions,
         states=states,
+        success=row.get("success") if isinstance(row.get("success"), bool) else None,
         fps=fps,
         timestamps=timestamps,
         frames=main if isinstance(main, np.ndarray) else None,

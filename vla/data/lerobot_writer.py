@@ -303,16 +303,20 @@ def write_lerobot_dataset(
                 columns["episode_index"].extend([row["episode_index"]] * steps)
                 columns["index"].extend(range(total, total + steps))
                 columns["task_index"].extend([task_index[episode.instruction]] * steps)
-                row.update({
-                    "tasks": [episode.instruction],
-                    "length": steps,
-                    "data/chunk_index": chunk,
-                    "data/file_index": file_index,
-                    "dataset_from_index": total,
-                    "dataset_to_index": total + steps,
-                    "meta/episodes/chunk_index": 0,
-                    "meta/episodes/file_index": 0,
-                })  # fmt: skip
+                row.update(
+                    {
+                        "tasks": [episode.instruction],
+                        "length": steps,
+                        "data/chunk_index": chunk,
+                        "data/file_index": file_index,
+                        "dataset_from_index": total,
+                        "dataset_to_index": total + steps,
+                        "meta/episodes/chunk_index": 0,
+                        "meta/episodes/file_index": 0,
+                    }
+                )
+                if any(e.success is not None for e in episodes):
+                    row["success"] = episode.success  # ours: LeRobot ignores it, data=lerobot reads it
                 all_actions.append(episode.actions)
                 all_states.append(episode.states)
                 total += steps
