@@ -170,6 +170,9 @@ FAULTS = {
     "timestamps_backwards": Fault("timestamp_order", {"ep10"}, None, _timestamps(10, _swap)),
     "timestamps_gap": Fault("timestamp_gap", {"ep11"}, None, _timestamps(11, _gap)),
     "duplicated_episode": Fault("duplicate", {"ep12", "ep12_copy"}, None, duplicate),
+    "frames_copied": Fault(
+        "duplicate_frames", {"ep20", "ep21"}, None, lambda es, _: _set(es, 20, frames=es[21].frames.copy())
+    ),
     "rare_instruction": Fault("instruction_rare", {"ep13"}, None, _instruction(13, "wave at the camera")),
     "instruction_variant": Fault(
         "instruction_variant",

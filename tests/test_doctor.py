@@ -109,6 +109,21 @@ def test_unit_mixup_message_gives_the_numbers(clean, tmp_path):
     assert f"{largest:.4g}" in finding.message and "57.3" in finding.message
 
 
+def test_a_masked_dimension_may_have_q01_equal_q99(clean, tmp_path):
+    episodes = copy.deepcopy(clean)
+    FAULTS["q01_equals_q99"].inject(episodes, tmp_path)  # a6: 0 except in 3 of 1,000 frames
+    assert [f.check for f in check(episodes).findings] == ["quantile_collapse"]
+    masked = diagnose(LoadResult(episodes), DoctorSettings(), mask_dims=[6, 7])  # passed through as is
+    assert masked.findings == []
+
+
+def test_episodes_without_states_are_checked_on_their_actions(clean, tmp_path):
+    no_states = [dataclasses.replace(e, states=np.zeros((STEPS, 0), np.float32)) for e in clean]
+    assert check(no_states).findings == []
+    FAULTS["degrees_episode"].inject(no_states, tmp_path)
+    assert [f.check for f in check(no_states).findings] == ["unit_mixup"]
+
+
 def test_skipped_episodes_are_reported_under_their_check():
     skipped = [
         ("ep_a", "episode 'ep_a' (/d/ep_a): 24 images in /d/ep_a/images but 25 actions in episode_data.npz"),

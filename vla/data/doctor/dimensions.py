@@ -63,7 +63,8 @@ def check_group(
     q99 lists, `vla.data.statistics`); `mask` (actions) is False on the dimensions left un-normalized."""
     lo, hi = np.asarray(summary["min"]), np.asarray(summary["max"])
     q01, q99 = np.asarray(summary["q01"]), np.asarray(summary["q99"])
-    findings = constant_dims(group, lo, hi) + quantile_collapse(group, lo, hi, q01, q99, settings)
+    normalized = np.ones(len(lo), bool) if mask is None else np.asarray(mask, bool)
+    findings = constant_dims(group, lo, hi) + quantile_collapse(group, lo, hi, q01, q99, normalized, settings)
     if outlier_k is not None:
         findings += outliers(group, q01, q99, outlier_k, settings)
     if max_jump is not None:
@@ -92,10 +93,18 @@ def constant_dims(group: Group, lo: np.ndarray, hi: np.ndarray) -> list[Finding]
 
 
 def quantile_collapse(
-    group: Group, lo: np.ndarray, hi: np.ndarray, q01: np.ndarray, q99: np.ndarray, settings: DoctorSettings
+    group: Group,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    q01: np.ndarray,
+    q99: np.ndarray,
+    normalized: np.ndarray,
+    settings: DoctorSettings,
 ) -> list[Finding]:
+    """Only normalized dimensions: a masked one (a gripper closed in under 1% of the frames) passes
+    through un-normalized, and its q01/q99 are not used."""
     findings = []
-    for d in np.flatnonzero((q01 == q99) & (lo < hi)):
+    for d in np.flatnonzero((q01 == q99) & (lo < hi) & normalized):
         other = group.values[:, d] != q01[d]
         episodes = sorted({group.episode_ids[e] for e in np.unique(group.frame_episode[other])})
         findings.append(

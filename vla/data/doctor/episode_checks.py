@@ -188,25 +188,30 @@ def frames_digest(episode: Episode) -> str | None:
         return None
     digest = hashlib.sha1()
     for path in (paths[0], paths[-1]):
-        digest.update(path.read_bytes())
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            raise DataError(f"episode {episode.episode_id!r}: cannot read image {path}: {exc}") from exc
     return digest.hexdigest()
 
 
 def duplicates(episodes: Sequence[Episode], settings: DoctorSettings) -> list[Finding]:
-    """Episodes with byte-identical actions (and states), and episodes with the same frames."""
+    """Episodes with byte-identical actions (and states), and episodes with the same frames but
+    different actions."""
+    actions_key = {
+        e.episode_id: hashlib.sha1(e.actions.tobytes() + e.states.tobytes()).hexdigest() for e in episodes
+    }
+    frames_key = {e.episode_id: frames_digest(e) for e in episodes} if settings.hash_frames else {}
     by_actions, by_frames = defaultdict(list), defaultdict(list)
     for episode in episodes:
-        key = hashlib.sha1(episode.actions.tobytes() + episode.states.tobytes()).hexdigest()
-        by_actions[key].append(episode)
-        if settings.hash_frames:
-            digest = frames_digest(episode)
-            if digest is not None:
-                by_frames[digest].append(episode)
+        by_actions[actions_key[episode.episode_id]].append(episode)
+        if frames_key.get(episode.episode_id) is not None:
+            by_frames[frames_key[episode.episode_id]].append(episode)
     findings = []
     for group in by_actions.values():
         if len(group) > 1:
             ids = [e.episode_id for e in group]
-            same_frames = settings.hash_frames and len({frames_digest(e) for e in group}) == 1
+            same_frames = frames_key and len({frames_key[i] for i in ids}) == 1 and frames_key[ids[0]]
             findings.append(
                 Finding(
                     "duplicate",
@@ -217,16 +222,16 @@ def duplicates(episodes: Sequence[Episode], settings: DoctorSettings) -> list[Fi
                     episodes=ids,
                 )
             )
-    action_groups = [{e.episode_id for e in group} for group in by_actions.values()]
     for group in by_frames.values():
         ids = [e.episode_id for e in group]
-        if len(ids) > 1 and set(ids) not in action_groups:
+        if len({actions_key[i] for i in ids}) > 1:
             findings.append(
                 Finding(
                     "duplicate_frames",
                     "warning",
-                    f"{len(ids)} episodes start and end with the same frames but have different actions: "
-                    f"{listed(ids, settings.max_listed)}; one camera stream copied into several episodes?",
+                    f"{len(ids)} episodes start and end with the same frames but not all have the same "
+                    f"actions: {listed(ids, settings.max_listed)}; one camera stream copied into several "
+                    "episodes?",
                     episodes=ids,
                 )
             )
