@@ -341,3 +341,26 @@ def test_script_reads_isaac_lab_hdf5_and_counts_the_other_cameras_frames(clean, 
     (finding,) = result["findings"]
     assert finding.check == "count_mismatch" and "'wrist_rgb' has 23 frames for 25" in finding.message
     assert finding.episodes[0].endswith("demo_3")
+
+
+def test_every_episode_bad_still_gives_a_report(clean, tmp_path):
+    broken = [dataclasses.replace(e, actions=np.full_like(e.actions, np.nan)) for e in clean[:3]]
+    diagnosis = check(broken)
+    errors = [f.check for f in diagnosis.findings if f.severity == "error"]
+    assert diagnosis.statistics is None and errors == ["non_finite"] * 3
+    paths = write_report(diagnosis, tmp_path, {"data": "broken"}, max_listed=10)
+    assert "3 error(s)" in Path(paths["report"]).read_text() and "plot_dimensions" not in paths
+
+
+def test_script_compares_with_the_configured_models_statistics(clean, tmp_path):
+    write_folders(clean[:12], tmp_path / "data")
+    stats = compute_statistics(clean[:12])
+    stats["action"] = {k: v[:7] for k, v in stats["action"].items()}
+    model = tmp_path / "openvla"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"norm_stats": {KEY: stats}}))
+    result = run_script(tmp_path / "data", tmp_path / "run", f"model.pretrained={model}")
+    assert result["status"] == 1
+    (finding,) = result["findings"]
+    assert (finding.check, finding.severity) == ("base_action_dim", "error")
+    assert "8 dimensions" in finding.message and f"{model / 'config.json'}" in finding.message
