@@ -165,6 +165,46 @@ def test_training_loss_weights_grounding_tokens(tiny, weight):
     assert logged["train/grounding_loss"] == pytest.approx(log_v, rel=1e-5)
 
 
+def test_episodes_without_grounding_values_train_only_their_actions(tiny):
+    """A dataset mixing episodes with grounding values and without (the posture tasks beside reach
+    scenes): every sample keeps the layout's G input tokens, those without values carry no grounding
+    labels, and the token head's loss counts only the known grounding tokens: with the actions right
+    and the grounding uniform (log V), a batch of one known and one unknown sample has the weighted mean
+    3 w log V / (3 w + 2 (D + 1)) and a grounding loss of log V."""
+    from vla.training.module import VLAModule
+
+    tiny.set_layout(ActionLayout(chunk_size=1, grounding=3))
+    values = [np.array([-0.5, 0.0, 0.5]), np.full(3, np.nan)]
+    data = VLADataset(
+        [known_episode(), known_episode()],
+        tiny.processor,
+        tiny.action_tokenizer,
+        identity_stats(),
+        grounding=values,
+    )
+    known, unknown = data[0], data[known_episode().num_steps]
+    assert known["input_ids"].shape == unknown["input_ids"].shape
+    n_prompt = len(known["input_ids"]) - 3 - D - 1
+    assert (known["labels"][n_prompt : n_prompt + 3] != IGNORE_INDEX).all()
+    assert (unknown["labels"][n_prompt : n_prompt + 3] == IGNORE_INDEX).all()
+    assert torch.equal(unknown["labels"][n_prompt + 3 :], known["labels"][n_prompt + 3 :])
+    batch = collate([known, unknown], pad_id=tiny.processor.tokenizer.pad_token_id)
+    labels, n_patches = batch["labels"], tiny.num_patches
+    logits = torch.zeros(2, n_patches + labels.shape[1], tiny.config.vocab_size)
+    for b in range(2):
+        for j in range(n_prompt + 3, labels.shape[1]):  # the actions and </s>: right
+            logits[b, n_patches + j - 1, int(labels[b, j])] = 100.0
+    weight = 4.0
+    module = VLAModule(tiny, OptimConfig(), identity_stats(), max_steps=1, grounding_weight=weight)
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    module.forward = lambda batch, **kwargs: type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
+    loss = float(module.training_step(batch, 0))
+    log_v = math.log(tiny.config.vocab_size)
+    assert loss == pytest.approx(3 * weight * log_v / (3 * weight + 2 * (D + 1)), rel=1e-5)
+    assert logged["train/grounding_loss"] == pytest.approx(log_v, rel=1e-5)
+
+
 def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):
     from vla.training.module import VLAModule
 
@@ -214,8 +254,9 @@ def test_prediction_writes_grounding_first_and_survives_save_and_load(tiny, tmp_
 
 def test_training_run_with_grounding_from_metadata(tmp_path):
     """train.py with model.layout.grounding=2 on Isaac episodes whose metadata.json holds 'grounding': the
-    metric is logged, the reloaded run writes 2 grounding values, and an episode without them fails
-    before any training naming the episode."""
+    metric is logged, the reloaded run writes 2 grounding values, and a dataset in which no episode has
+    them fails before any training naming an episode (episodes without them among others train only
+    their actions: test_episodes_without_grounding_values_train_only_their_actions)."""
     from test_train import train
 
     from vla.training.runs import load_run, load_train_config
@@ -247,9 +288,10 @@ def test_training_run_with_grounding_from_metadata(tmp_path):
     with pytest.raises(ConfigError, match="model.layout.grounding=3.*trained with model.layout.grounding=2"):
         load_train_config(tmp_path / "run", {"model": {"layout": {"grounding": 3}}})
 
-    meta = json.loads((paths[1] / "metadata.json").read_text())
-    del meta["grounding"]
-    (paths[1] / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="episode_001.*grounding"):
+    for path in paths:  # no episode with grounding values: nothing to learn them from
+        meta = json.loads((path / "metadata.json").read_text())
+        del meta["grounding"]
+        (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="episode_000.*grounding"):
         train(tmp_path / "run2", [*data, "model.layout.grounding=2"])
     assert not (tmp_path / "run2" / "checkpoints").exists()

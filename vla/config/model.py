@@ -45,7 +45,8 @@ class LayoutConfig:
     # episode, from metadata 'grounding' or a simulator reach scene's balls (8); 0: off (OpenVLA).
     # Token head: G tokens written before the actions. l1 head: G more placeholder positions before the
     # chunk's, whose final hidden states a second MLP (`grounding_head`) maps to the values, trained
-    # beside the actions (an auxiliary target; episodes without grounding targets add no grounding loss).
+    # beside the actions (an auxiliary target). With either head, episodes without grounding targets
+    # (the posture tasks beside reach scenes) add no grounding loss; some episode must have them.
     grounding: int = 0
     # Parallel decoding (OpenVLA-OFT): the action chunk's K*D tokens come from one forward pass over
     # placeholder inputs instead of K*D autoregressive steps, so no action token sees the ones before

@@ -250,11 +250,12 @@ class VLADataModule(L.LightningDataModule):
                     f"({first.path}) has none ({len(stateless)} of {len(filtered.kept)} episodes); Isaac "
                     "episodes keep it as `states` or `observations`, pickled demos as `robot_state`"
                 )
-        # Checked here, before the model is built: an episode without its grounding targets fails now.
-        # The continuous head's grounding is an auxiliary target: episodes without one only lack its loss.
-        optional = self.action_head != "tokens"
-        self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional)
-        self.val_grounding = dataset_grounding(self.val_episodes, self.layout.grounding, optional)
+        # Checked here, before the model is built: grounding needs targets in some episode; the others
+        # (e.g. the posture tasks beside reach scenes) train their actions without grounding loss.
+        self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional=True)
+        self.val_grounding = dataset_grounding(
+            self.val_episodes, self.layout.grounding, optional=True, require_any=False
+        )
         stats = compute_statistics(self.train_episodes, mask_dims=self.cfg.mask_dims)
         self.statistics = {self.cfg.dataset_key: stats}
         log.info(

@@ -172,6 +172,8 @@ class VLADataset(Dataset):
         tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
         input_ids, labels = encode_sample(prompt, self.grounding_tokens[e], tokens[steps], real, self.eos)
+        unknown = np.isnan(self.grounding[e])  # an episode without grounding values: no grounding loss
+        labels[len(prompt) : len(prompt) + unknown.size][unknown] = IGNORE_INDEX
         return {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),

@@ -11,8 +11,9 @@ An episode's N values, each in [-1, 1] (binned like actions, 256 bins), come fro
 the simulator's reach_ball episodes, the balls' positions (`reach_grounding`, 8 values).
 
 The continuous head (`model.action_head=l1`) predicts the values as an auxiliary target beside the
-actions rather than as tokens; there an episode may have none (`optional=True`: NaN values, no grounding
-loss for its samples), so a dataset mixing reach scenes with other tasks still trains.
+actions rather than as tokens. With either head an episode may have none (`optional=True`: NaN values;
+its samples keep the G positions but carry no grounding loss), so a dataset mixing reach scenes with
+other tasks still trains.
 """
 
 from __future__ import annotations
@@ -86,14 +87,17 @@ def episode_grounding(episode: Episode, size: int) -> np.ndarray:
     return values
 
 
-def dataset_grounding(episodes: Sequence[Episode], size: int, optional: bool = False) -> list[np.ndarray]:
+def dataset_grounding(
+    episodes: Sequence[Episode], size: int, optional: bool = False, require_any: bool = True
+) -> list[np.ndarray]:
     """`episode_grounding` of every episode (size 0: empty arrays, grounding off). `optional`: an
     episode without targets (`has_grounding`) gets NaN values instead of an error; a dataset in which no
-    episode has any is still an error (the grounding would learn nothing)."""
+    episode has any is still an error (the grounding would learn nothing) unless `require_any` is False
+    (a validation split of a dataset whose training split has some)."""
     if size == 0:
         return [np.zeros(0) for _ in episodes]
     if not optional:
         return [episode_grounding(ep, size) for ep in episodes]
-    if episodes and not any(has_grounding(ep) for ep in episodes):
+    if require_any and episodes and not any(has_grounding(ep) for ep in episodes):
         episode_grounding(episodes[0], size)  # raises the DataError that says what is missing
     return [episode_grounding(ep, size) if has_grounding(ep) else np.full(size, np.nan) for ep in episodes]

@@ -98,17 +98,19 @@ class TokenHead:
 
         Without grounding tokens: the language model's own loss, the mean cross-entropy over the labelled
         tokens. With them: per-token cross-entropy with a grounding token weighted `grounding_weight`
-        (an action token 1); val/loss stays the unweighted mean. (`regression` and `huber_delta` are
+        (an action token 1; samples whose episode has no grounding values carry no grounding labels);
+        val/loss stays the unweighted mean. (`regression` and `huber_delta` are
         the continuous heads' choice; tokens are always cross-entropy.)"""
         if not self.layout.grounding:
             return out.loss, None
         labels = batch["labels"]
         logits = label_logits(out.logits, labels).float()
         ce = nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-        ground = grounding_positions(labels, self.layout.grounding).float()
+        n_actions = self.layout.chunk_size * batch["actions"].shape[-1]
+        ground = grounding_positions(labels, self.layout.grounding, n_actions).float()
         weight = (labels != IGNORE_INDEX).float() + (grounding_weight - 1.0) * ground
         loss = (ce * weight).sum() / weight.sum().clamp(min=1e-8)
-        return loss, (ce * ground).sum() / ground.sum()
+        return loss, (ce * ground).sum() / ground.sum().clamp(min=1.0)
 
     def validation_loss(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The language model's mean cross-entropy over the labelled tokens (grounding and actions)."""
@@ -148,11 +150,10 @@ class TokenHead:
         valid = (labels.gather(1, span) != IGNORE_INDEX).view(-1, k, d).all(-1).cpu().numpy()
         metrics = {"action_token_acc": float((pred_ids == true_ids)[valid].mean())}
         if self.layout.grounding:
-            ground = grounding_positions(labels, self.layout.grounding)
+            ground = grounding_positions(labels, self.layout.grounding, k * d)
             pred_g, true_g = pred[ground].cpu().numpy(), labels[ground].cpu().numpy()
-            metrics["grounding_l1"] = float(
-                np.abs(self.tokenizer.decode(pred_g) - self.tokenizer.decode(true_g)).mean()
-            )
+            error = np.abs(self.tokenizer.decode(pred_g) - self.tokenizer.decode(true_g))
+            metrics["grounding_l1"] = float(error.mean()) if error.size else float("nan")
         return TeacherForced(self.tokenizer.decode(pred_ids), self.tokenizer.decode(true_ids), valid, metrics)
 
     # -- prediction ----------------------------------------------------------------------------
@@ -364,7 +365,9 @@ class L1Head:
             true = batch["grounding"].to(ground.device).float()
             known = torch.isfinite(true)
             error = (ground.detach().float().clamp(-1.0, 1.0) - true.nan_to_num(0.0)).abs()
-            metrics["grounding_l1"] = float((error * known).sum() / known.sum()) if known.any() else float("nan")
+            metrics["grounding_l1"] = (
+                float((error * known).sum() / known.sum()) if known.any() else float("nan")
+            )
         return TeacherForced(
             pred.float().clamp(-1.0, 1.0).detach().cpu().numpy(),
             batch["actions"].float().cpu().numpy(),

@@ -106,12 +106,13 @@ def chunk_span(labels: torch.Tensor, n_actions: int) -> torch.Tensor:
     return eos[:, None] - n_actions + torch.arange(n_actions, device=labels.device)
 
 
-def grounding_positions(labels: torch.Tensor, n_grounding: int) -> torch.Tensor:
-    """[B, L] bool: each row's G grounding tokens, the first G labelled positions."""
-    has_label = labels != IGNORE_INDEX
-    first = has_label.long().argmax(1)
+def grounding_positions(labels: torch.Tensor, n_grounding: int, n_actions: int) -> torch.Tensor:
+    """[B, L] bool: each row's known grounding tokens, among the G positions right before its K*D
+    (`n_actions`) chunk tokens; a sample whose episode has no grounding values has IGNORE_INDEX labels
+    there (no grounding loss)."""
+    start = chunk_span(labels, n_actions)[:, :1] - n_grounding
     pos = torch.arange(labels.shape[1], device=labels.device)[None]
-    return has_label & (pos >= first[:, None]) & (pos < first[:, None] + n_grounding)
+    return (labels != IGNORE_INDEX) & (pos >= start) & (pos < start + n_grounding)
 
 
 # -- predictions -----------------------------------------------------------------------------------
