@@ -203,6 +203,16 @@ def test_episodes_without_grounding_values_train_only_their_actions(tiny):
     log_v = math.log(tiny.config.vocab_size)
     assert loss == pytest.approx(3 * weight * log_v / (3 * weight + 2 * (D + 1)), rel=1e-5)
     assert logged["train/grounding_loss"] == pytest.approx(log_v, rel=1e-5)
+    # A validation batch without grounding values logs no grounding error (not a NaN that would make
+    # the epoch's mean NaN); the action metrics are logged as always.
+    logged.clear()
+    only_unknown = collate([unknown], pad_id=tiny.processor.tokenizer.pad_token_id)
+    module.forward = lambda batch, **kwargs: type(
+        "Out", (), {"logits": logits[1:], "loss": torch.tensor(0.0)}
+    )()
+    module.on_validation_epoch_start()
+    module.validation_step(only_unknown, 0)
+    assert "val/grounding_l1" not in logged and logged["val/action_token_acc"] == 1.0
 
 
 def test_grounding_weight_holds_for_its_steps_then_is_one(tiny):

@@ -159,7 +159,8 @@ class VLAModule(L.LightningModule):
         result = head.teacher_forced(out, batch, self.action_dim)
         pred_norm, true_norm, valid = result.pred, result.true, result.valid
         for name, value in result.metrics.items():
-            self.log(f"val/{name}", value, batch_size=n, sync_dist=True)
+            if not np.isnan(value):  # NaN: nothing to measure in this batch (no grounding values in it)
+                self.log(f"val/{name}", value, batch_size=n, sync_dist=True)
         # Means over the real chunk steps only (padding repeats the last action and has no loss).
         l1 = float(np.abs(pred_norm - true_norm)[valid].mean())
         self.log("val/action_l1", l1, batch_size=n, sync_dist=True)
