@@ -124,6 +124,27 @@ def test_episodes_without_states_are_checked_on_their_actions(clean, tmp_path):
     assert [f.check for f in check(no_states).findings] == ["unit_mixup"]
 
 
+def test_gripper_is_told_from_a_joint_that_holds_two_poses(clean):
+    # a7 as a joint target that holds 0, moves to 1.4 in 3 steps and holds it (92% of the frames at two
+    # values): no gripper. The same as a binary 0 / 1.4 signal, or named a gripper: out of [-1, 1].
+    def with_a7(episode, column, names=None):
+        actions = episode.actions.copy()
+        actions[:, 7] = column
+        metadata = {"joint_names": names} if names else {}
+        return dataclasses.replace(episode, actions=actions, metadata=metadata)
+
+    held = np.r_[np.zeros(10), [0.35, 0.7, 1.05], np.full(STEPS - 13, 1.4)]
+    joint = [with_a7(e, held) for e in clean]
+    assert diagnose(LoadResult(joint), DoctorSettings()).findings == []
+    binary = [with_a7(e, np.where(held > 0, 1.4, 0.0)) for e in clean]
+    (finding,) = diagnose(LoadResult(binary), DoctorSettings()).findings
+    assert (finding.check, finding.severity, finding.dims) == ("gripper_range", "warning", ["action/a7"])
+    names = [f"joint_{i}" for i in range(7)] + ["right_gripper"]
+    named = [with_a7(e, held * 50, names) for e in clean]  # 0..70: a gripper in percent
+    (finding,) = diagnose(LoadResult(named), DoctorSettings()).findings
+    assert finding.check == "gripper_range" and "its name" in finding.message
+
+
 def test_skipped_episodes_are_reported_under_their_check():
     skipped = [
         ("ep_a", "episode 'ep_a' (/d/ep_a): 24 images in /d/ep_a/images but 25 actions in episode_data.npz"),

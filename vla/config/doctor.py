@@ -46,11 +46,9 @@ class DoctorSettings:
     # share of the episodes: a dead sensor or a column lost in a conversion. The sample data's states
     # move in every episode; its actions in at most 44% (each task moves its own joints).
     frozen_share: float = 0.8
-    # Gripper-like: the two most common values each hold at least `gripper_min_share` of the frames
-    # and together at least `gripper_share`. (The sample data's most binary-looking dimension: 96% at
-    # one value, 0.1% at the next.) Ranges outside [-1, 1] are flagged.
-    gripper_share: float = 0.95
-    gripper_min_share: float = 0.05
+    # Gripper-like dimensions (exactly two values in the whole dataset, "gripper" in the name, or in
+    # data.mask_dims) are flagged outside [-1, 1]; there is no threshold. (The sample data has none: its
+    # joint targets hold poses but pass through other values between them.)
     # Timestamps: a step longer than `timestamp_gap` x the expected step (1/fps when the episode records
     # its fps, else its median step) is a gap; a median step off 1/fps by more than `fps_tolerance`
     # (relative) is flagged too. The sample data's steps are 0.2 s +- 2e-16 at 5 fps.
@@ -73,9 +71,8 @@ class DoctorSettings:
                 raise ConfigError(f"doctor.{key}={getattr(self, key)} must be > 0")
         if self.timestamp_gap <= 1:
             raise ConfigError(f"doctor.timestamp_gap={self.timestamp_gap} must be > 1 (x the expected step)")
-        for key in ("frozen_share", "gripper_share", "gripper_min_share"):
-            if not 0 < getattr(self, key) <= 1:
-                raise ConfigError(f"doctor.{key}={getattr(self, key)} must be in (0, 1]")
+        if not 0 < self.frozen_share <= 1:
+            raise ConfigError(f"doctor.frozen_share={self.frozen_share} must be in (0, 1]")
         if self.min_instruction_episodes < 1 or self.max_listed < 1:
             raise ConfigError(
                 f"doctor.min_instruction_episodes={self.min_instruction_episodes} and "

@@ -243,22 +243,17 @@ def gripper_ranges(group: Group, mask: list[bool], settings: DoctorSettings) -> 
     frame_episode = group.frame_episode
     for d in range(group.values.shape[1]):
         column = group.values[:, d]
-        values, counts = np.unique(column, return_counts=True)
-        order = np.argsort(counts)[::-1][:2]
-        shares = counts[order] / len(column)
-        binary = (
-            len(values) >= 2
-            and shares[1] >= settings.gripper_min_share
-            and shares.sum() >= settings.gripper_share
-        )
+        values = np.unique(column)
+        # Binary: exactly two values in the whole dataset. (Joint targets that hold poses also sit at
+        # two values most of the time, but pass through others on the way: the sample data's do.)
+        binary = len(values) == 2
+        named = "gripper" in group.names[d].lower()
         masked = not mask[d]  # OpenVLA's mask: True = normalized; False = passed through (grippers)
-        if not (binary or masked):
+        if not (binary or named or masked):
             continue
-        why = (
-            f"two values, {values[order[0]]:.4g} and {values[order[1]]:.4g}, hold {shares.sum():.0%} of the frames"
-            if binary
-            else "in data.mask_dims"
-        )
+        reasons = [f"only the values {values[0]:.4g} and {values[1]:.4g}"] if binary else []
+        reasons += ["its name"] * named + ["in data.mask_dims"] * masked
+        why = ", ".join(reasons)
         outside = (column < -1) | (column > 1)
         if outside.any():
             episodes = [group.episode_ids[e] for e in np.unique(frame_episode[outside])]
