@@ -360,3 +360,19 @@ def test_lerobot_reads_what_we_write(tmp_path):
         assert row["task"] == episode.instruction
         assert abs(row["timestamp"] - t / FPS) < 1e-6
         assert np.abs(np.int64(row["image"]) - episode.frames[t]).mean() < MEAN_TOLERANCE
+
+
+def test_a_truncated_faststart_video_is_caught_at_load_time(tmp_path):
+    """LeRobot writes the MP4 header first: a truncated file still opens and claims its full duration;
+    the episodes whose frames are gone must fail when loading, not when the frame cache decodes them."""
+    import shutil
+
+    shutil.copytree(BY_LEROBOT, tmp_path / "lr")
+    truncate_file(tmp_path / "lr" / "videos" / "observation.images.front" / "chunk-000" / "file-000.mp4", 0.9)
+    with pytest.raises(
+        DataError, match=r"episode 'episode_000001' .*file-000.mp4\): its last frame .* does not decode"
+    ):
+        load_lerobot_dataset(tmp_path / "lr")
+    result = load_lerobot_dataset(tmp_path / "lr", on_error="skip")
+    assert [s.episode_id for s in result.skipped] == ["episode_000001", "episode_000002"]
+    assert all_frames(result.episodes[0]).shape == (5, SIZE, SIZE, 3)  # what is left decodes

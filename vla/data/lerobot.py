@@ -45,7 +45,7 @@ from vla.data.episodes import (
     record_skip,
 )
 from vla.data.limits import image_to_rgb8, load_json
-from vla.data.video import VideoClip, probe_video
+from vla.data.video import VideoClip, frames_decode, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,7 @@ def load_lerobot_dataset(
             if on_error == "raise":
                 raise
             record_skip(skipped, episode_id, error)
+    episodes = _drop_unreadable_video(episodes, on_error, skipped)
     episodes = drop_inconsistent_dims(
         episodes,
         expected_action_dim=expected_action_dim,
@@ -372,6 +373,30 @@ def _camera_source(root, info, row, key, rows, data, steps, fps, episode_id) -> 
         video_key=key, chunk_index=row[needed[0]], file_index=row[needed[1]]
     )
     return VideoClip(path, float(row[needed[2]]), steps, fps, episode_id)
+
+
+def _drop_unreadable_video(episodes: list[Episode], on_error: OnError, skipped: list) -> list[Episode]:
+    """The episodes whose last frame decodes (each video file opened once): a truncated MP4 that opens
+    (header first) fails here, at load time, rather than when the frame cache is built."""
+    by_file: dict[Path, list[Episode]] = {}
+    for episode in episodes:
+        if episode.video is not None:
+            by_file.setdefault(episode.video.path, []).append(episode)
+    bad = set()
+    for path, group in by_file.items():
+        ends = [e.video.start + (e.video.num_frames - 1) / e.video.fps for e in group]
+        for episode, ok in zip(group, frames_decode(path, ends, group[0].video.fps), strict=True):
+            if ok:
+                continue
+            error = DataError(
+                f"episode {episode.episode_id!r} ({path}): its last frame (at {ends[group.index(episode)]:.3f} s) "
+                "does not decode: the video is truncated or damaged"
+            )
+            if on_error == "raise":
+                raise error
+            record_skip(skipped, episode.episode_id, error)
+            bad.add(episode.episode_id)
+    return [e for e in episodes if e.episode_id not in bad]
 
 
 def _check_span(root, info, row, key, clip: VideoClip, fps: float, episode_id: str) -> None:

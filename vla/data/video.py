@@ -96,6 +96,29 @@ def probe_video(path: Path, where: str) -> VideoInfo:
     return info
 
 
+def frames_decode(path: Path, times: list[float], fps: float) -> list[bool]:
+    """Whether the frame shown at each of `times` (seconds) decodes: one seek and a frame or two each
+    (one open of the file). A truncated MP4 whose header is at its start (LeRobot's "faststart" files)
+    opens and reports its full duration; only decoding shows which frames are gone."""
+    import av
+
+    readable = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for time in times:
+            found = False
+            try:
+                container.seek(int(time / stream.time_base), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.time is not None and frame.time > time - 0.5 / fps:
+                        found = abs(frame.time - time) < 0.5 / fps
+                        break
+            except av.error.FFmpegError:
+                found = False
+            readable.append(found)
+    return readable
+
+
 # One clip: an episode's frames are read one by one after each other, by one process at a time.
 @functools.lru_cache(maxsize=1)
 def decode_clip(clip: VideoClip) -> np.ndarray:
