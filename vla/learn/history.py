@@ -94,7 +94,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
     )
     for r, y in zip(rows, rate):
         ax.plot(r["round"], y, "o", color="tab:blue", mfc="tab:blue" if r["promoted"] else "white")
-    ax.set(xlabel="round", ylabel="success % (95% Wilson CI)", ylim=(0, 100), xticks=rounds)
+    ax.set(xlabel="round", ylabel="success % (95% Wilson CI)", ylim=(0, 105), xticks=rounds)
     ax2 = ax.twinx()
     ax2.bar(rounds, [r["train_episodes"] for r in rows], alpha=0.2, color="tab:gray", width=0.4)
     ax2.set_ylabel("training episodes")
