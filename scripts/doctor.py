@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vla.cli import user_errors  # noqa: E402
-from vla.config import register_configs, to_object  # noqa: E402
+from vla.config import ConfigError, register_configs, to_object  # noqa: E402
 from vla.config.doctor import DoctorConfig  # noqa: E402
 
 register_configs()
@@ -41,10 +41,17 @@ def run(cfg: DoctorConfig) -> dict:
     """Load, check, print the findings and write the report. Returns the severity counts, the exit
     status, the findings and the paths written."""
     from vla.data.datamodule import load_episodes
-    from vla.data.doctor import diagnose
+    from vla.data.doctor import diagnose, read_base_statistics
     from vla.data.doctor.report import write_report
     from vla.sim.episodes import resolve_sample_data
 
+    base_stats = base_statistics(cfg)
+    if base_stats is not None:  # a bad file or key fails now, not after loading the data
+        base, source = read_base_statistics(base_stats)
+        if cfg.doctor.base_key is not None and cfg.doctor.base_key not in base:
+            raise ConfigError(
+                f"doctor.base_key={cfg.doctor.base_key!r} is not in {source}; its keys: {sorted(base)}"
+            )
     start = time.perf_counter()
     data = resolve_sample_data(cfg.data, cfg.sim, cfg.paths.cache_dir)  # data=sample: generated once
     data = dataclasses.replace(data, on_error="skip")
@@ -55,7 +62,7 @@ def run(cfg: DoctorConfig) -> dict:
         cfg.doctor,
         mask_dims=cfg.data.mask_dims,
         dataset_key=cfg.data.dataset_key,
-        base_stats=base_statistics(cfg),
+        base_stats=base_stats,
         quality=cfg.data.filter,
         success_only=cfg.data.success_only,
     )

@@ -68,7 +68,7 @@ class Diagnosis:
     """Ids of the episodes the statistics and per-dimension checks cover."""
     instruction_counts: Counter = field(default_factory=Counter)
     base: str | None = None
-    """The base statistics compared with, or why none were."""
+    """The file of the base statistics compared with; None when there were none."""
 
     def count(self, severity: str) -> int:
         return sum(f.severity == severity for f in self.findings)
@@ -103,7 +103,7 @@ def diagnose(
             )
         else:
             checked.append(episode)
-    checked, mismatched = _common_dims(checked, settings)
+    checked, mismatched = _common_dims(checked)
     findings += mismatched
     findings += episode_checks.camera_counts(episodes)
     findings += episode_checks.timestamps(episodes, settings)
@@ -161,7 +161,7 @@ def diagnose(
     return diagnosis
 
 
-def _common_dims(episodes: list[Episode], settings: DoctorSettings) -> tuple[list[Episode], list[Finding]]:
+def _common_dims(episodes: list[Episode]) -> tuple[list[Episode], list[Finding]]:
     """The episodes with the most common (action, state) size; an error for each other one."""
     if not episodes:
         return [], []

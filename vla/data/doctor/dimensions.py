@@ -8,6 +8,7 @@ episode each frame belongs to, so each finding can name its episodes, steps and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Group:
         bounds = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
         return cls(kind, names, np.concatenate(arrays).astype(np.float64), bounds, episode_ids)
 
-    @property
+    @cached_property
     def frame_episode(self) -> np.ndarray:
         """int [N]: the episode index of each frame."""
         return np.repeat(np.arange(len(self.episode_ids)), np.diff(self.bounds))
