@@ -385,3 +385,15 @@ def test_script_compares_with_the_configured_models_statistics(clean, tmp_path):
     (finding,) = result["findings"]
     assert (finding.check, finding.severity) == ("base_action_dim", "error")
     assert "8 dimensions" in finding.message and f"{model / 'config.json'}" in finding.message
+
+
+def test_script_refuses_a_bad_base_key_before_loading_the_data(clean, tmp_path):
+    save_statistics(tmp_path / "base.json", {KEY: compute_statistics(clean[:2])})
+    # The data folder does not exist: the base key's error must come first.
+    with pytest.raises(ConfigError, match=r"doctor.base_key='nope'.*\['sim_robot'\]"):
+        run_script(
+            tmp_path / "missing",
+            tmp_path / "run",
+            f"doctor.base_stats={tmp_path / 'base.json'}",
+            "doctor.base_key=nope",
+        )
