@@ -376,3 +376,36 @@ def test_a_truncated_faststart_video_is_caught_at_load_time(tmp_path):
     result = load_lerobot_dataset(tmp_path / "lr", on_error="skip")
     assert [s.episode_id for s in result.skipped] == ["episode_000001", "episode_000002"]
     assert all_frames(result.episodes[0]).shape == (5, SIZE, SIZE, 3)  # what is left decodes
+
+
+# -- the entry point and its config ------------------------------------------------------------------
+
+
+def test_convert_data_exports_a_loaded_dataset(tmp_path):
+    from conftest import compose_config, load_script
+
+    from vla.config import ConvertDataConfig
+
+    make_isaac_dataset(tmp_path / "isaac", n_episodes=2, steps=4)
+    overrides = [
+        "data=isaac",
+        f"data.root={tmp_path / 'isaac'}",
+        f"output_dir={tmp_path / 'lr'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "video=false",  # the factory's frames are noise: exact pixels need the Parquet images
+    ]
+    summary = load_script("convert_data").run(compose_config("convert_data", overrides, ConvertDataConfig))
+    assert (summary["episodes"], summary["frames"], summary["fps"], summary["skipped"]) == (2, 8, 30.0, [])
+    folders = load_isaac_episodes(tmp_path / "isaac").episodes
+    for a, b in zip(folders, load_lerobot_dataset(tmp_path / "lr").episodes, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(all_frames(a), all_frames(b))
+
+
+def test_format_keys_are_refused_where_they_are_not_read():
+    from vla.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.camera is read by data=lerobot\|hdf5 only"):
+        DataConfig(format="isaac", root="/x", camera="wrist")
+    with pytest.raises(ConfigError, match=r"data.instruction is read by data=hdf5 only"):
+        DataConfig(format="lerobot", root="/x", instruction="stack")

@@ -209,6 +209,13 @@ class DataConfig:
             raise ConfigError(f"data.token_noise={self.token_noise} must be a probability in [0, 1]")
         if self.token_noise_bins < 1:
             raise ConfigError(f"data.token_noise_bins={self.token_noise_bins} must be >= 1")
+        used_by = {"camera": ("lerobot", "hdf5"), "state_keys": ("lerobot", "hdf5"),
+                   "action_key": ("lerobot", "hdf5"), "instruction": ("hdf5",)}  # fmt: skip
+        for key, formats in used_by.items():
+            if getattr(self, key) is not None and self.format not in formats:
+                raise ConfigError(
+                    f"data.{key} is read by data={'|'.join(formats)} only, not data.format={self.format}"
+                )
         if self.format != "sample" and not self.root:
             raise ConfigError(
                 f"data.root is required for data.format={self.format} (data=isaac data.root=DIR)"
