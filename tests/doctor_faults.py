@@ -1,9 +1,10 @@
-"""The data doctor's seeded fault suite (tests/test_doctor.py): a small clean dataset built in memory
-and the faults injected into it, each with the check meant to flag it."""
+"""The data doctor's seeded fault suite (tests/test_doctor.py): a small clean dataset built in memory,
+the faults injected into it, each with the check meant to flag it, and writers of episodes to files."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -11,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vla.data.episodes import Episode
+from vla.data.isaac import write_isaac_episode
 from vla.data.statistics import compute_statistics, save_statistics
 
 # A small clean dataset that behaves like robot data: 40 episodes of 25 steps at 10 Hz (1,000 frames,
@@ -185,3 +187,36 @@ FAULTS = {
     "extra_action_dim": Fault("dim_mismatch", {"ep15"}, None, _extra_dim),
     "base_has_7_actions": Fault("base_action_dim", set(), None, _base_stats),
 }
+
+
+def write_folders(episodes: list[Episode], root: Path) -> None:
+    for e in episodes:
+        metadata = {"task_description": e.instruction, "success": True, "fps": e.fps}
+        write_isaac_episode(
+            {
+                "images": e.frames,
+                "actions": e.actions,
+                "states": e.states,
+                "timestamps": e.timestamps,
+                "metadata": metadata,
+            },
+            root / e.episode_id,
+        )
+
+
+def write_isaac_lab_hdf5(path: Path, episodes: list[Episode], wrist_short: int | None = None) -> None:
+    """Isaac Lab's recorder layout: data/demo_N/{actions, obs/joint_pos, obs/front_rgb, obs/wrist_rgb}."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Isaac-Stack-Cube-Franka-v0"})
+        data.attrs["total"] = sum(e.num_steps for e in episodes)
+        for i, e in enumerate(episodes):
+            demo = data.create_group(f"demo_{i}")
+            demo.attrs["num_samples"] = e.num_steps
+            demo.attrs["success"] = True
+            demo["actions"] = e.actions
+            demo["obs/joint_pos"] = e.states
+            demo["obs/front_rgb"] = e.frames
+            demo["obs/wrist_rgb"] = e.frames[: e.num_steps - 2] if i == wrist_short else e.frames

@@ -11,7 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from doctor_faults import EPISODES, FAULTS, FPS, KEY, MASK, STEPS, clean_episode, duplicate
+from doctor_faults import (
+    EPISODES,
+    FAULTS,
+    FPS,
+    KEY,
+    MASK,
+    STEPS,
+    clean_episode,
+    duplicate,
+    write_folders,
+    write_isaac_lab_hdf5,
+)
 
 from tests.conftest import ROOT, compose_config
 from vla.config import ConfigError
@@ -19,7 +30,6 @@ from vla.config.doctor import DoctorConfig, DoctorSettings
 from vla.data.doctor import CHECKS, diagnose
 from vla.data.doctor.report import write_report
 from vla.data.episodes import DataError, Episode, LoadResult
-from vla.data.isaac import write_isaac_episode
 from vla.data.statistics import compute_statistics, save_statistics
 
 
@@ -145,6 +155,15 @@ def test_gripper_is_told_from_a_joint_that_holds_two_poses(clean):
     assert finding.check == "gripper_range" and "its name" in finding.message
 
 
+def test_states_in_degrees_are_flagged_unless_that_check_is_off(clean):
+    episodes = copy.deepcopy(clean)
+    states = episodes[5].states.copy()
+    states[:, 0] *= 180 / np.pi
+    episodes[5] = dataclasses.replace(episodes[5], states=states)
+    assert [(f.check, f.dims) for f in check(episodes).findings] == [("unit_mixup", ["state/s0"])]
+    assert check(episodes, state_unit_limit=None).findings == []
+
+
 def test_skipped_episodes_are_reported_under_their_check():
     skipped = [
         ("ep_a", "episode 'ep_a' (/d/ep_a): 24 images in /d/ep_a/images but 25 actions in episode_data.npz"),
@@ -240,21 +259,6 @@ def test_a_failed_report_write_leaves_the_previous_report_whole(clean, tmp_path,
 # ---- scripts/doctor.py on Isaac episode folders written from the clean episodes ----
 
 
-def write_folders(episodes: list[Episode], root: Path) -> None:
-    for e in episodes:
-        metadata = {"task_description": e.instruction, "success": True, "fps": e.fps}
-        write_isaac_episode(
-            {
-                "images": e.frames,
-                "actions": e.actions,
-                "states": e.states,
-                "timestamps": e.timestamps,
-                "metadata": metadata,
-            },
-            root / e.episode_id,
-        )
-
-
 def run_script(root: Path, run_dir: Path, *overrides: str, data: str = "isaac") -> dict:
     sys.path.insert(0, str(ROOT / "scripts"))
     import doctor
@@ -329,24 +333,6 @@ def test_script_reads_a_lerobot_dataset_through_load_episodes(clean, tmp_path):
     assert [(f.check, f.episodes, f.dims) for f in result["findings"]] == [
         ("unit_mixup", ["episode_000005"], ["action/a1"])
     ]
-
-
-def write_isaac_lab_hdf5(path: Path, episodes: list[Episode], wrist_short: int | None = None) -> None:
-    """Isaac Lab's recorder layout: data/demo_N/{actions, obs/joint_pos, obs/front_rgb, obs/wrist_rgb}."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "Isaac-Stack-Cube-Franka-v0"})
-        data.attrs["total"] = sum(e.num_steps for e in episodes)
-        for i, e in enumerate(episodes):
-            demo = data.create_group(f"demo_{i}")
-            demo.attrs["num_samples"] = e.num_steps
-            demo.attrs["success"] = True
-            demo["actions"] = e.actions
-            demo["obs/joint_pos"] = e.states
-            demo["obs/front_rgb"] = e.frames
-            demo["obs/wrist_rgb"] = e.frames[: e.num_steps - 2] if i == wrist_short else e.frames
 
 
 def test_script_reads_isaac_lab_hdf5_and_counts_the_other_cameras_frames(clean, tmp_path):

@@ -42,6 +42,8 @@ class DoctorSettings:
     # more than a full turn, in radians) while the median episode's largest |value| stays below it. The
     # sample data's largest |value| anywhere is 5.1 (a joint velocity).
     unit_limit: float = 2 * math.pi
+    # The same for the states; null: not checked (fast joint velocities can pass 2 pi rad/s).
+    state_unit_limit: float | None = 2 * math.pi
     # A dimension frozen in an episode (one value for all its steps) while it moves in at least this
     # share of the episodes: a dead sensor or a column lost in a conversion. The sample data's states
     # move in every episode; its actions in at most 44% (each task moves its own joints).
@@ -65,7 +67,8 @@ class DoctorSettings:
     def __post_init__(self) -> None:
         check_choice("doctor.fail_on", self.fail_on, ("error", "warning"))
         positive = ["outlier_k", "max_jump", "unit_limit", "timestamp_gap", "fps_tolerance"]
-        positive += [key for key in ("state_outlier_k", "state_max_jump") if getattr(self, key) is not None]
+        optional = ("state_outlier_k", "state_max_jump", "state_unit_limit")
+        positive += [key for key in optional if getattr(self, key) is not None]
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"doctor.{key}={getattr(self, key)} must be > 0")

@@ -138,6 +138,7 @@ def diagnose(
         settings,
         outlier_k=settings.outlier_k,
         max_jump=settings.max_jump,
+        unit_limit=settings.unit_limit,
         mask=stats["action"]["mask"],
     )
     if first.state_dim:
@@ -148,6 +149,7 @@ def diagnose(
             settings,
             outlier_k=settings.state_outlier_k,
             max_jump=settings.state_max_jump,
+            unit_limit=settings.state_unit_limit,
         )
     if base_stats is not None:
         base, source = read_base_statistics(base_stats)

@@ -58,6 +58,7 @@ def check_group(
     *,
     outlier_k: float | None,
     max_jump: float | None,
+    unit_limit: float | None,
     mask: list[bool] | None = None,
 ) -> list[Finding]:
     """Every per-dimension check of one group. `summary` holds its exact statistics (min, max, q01,
@@ -70,7 +71,9 @@ def check_group(
         findings += outliers(group, q01, q99, outlier_k, settings)
     if max_jump is not None:
         findings += jumps(group, q01, q99, max_jump, settings)
-    findings += unit_mixups(group, settings) + frozen_dims(group, settings)
+    if unit_limit is not None:
+        findings += unit_mixups(group, unit_limit, settings)
+    findings += frozen_dims(group, settings)
     if mask is not None:
         findings += gripper_ranges(group, mask, settings)
     return findings
@@ -183,10 +186,9 @@ def jumps(
     return findings
 
 
-def unit_mixups(group: Group, settings: DoctorSettings) -> list[Finding]:
+def unit_mixups(group: Group, limit: float, settings: DoctorSettings) -> list[Finding]:
     largest = group.per_episode(np.maximum, np.abs(group.values))  # [E, D]
     typical = np.median(largest, axis=0)
-    limit = settings.unit_limit
     findings = []
     for d in np.flatnonzero(typical <= limit):
         bad = np.flatnonzero(largest[:, d] > limit)
