@@ -442,8 +442,6 @@ def test_simulator_episodes_through_lerobot_give_the_same_training_samples(tmp_p
         )
         module = VLADataModule.for_run(cfg.data, cfg)
         stats = module.prepare()
-        torch_seed = __import__("torch").manual_seed(0)  # the same tiny model for both
-        assert torch_seed is not None
         module.attach(build_base_model(cfg.model, QuantizationConfig(), stats, cfg.augment.crop_scale))
         module.setup("fit")
         modules[name] = module
