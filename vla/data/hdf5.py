@@ -149,7 +149,12 @@ def load_hdf5_demos(
             try:
                 env_args = json.loads(_text_attr(data.attrs, "env_args") or "{}")
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}") from exc
+                if on_error == "raise":
+                    raise DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}") from exc
+                record_skip(
+                    skipped, path.name, DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}")
+                )
+                continue
             names = sorted(
                 (k for k in data if isinstance(data[k], h5py.Group)), key=lambda k: natural_sort_key(Path(k))
             )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,8 @@ from vla.data.episodes import (
     drop_inconsistent_dims,
     record_skip,
 )
-from vla.data.limits import image_to_rgb8, load_json
+from vla.data.lerobot_meta import read_episode_table, read_info, read_parquet, read_tasks, resolve_root
+from vla.data.limits import image_to_rgb8
 from vla.data.video import VideoClip, frames_decode, probe_video
 
 log = logging.getLogger(__name__)
@@ -77,85 +77,6 @@ def _decode_png(data: bytes | None, where: str, t: int) -> np.ndarray:
         raise DataError(f"{where}: frame {t}: cannot decode the image: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_root(root: str | Path) -> Path:
-    """`root` as a local dataset folder. A hub id (`owner/name`) that is not a local folder is an error
-    saying how to get it: this reader never downloads (training machines here have no hub access)."""
-    path = Path(root)
-    if path.is_dir():
-        return path
-    if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(root)):
-        raise DataError(
-            f"data.root={root}: no such folder; to use the hub dataset {root}, download it where a network "
-            f"exists (huggingface-cli download --repo-type dataset {root} --local-dir DIR) and pass data.root=DIR"
-        )
-    raise DataError(f"{root}: not a folder (expected a LeRobotDataset v3 folder with meta/info.json)")
-
-
-def read_info(root: Path) -> dict[str, Any]:
-    path = root / "meta" / "info.json"
-    if not path.is_file():
-        raise DataError(f"{root}: missing {path}; not a LeRobotDataset (v3 keeps its metadata in meta/)")
-    info = load_json(path, str(root))
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: must hold a JSON object")
-    missing = [k for k in ("codebase_version", "fps", "features", "data_path") if k not in info]
-    if missing:
-        raise DataError(f"{path}: missing keys {missing}")
-    version = str(info["codebase_version"])
-    if not version.startswith("v3"):
-        raise DataError(
-            f"{path}: codebase_version {version}; this reader reads v3 datasets (convert a v2.1 dataset with "
-            "LeRobot's lerobot.datasets.v30.convert_dataset_v21_to_v30)"
-        )
-    if not isinstance(info["features"], dict) or not all(
-        isinstance(f, dict) for f in info["features"].values()
-    ):
-        raise DataError(f"{path}: 'features' must map each key to its dtype/shape")
-    return info
-
-
-def _read_parquet(path: Path, where: str, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise DataError(f"{where}: missing {path}")
-    try:
-        return pq.read_table(path, columns=columns)
-    except Exception as exc:  # ArrowInvalid for truncated or corrupt files, KeyError-like for columns
-        raise DataError(f"{where}: cannot read {path}: {type(exc).__name__}: {exc}") from exc
-
-
-def read_tasks(root: Path) -> dict[int, str]:
-    """task_index -> task. LeRobot writes a pandas frame indexed by the task string (column `task` or
-    pandas' `__index_level_0__`)."""
-    path = root / "meta" / "tasks.parquet"
-    table = _read_parquet(path, str(root))
-    names = table.column_names
-    text = next((c for c in ("task", "__index_level_0__") if c in names), None)
-    if "task_index" not in names or text is None:
-        raise DataError(f"{path}: expected columns task_index and task, found {names}")
-    return dict(zip(table["task_index"].to_pylist(), table[text].to_pylist(), strict=True))
-
-
-def read_episode_table(root: Path) -> list[dict[str, Any]]:
-    """The rows of meta/episodes (all files, in episode order), without the per-episode statistics."""
-    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-    if not files:
-        raise DataError(f"{root}: no episode table (meta/episodes/chunk-*/file-*.parquet)")
-    rows = []
-    for path in files:
-        table = _read_parquet(path, str(root))
-        table = table.select([c for c in table.column_names if not c.startswith("stats/")])
-        rows.extend(table.to_pylist())
-    for row in rows:
-        for key in ("episode_index", "length", "data/chunk_index", "data/file_index"):
-            if not isinstance(row.get(key), int):
-                raise DataError(
-                    f"{root}/meta/episodes: a row lacks an integer {key!r}: {row.get('episode_index')}"
-                )
-    return sorted(rows, key=lambda row: row["episode_index"])
-
-
 def _column_matrix(table, key: str, where: str) -> np.ndarray:
     """A Parquet column of vectors (list / fixed-size list) or scalars as a [N, D] array."""
     import pyarrow as pa
@@ -180,7 +101,7 @@ class _DataFile:
 
     def __init__(self, path: Path, keys: list[str], image_keys: list[str]):
         where = f"data file {path}"
-        table = _read_parquet(path, where)
+        table = read_parquet(path, where)
         missing = [
             k for k in [*keys, *image_keys, "episode_index", "frame_index"] if k not in table.column_names
         ]

@@ -32,16 +32,19 @@ from typing import Any
 import numpy as np
 
 from vla.data.episodes import DataError, Episode
+from vla.data.lerobot_meta import (
+    CHUNKS_SIZE,
+    CODEBASE_VERSION,
+    DATA_PATH,
+    EPISODES_PATH,
+    VIDEO_PATH,
+    ImageStats,
+    vector_stats,
+)
 from vla.data.video import encode_video
 
 log = logging.getLogger(__name__)
 
-CODEBASE_VERSION = "v3.0"
-DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-CHUNKS_SIZE = 1000  # files per chunk folder (LeRobot's DEFAULT_CHUNK_SIZE)
-QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
@@ -49,62 +52,6 @@ def camera_key(name: str | None) -> str:
     """LeRobot's feature key for a camera: `observation.images.<name>` (a key already of that form is kept)."""
     name = name or "front"
     return name if name.startswith("observation.images.") else f"observation.images.{name}"
-
-
-def vector_stats(values: np.ndarray) -> dict[str, Any]:
-    """Statistics of [N, D] values over all N frames (not averaged per episode)."""
-    values = np.asarray(values, dtype=np.float64)
-    stats = {
-        "min": values.min(axis=0),
-        "max": values.max(axis=0),
-        "mean": values.mean(axis=0),
-        "std": values.std(axis=0),
-        "count": [len(values)],
-    }
-    for q in QUANTILES:
-        stats[f"q{round(q * 100):02d}"] = np.quantile(values, q, axis=0)
-    return {k: v if isinstance(v, list) else v.tolist() for k, v in stats.items()}
-
-
-class ImageStats:
-    """Per-channel statistics of uint8 frames in [0, 1], exact: integer sums and a 256-level histogram."""
-
-    def __init__(self) -> None:
-        self.histogram = np.zeros((3, 256), dtype=np.int64)
-        self.frames = 0
-
-    def add(self, frames: np.ndarray) -> None:
-        self.frames += len(frames)
-        for c in range(3):
-            self.histogram[c] += np.bincount(frames[..., c].ravel(), minlength=256)
-
-    def result(self) -> dict[str, Any]:
-        levels = np.arange(256, dtype=np.float64)
-        n = self.histogram.sum(axis=1)  # pixels per channel
-        mean = (self.histogram * levels).sum(axis=1) / n
-        var = (self.histogram * (levels - mean[:, None]) ** 2).sum(axis=1) / n
-        cumulative = np.cumsum(self.histogram, axis=1)
-        stats: dict[str, Any] = {
-            "min": [float(np.flatnonzero(h)[0]) for h in self.histogram],
-            "max": [float(np.flatnonzero(h)[-1]) for h in self.histogram],
-            "mean": mean,
-            "std": np.sqrt(var),
-        }
-        for q in QUANTILES:  # numpy's default (linear) quantile of the sorted pixel values
-            values = []
-            for c in range(3):
-                position = q * (n[c] - 1)
-                low, high = int(np.floor(position)), int(np.ceil(position))
-                v_low = np.searchsorted(cumulative[c], low, side="right")
-                v_high = np.searchsorted(cumulative[c], high, side="right")
-                values.append(v_low + (position - low) * (v_high - v_low))
-            stats[f"q{round(q * 100):02d}"] = values
-        # LeRobot's image statistics: [3, 1, 1] in [0, 1].
-        out = {
-            k: [[[float(v) / 255.0]] for v in np.asarray(vals, dtype=np.float64)] for k, vals in stats.items()
-        }
-        out["count"] = [self.frames]
-        return out
 
 
 def _common_fps(episodes: Sequence[Episode], fps: float | None) -> float:
@@ -120,11 +67,14 @@ def _common_fps(episodes: Sequence[Episode], fps: float | None) -> float:
 
 
 def _names(episodes: Sequence[Episode], dim: int, kind: str) -> list[str] | None:
-    names = episodes[0].metadata.get("joint_names")
-    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
-        return list(names)
-    names = episodes[0].metadata.get(f"{kind}_names")
-    return list(names) if isinstance(names, list) and len(names) == dim else None
+    """The dimension names the source recorded (`action_names` / `state_names`, or an action's
+    `joint_names`), when they fit."""
+    metadata = episodes[0].metadata
+    for key in (f"{kind}_names", "joint_names" if kind == "action" else None):
+        names = metadata.get(key) if key else None
+        if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
 
 
 def _cameras(episodes: Sequence[Episode]) -> list[tuple[str, str | None]]:
