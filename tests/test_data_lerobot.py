@@ -16,7 +16,7 @@ from vla.data.cache import build_frame_cache
 from vla.data.datamodule import load_episodes
 from vla.data.episodes import DataError, Episode
 from vla.data.isaac import load_isaac_episodes
-from vla.data.lerobot import load_lerobot_dataset
+from vla.data.lerobot import ParquetImages, load_lerobot_dataset
 from vla.data.lerobot_writer import write_lerobot_dataset
 from vla.data.statistics import compute_statistics
 from vla.data.video import VideoClip
@@ -100,9 +100,15 @@ def test_round_trip_images_in_parquet_is_exact(episodes, tmp_path):
     root = write(episodes, tmp_path / "lr", use_video=False)
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["features"]["observation.images.front"]["dtype"] == "image" and info["video_path"] is None
-    for original, back in zip(episodes, load_lerobot_dataset(root).episodes, strict=True):
-        assert back.video is None
-        np.testing.assert_array_equal(back.frames, original.frames)
+    loaded = load_lerobot_dataset(root).episodes
+    for original, back in zip(episodes, loaded, strict=True):
+        assert isinstance(back.video, ParquetImages)  # kept encoded until needed
+        np.testing.assert_array_equal(all_frames(back), original.frames)
+    # The frame cache keys them by the data file and episode, like video clips.
+    resize = ImageTransform(size=16, means=[(0.5,) * 3], stds=[(0.5,) * 3]).resize
+    frames = build_frame_cache(loaded, resize, 16, tmp_path / "cache", progress=False)
+    assert isinstance(frames[2], np.memmap)
+    np.testing.assert_array_equal(frames[2][4], resize(episodes[2].frames[4]))
 
 
 def test_layout_is_lerobots_v3(episodes, tmp_path):

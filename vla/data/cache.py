@@ -12,10 +12,10 @@ Writes are atomic: the index is removed first, the array is written to a tempora
 then the index is written the same way. An interrupted build therefore leaves no index (or one that no
 longer matches), and the next run rebuilds that entry.
 
-Episodes whose frames are a clip of a video file (LeRobot's MP4s, `vla.data.video`) are cached the same
-way: the index records the video file's (path, size, mtime_ns) and the clip's start and length, so the
-video is decoded once, not once per epoch. Episodes whose frames are already in memory (pickle demos,
-HDF5, LeRobot's images stored in Parquet) have no per-frame source files; they are resized once into
+Episodes whose frames are kept encoded (`Episode.video`: a clip of a video file, LeRobot's images stored
+in Parquet) are cached the same way: the index records their fingerprint (the file's path, size and
+mtime_ns and the episode's span), so a video is decoded once, not once per epoch. Episodes whose frames
+are already in memory (pickle demos, HDF5) have no per-frame source files; they are resized once into
 memory instead of going to disk.
 """
 

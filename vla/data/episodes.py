@@ -21,7 +21,7 @@ from PIL import Image
 
 # DataError lives with the limits (vla.data.limits); the loaders import it from here.
 from vla.data.limits import DataError, check_image_size, check_instruction, read_image  # noqa: F401
-from vla.data.video import VideoClip
+from vla.data.video import LazyFrames
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class Episode:
     """One demonstration, T steps long.
 
     Step t pairs the observation (frame t, `states[t]`) with the action to take, `actions[t]`.
-    Exactly one of `frame_paths` (image files, decoded lazily), `video` (a clip of a video file, decoded
-    lazily) and `frames` (held in memory) is set: the frames of camera `camera`, the model's input.
+    Exactly one of `frame_paths` (image files, decoded lazily), `video` (encoded frames such as a clip of
+    a video file, decoded lazily) and `frames` (held in memory) is set: the frames of camera `camera`, the model's input.
     Other cameras of the episode are in `cameras`, not decoded until `camera_frames(name)`.
     """
 
@@ -73,8 +73,9 @@ class Episode:
     """T image files (PNG/JPEG), one per step."""
     frames: np.ndarray | None = None
     """uint8 [T, H, W, 3] RGB."""
-    video: VideoClip | None = None
-    """T frames of a video file (LeRobot's MP4s), decoded on access (`vla.data.video`)."""
+    video: LazyFrames | None = None
+    """T encoded frames decoded on access (`vla.data.video.LazyFrames`): a clip of a video file
+    (LeRobot's MP4s) or LeRobot images stored inside Parquet."""
     camera: str | None = None
     """Which camera the frames are, where the format names its cameras (LeRobot's feature key, the
     HDF5 observation key)."""
@@ -143,7 +144,7 @@ class Episode:
         if self.frames is not None:
             return self.frames[t]
         if self.video is not None:
-            return self.video.load()[t]  # the clip is decoded once for its T frames (decode_clip)
+            return self.video.load()[t]  # decoded once for its T frames (the last clip is kept)
         return read_image(self.frame_paths[t], f"episode {self.episode_id!r}")
 
     def camera_frames(self, name: str) -> np.ndarray:

@@ -23,6 +23,7 @@ every episode of an unreadable data or video file) is left out and reported.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -55,13 +56,37 @@ SPAN_TOLERANCE_FRAMES = 0.5
 
 
 class ParquetImages:
-    """A camera stored as encoded images inside Parquet (dtype "image"), decoded by `load()`."""
+    """A camera stored as encoded images inside a Parquet data file (dtype "image"): the episode's
+    image bytes, decoded by `load()` (memoized like `decode_clip`)."""
 
-    def __init__(self, images: list[bytes], where: str):
-        self.images, self.where = images, where
+    def __init__(self, images: list[bytes | None], data_file: Path, episode_index: int, key: str, where: str):
+        self.images, self.data_file, self.episode_index, self.key, self.where = (
+            images,
+            data_file,
+            episode_index,
+            key,
+            where,
+        )
+        self.num_frames = len(images)
+
+    def fingerprint(self) -> list[Any]:
+        stat = self.data_file.stat()
+        return [str(self.data_file.resolve()), stat.st_size, stat.st_mtime_ns, self.episode_index, self.key]
+
+    def check(self) -> None:
+        """The first and last images decode (the others are decoded when the frame cache is built)."""
+        for t in {0, self.num_frames - 1}:
+            _decode_png(self.images[t], self.where, t)
 
     def load(self) -> np.ndarray:
-        return np.stack([_decode_png(data, self.where, t) for t, data in enumerate(self.images)])
+        return _decode_images(self)
+
+
+@functools.lru_cache(maxsize=1)
+def _decode_images(images: ParquetImages) -> np.ndarray:
+    frames = np.stack([_decode_png(data, images.where, t) for t, data in enumerate(images.images)])
+    frames.flags.writeable = False
+    return frames
 
 
 def _decode_png(data: bytes | None, where: str, t: int) -> np.ndarray:
@@ -101,6 +126,7 @@ class _DataFile:
 
     def __init__(self, path: Path, keys: list[str], image_keys: list[str]):
         where = f"data file {path}"
+        self.path = path
         table = read_parquet(path, where)
         missing = [
             k for k in [*keys, *image_keys, "episode_index", "frame_index"] if k not in table.column_names
@@ -258,7 +284,7 @@ def _episode(
     if isinstance(main, VideoClip):
         _check_span(root, info, row, camera, main, fps, episode_id)
     else:
-        main = main.load()
+        main.check()
     return Episode(
         episode_id=episode_id,
         source="lerobot",
@@ -270,8 +296,7 @@ def _episode(
         success=row.get("success") if isinstance(row.get("success"), bool) else None,
         fps=fps,
         timestamps=timestamps,
-        frames=main if isinstance(main, np.ndarray) else None,
-        video=main if isinstance(main, VideoClip) else None,
+        video=main,
         camera=camera,
         cameras=sources,
         metadata={
@@ -286,7 +311,8 @@ def _episode(
 
 def _camera_source(root, info, row, key, rows, data, steps, fps, episode_id) -> VideoClip | ParquetImages:
     if key in data.images:
-        return ParquetImages([data.images[key][r] for r in rows], f"episode {episode_id!r} ({root}): {key!r}")
+        where = f"episode {episode_id!r} ({data.path}): {key!r}"
+        return ParquetImages([data.images[key][r] for r in rows], data.path, row["episode_index"], key, where)
     needed = [f"videos/{key}/{k}" for k in ("chunk_index", "file_index", "from_timestamp")]
     if any(row.get(k) is None for k in needed):
         raise DataError(f"episode {episode_id!r} ({root}/meta/episodes): no {needed} for video {key!r}")
@@ -301,7 +327,7 @@ def _drop_unreadable_video(episodes: list[Episode], on_error: OnError, skipped: 
     (header first) fails here, at load time, rather than when the frame cache is built."""
     by_file: dict[Path, list[Episode]] = {}
     for episode in episodes:
-        if episode.video is not None:
+        if isinstance(episode.video, VideoClip):
             by_file.setdefault(episode.video.path, []).append(episode)
     bad = set()
     for path, group in by_file.items():

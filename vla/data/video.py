@@ -20,11 +20,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from vla.data.limits import MAX_IMAGE_PIXELS, DataError
+
+
+class LazyFrames(Protocol):
+    """An episode's frames kept encoded until needed (`Episode.video`): a `VideoClip`, or
+    `vla.data.lerobot.ParquetImages` (LeRobot images stored inside Parquet)."""
+
+    num_frames: int
+
+    def load(self) -> np.ndarray:
+        """All frames, uint8 [T, H, W, 3] RGB; the last one loaded is kept, so frame-by-frame reads
+        decode once."""
+
+    def fingerprint(self) -> list[Any]:
+        """What the decoded frames depend on (the frame cache's key)."""
 
 
 @dataclass(frozen=True)
