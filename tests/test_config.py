@@ -22,6 +22,7 @@ from vla.config import (
     TrainConfig,
 )
 from vla.config.deploy import BenchServeConfig, RunRobotConfig, ServeConfig
+from vla.config.learn import LearnOnlineConfig
 
 # Each entry point's config (conf/<name>.yaml), its schema and the keys it needs from the command line
 # (the ones Hydra fills from its run folder are given here, as no app is running).
@@ -39,6 +40,7 @@ STAGES = {
     "serve": (ServeConfig, ["checkpoint=some/export"]),
     "run_robot": (RunRobotConfig, ["output_dir=/tmp/never-written"]),
     "bench_serve": (BenchServeConfig, ["output_dir=/tmp/never-written"]),
+    "learn_online": (LearnOnlineConfig, ["start=some/run", "output_dir=/tmp/never-written"]),
 }
 # Group choices that need a key of their own.
 CHOICE_OVERRIDES = {
