@@ -24,6 +24,7 @@ LAYERS = {
     "inference": 4,
     "export": 5,
     "deploy": 5,  # the policy server and the robot client (issue 23): above inference, beside export
+    "learn": 6,  # continuous learning (issue 24): deploys, records, trains and evaluates
 }
 # The simulator writes its episodes with the data package's writer; nothing else of data.
 SIM_MAY_IMPORT = {"vla.data.isaac", "vla.data.episodes"}
