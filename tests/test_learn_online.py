@@ -77,6 +77,9 @@ def test_shipped_config_composes_and_bad_values_name_the_key(tmp_path):
         ("learn.eval_seed=5", "learn.eval_seed"),
         ("learn.beta0=1.5", "learn.beta0"),
         ("sim.safety.enabled=false", "sim.safety.enabled"),
+        ("train.val_check_interval=5", "train.val_check_interval"),
+        ("train.lr=2", "train.lr"),
+        ("learn.episodes_per_task=0", "learn.episodes_per_task"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             learn_config(tmp_path, tmp_path, [override])

@@ -38,13 +38,13 @@ class RoundTraining:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or not 1 <= self.val_check_interval <= self.max_steps:
             raise ConfigError(
-                f"learn.train: max_steps={self.max_steps} must be >= 1 and val_check_interval="
+                f"train.max_steps={self.max_steps} must be >= 1 and train.val_check_interval="
                 f"{self.val_check_interval} in [1, max_steps]"
             )
         if self.lr is not None and not 0 < self.lr < 1:
-            raise ConfigError(f"learn.train.lr={self.lr} must be in (0, 1) (or null: the start run's)")
+            raise ConfigError(f"train.lr={self.lr} must be in (0, 1) (or null: the start run's)")
         if self.warmup_steps < 0:
-            raise ConfigError(f"learn.train.warmup_steps={self.warmup_steps} must be >= 0")
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
 
 
 @dataclass
