@@ -60,7 +60,9 @@ def time_queries(predict, n: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--chunk", type=int, default=5, help="K: actions per query")
     parser.add_argument("--queries", type=int, default=30, help="timed queries per head and backend")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
@@ -106,7 +108,9 @@ def main() -> None:
             policy = OnnxPolicy(folder / "model", folder / "onnx", threads=args.threads)
             for backend, predictor in (("torch", model), ("onnxruntime", policy)):
                 with torch.no_grad():
-                    times = time_queries(lambda p=predictor: p.predict(image, text, proprio=state), args.queries)
+                    times = time_queries(
+                        lambda p=predictor: p.predict(image, text, proprio=state), args.queries
+                    )
                 rows.append((name, backend, statistics.median(times), float(np.percentile(times, 99))))
     baseline = {backend: p50 for name, backend, p50, _ in rows if name == "tokens, autoregressive"}
     print("\n| head | backend | chunk p50 ms | chunk p99 ms | actions/s | speed-up vs autoregressive |")

@@ -238,7 +238,9 @@ def test_bench_heads_script_times_every_head_on_both_backends(capsys, monkeypatc
 
     monkeypatch.setattr(sys, "argv", ["bench_heads.py", "--chunk", "2", "--queries", "1", "--state"])
     load_script("bench_heads").main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line
+    ]
     rows = [r for r in rows if not r.startswith("| ---")]
     heads = [(r.split(" | ")[0].lstrip("| "), r.split(" | ")[1]) for r in rows]
     assert heads == [

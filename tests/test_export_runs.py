@@ -221,7 +221,12 @@ def test_l1_proprio_lora_run_exports_like_the_adapter_model(tmp_path, isaac_root
         meta = json.loads(meta_file.read_text())
         meta_file.write_text(json.dumps({**meta, "grounding": [0.5 - 0.25 * i, -0.5]}))
     data = ["data=isaac", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    head = ["model.action_head=l1", "model.proprio=true", "model.layout.chunk_size=2", "model.layout.grounding=2"]
+    head = [
+        "model.action_head=l1",
+        "model.proprio=true",
+        "model.layout.chunk_size=2",
+        "model.layout.grounding=2",
+    ]
     train(run_dir, [*data, *head, "lora=efficient", "lora.r=8", "lora.alpha=16"])
     samples = held_out_samples(load_train_config(run_dir), 4, "val")
     assert samples.states.shape == (len(samples.images), 47)

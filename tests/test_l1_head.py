@@ -303,8 +303,17 @@ def grounded_episodes(d: int = 2) -> list[Episode]:
         frames = np.stack([np.full((SIZE, SIZE, 3), 60 * i + 20 * t, np.uint8) for t in range(4)])
         actions = np.linspace(-0.5, 0.5, 4 * d, dtype=np.float32).reshape(4, d) * (1 - 2 * i)
         episodes.append(
-            Episode(f"e{i}", "pickle", Path("."), "move", ["move"], actions, np.zeros((4, 0), np.float32),
-                    frames=frames, metadata=meta)
+            Episode(
+                f"e{i}",
+                "pickle",
+                Path("."),
+                "move",
+                ["move"],
+                actions,
+                np.zeros((4, 0), np.float32),
+                frames=frames,
+                metadata=meta,
+            )
         )
     return episodes
 
@@ -323,7 +332,11 @@ def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
     grounding = dataset_grounding(episodes, 3, optional=True)
     assert np.isnan(grounding[1]).all()
     dataset = VLADataset(
-        episodes, model.processor, model.action_tokenizer, statistics(d, 0)["k"]["action"], grounding=grounding
+        episodes,
+        model.processor,
+        model.action_tokenizer,
+        statistics(d, 0)["k"]["action"],
+        grounding=grounding,
     )
     batch = collate([dataset[i] for i in range(len(dataset))], model.processor.tokenizer.pad_token_id)
     pixels = model.processor.image_transform.normalize_batch(batch["images"])
@@ -354,7 +367,9 @@ def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
     pred = model.predict(frames, ["move"] * 2)
     assert pred.grounding.shape == (2, 3)
     np.testing.assert_allclose(pred.grounding[0], [0.5, -0.25, 0.8], atol=0.05)
-    metrics = head.teacher_forced(model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d).metrics
+    metrics = head.teacher_forced(
+        model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d
+    ).metrics
     assert metrics["grounding_l1"] < 0.05
 
     model.save_pretrained(tmp_path)

@@ -84,7 +84,9 @@ def test_execute_steps_re_queries_after_that_many_chunk_steps(robot, execute):
     """`execute_steps=N` runs the first N steps of each 8-step chunk, then asks again: ceil(steps / N)
     queries per task instead of ceil(steps / 8)."""
     policy = RecordingPolicy(8)
-    evaluate_policy(policy, settings(tasks=["turn_torso"], episodes_per_task=1, execute_steps=execute), robot=robot)
+    evaluate_policy(
+        policy, settings(tasks=["turn_torso"], episodes_per_task=1, execute_steps=execute), robot=robot
+    )
     assert len(policy.calls) == math.ceil(round(EPISODE_SECONDS["turn_torso"] * 25) / execute)
     with pytest.raises(ConfigError, match=r"execute_steps=0 must be >= 1"):
         settings(execute_steps=0)
