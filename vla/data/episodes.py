@@ -274,3 +274,26 @@ def drop_inconsistent_dims(
             raise error
         record_skip(skipped, episode.episode_id, error)
     return kept
+
+
+def finish_loading(
+    episodes: list[Episode],
+    skipped: list[SkippedEpisode],
+    *,
+    expected_action_dim: int | None,
+    expected_state_dim: int | None,
+    on_error: OnError,
+    empty: str,
+) -> LoadResult:
+    """Every loader's last step: the episodes whose sizes agree (`drop_inconsistent_dims`), or a
+    DataError `empty` (what was read, and why nothing is left) when none is usable."""
+    episodes = drop_inconsistent_dims(
+        episodes,
+        expected_action_dim=expected_action_dim,
+        expected_state_dim=expected_state_dim,
+        on_error=on_error,
+        skipped=skipped,
+    )
+    if not episodes:
+        raise DataError(f"{empty} ({len(skipped)} skipped: {[s.episode_id for s in skipped]})")
+    return LoadResult(episodes=episodes, skipped=skipped)

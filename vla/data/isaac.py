@@ -24,7 +24,7 @@ from vla.data.episodes import (
     as_float_matrix,
     check_image_file,
     check_on_error,
-    drop_inconsistent_dims,
+    finish_loading,
     natural_sort_key,
     record_skip,
 )
@@ -76,19 +76,14 @@ def load_isaac_episodes(
                 raise
             record_skip(skipped, episode_dir.name, error)
 
-    episodes = drop_inconsistent_dims(
+    return finish_loading(
         episodes,
+        skipped,
         expected_action_dim=expected_action_dim,
         expected_state_dim=expected_state_dim,
         on_error=on_error,
-        skipped=skipped,
+        empty=f"{root}: no usable episodes ({len(episode_dirs)} folders)",
     )
-    if not episodes:
-        raise DataError(
-            f"{root}: no usable episodes ({len(episode_dirs)} folders, {len(skipped)} skipped: "
-            f"{[s.episode_id for s in skipped]})"
-        )
-    return LoadResult(episodes=episodes, skipped=skipped)
 
 
 def read_metadata(episode_dir: Path) -> dict[str, Any]:

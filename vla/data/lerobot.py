@@ -41,7 +41,7 @@ from vla.data.episodes import (
     SkippedEpisode,
     as_float_matrix,
     check_on_error,
-    drop_inconsistent_dims,
+    finish_loading,
     record_skip,
 )
 from vla.data.lerobot_meta import read_episode_table, read_info, read_parquet, read_tasks, resolve_root
@@ -227,16 +227,14 @@ def load_lerobot_dataset(
                 raise
             record_skip(skipped, episode_id, error)
     episodes = _drop_unreadable_video(episodes, on_error, skipped)
-    episodes = drop_inconsistent_dims(
+    return finish_loading(
         episodes,
+        skipped,
         expected_action_dim=expected_action_dim,
         expected_state_dim=expected_state_dim,
         on_error=on_error,
-        skipped=skipped,
+        empty=f"{root}: no usable episodes ({len(rows)} in the table)",
     )
-    if not episodes:
-        raise DataError(f"{root}: no usable episodes ({len(rows)} in the table, {len(skipped)} skipped)")
-    return LoadResult(episodes=episodes, skipped=skipped)
 
 
 def _episode(

@@ -20,7 +20,7 @@ from vla.data.episodes import (
     SkippedEpisode,
     as_float_matrix,
     check_on_error,
-    drop_inconsistent_dims,
+    finish_loading,
     natural_sort_key,
     record_skip,
 )
@@ -94,18 +94,14 @@ def load_pickle_demos(
                     raise
                 record_skip(skipped, episode_id, error)
 
-    episodes = drop_inconsistent_dims(
+    return finish_loading(
         episodes,
+        skipped,
         expected_action_dim=expected_action_dim,
         expected_state_dim=expected_state_dim,
         on_error=on_error,
-        skipped=skipped,
+        empty=f"{path}: no usable demos",
     )
-    if not episodes:
-        raise DataError(
-            f"{path}: no usable demos ({len(skipped)} skipped: {[s.episode_id for s in skipped]})"
-        )
-    return LoadResult(episodes=episodes, skipped=skipped)
 
 
 def _demo_to_episode(
