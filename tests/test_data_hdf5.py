@@ -199,3 +199,78 @@ def test_truncated_or_foreign_files(tmp_path, demos):
         load_hdf5_demos(tmp_path / "c.h5")
     with pytest.raises(DataError, match=r"no such file or folder"):
         load_hdf5_demos(tmp_path / "missing.hdf5")
+
+
+@pytest.mark.slow
+def test_simulator_episodes_through_hdf5_give_the_same_training_samples(tmp_path):
+    """The issue's round trip for HDF5: simulator episodes written in Isaac Lab's recorder layout (one
+    demo per episode, the camera and the robot state as obs terms, the instruction as the demo's
+    `language_instruction`) give the training samples of the episode folders exactly, pixels
+    included (HDF5 stores the frames losslessly)."""
+    from conftest import compose_config
+
+    from vla.config import QuantizationConfig, TrainConfig
+    from vla.config.sim import SampleDataSettings, SimSettings
+    from vla.data.datamodule import VLADataModule
+    from vla.data.isaac import load_isaac_episodes
+    from vla.sim.episodes import generate_dataset
+    from vla.training.build import build_base_model
+
+    generate_dataset(
+        SampleDataSettings(episodes_per_task=2, sim=SimSettings(image_size=64)),
+        tmp_path / "sim",
+        progress=False,
+    )
+    episodes = load_isaac_episodes(tmp_path / "sim").episodes
+    with h5py.File(tmp_path / "sim.hdf5", "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "athena", "type": 2})
+        for episode in episodes:
+            demo = data.create_group(episode.episode_id)
+            demo.attrs["num_samples"] = episode.num_steps
+            demo.attrs["success"] = np.bool_(True)
+            demo.attrs["language_instruction"] = episode.instruction
+            demo.create_dataset("actions", data=episode.actions, compression="gzip")
+            demo.create_dataset("obs/robot_state", data=episode.states, compression="gzip")
+            frames = np.stack([episode.frame(t) for t in range(episode.num_steps)])
+            demo.create_dataset("obs/rgb", data=frames, compression="gzip")
+    common = ["run_dir=/tmp/never-written"]
+    sources = {
+        "folders": ["data=isaac", f"data.root={tmp_path / 'sim'}"],
+        "hdf5": [
+            "data=hdf5",
+            f"data.root={tmp_path / 'sim.hdf5'}",
+            "data.camera=rgb",
+            "data.state_keys=[robot_state]",
+            "data.dataset_key=athena_isaac",
+        ],
+    }
+    sets, stats = {}, {}
+    for name, overrides in sources.items():
+        cfg = compose_config(
+            "train", [*overrides, *common, f"paths.cache_dir={tmp_path / name}"], TrainConfig
+        )
+        module = VLADataModule.for_run(cfg.data, cfg)
+        stats[name] = module.prepare()
+        module.attach(build_base_model(cfg.model, QuantizationConfig(), stats[name], cfg.augment.crop_scale))
+        module.setup("fit")
+        sets[name] = (module.train_set, module.val_set)
+    assert stats["folders"] == stats["hdf5"]
+    assert sum(len(s) for s in sets["folders"]) == sum(e.num_steps for e in episodes)
+    for a, b in zip(sets["folders"], sets["hdf5"], strict=True):
+        assert len(a) == len(b)
+        for i in range(len(a)):
+            x, y = a[(0, i)], b[(0, i)]
+            for key in (
+                "input_ids",
+                "labels",
+                "actions",
+                "action_steps",
+                "states",
+                "images",
+                "episode",
+                "step",
+            ):
+                np.testing.assert_array_equal(
+                    np.asarray(x[key]), np.asarray(y[key]), err_msg=f"sample {i} {key}"
+                )
