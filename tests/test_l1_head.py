@@ -14,7 +14,15 @@ from data_factories import make_isaac_dataset, write_isaac_episode
 from safetensors.torch import load_file
 
 from tests.conftest import compose_config
-from vla.config import LayoutConfig, ModelConfig, QuantizationConfig, TinyArchitecture, TrainConfig
+from vla.config import (
+    ConfigError,
+    LayoutConfig,
+    LoraConfig,
+    ModelConfig,
+    QuantizationConfig,
+    TinyArchitecture,
+    TrainConfig,
+)
 from vla.data.dataset import VLADataset, collate
 from vla.data.episodes import DataError, Episode
 from vla.model.modeling import OpenVLA
@@ -42,14 +50,26 @@ def statistics(d: int, s: int) -> dict:
 
 
 def tiny(
-    head: str, proprio: bool, d: int = 3, s: int = 4, chunk: int = 2, grounding: int = 0, film: bool = False
+    head: str,
+    proprio: bool,
+    d: int = 3,
+    s: int = 4,
+    chunk: int = 2,
+    grounding: int = 0,
+    film: bool = False,
+    tokens_first: bool = False,
 ) -> OpenVLA:
     cfg = ModelConfig(
         architecture=TinyArchitecture(image_size=SIZE),
         action_head=head,
         proprio=proprio,
         film=film,
-        layout=LayoutConfig(chunk_size=chunk, parallel_decoding=head == "tokens", grounding=grounding),
+        layout=LayoutConfig(
+            chunk_size=chunk,
+            parallel_decoding=head == "tokens",
+            grounding=grounding,
+            grounding_tokens_first=tokens_first,
+        ),
     )
     return build_base_model(cfg, QuantizationConfig(), statistics(d, s)).eval()
 
@@ -200,7 +220,7 @@ def test_missing_or_mismatched_states_fail_naming_the_episode(tmp_path):
 def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
     from vla.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data\.token_noise=0\.5 perturbs action tokens"):
+    with pytest.raises(ConfigError, match=r"data\.token_noise=0\.5 perturbs input tokens"):
         compose_config(
             "train", ["model.action_head=l1", "data.token_noise=0.5", f"run_dir={tmp_path}"], TrainConfig
         )
@@ -391,3 +411,108 @@ def test_optional_grounding_needs_some_episode_with_values():
         dataset_grounding(episodes[1:], 3, optional=True)
     with pytest.raises(DataError, match=r"episode 'e0' .*gives 3 values, model.layout.grounding=2"):
         dataset_grounding(episodes, 2, optional=True)
+
+
+def tokens_first_batch(model: OpenVLA, d: int):
+    from vla.data.grounding import dataset_grounding
+
+    episodes = grounded_episodes(d)
+    grounding = dataset_grounding(episodes, 3, optional=True)
+    stats = statistics(d, 0)["k"]["action"]
+    dataset = VLADataset(episodes, model.processor, model.action_tokenizer, stats, grounding=grounding)
+    batch = collate([dataset[i] for i in range(len(dataset))], model.processor.tokenizer.pad_token_id)
+    pixels = model.processor.image_transform.normalize_batch(batch["images"])
+    return episodes, batch, pixels
+
+
+def test_grounding_tokens_first_layout(tmp_path):
+    """model.layout.grounding_tokens_first: the G grounding values stay bin tokens before the chunk's
+    placeholders (ECoT, then OpenVLA-OFT) and the chunk reads them (other tokens there give other
+    actions); samples without grounding values add no grounding loss; teacher-forcing noise moves only
+    known grounding tokens; there is no grounding_head and the language-model head is trained; a save
+    and reload predicts the same; ONNX export refuses it by name; the token head cannot take the key."""
+    from vla.export.onnx import export_onnx
+    from vla.training.adapters import apply_adapter
+
+    with pytest.raises(ConfigError, match="grounding_tokens_first"):
+        ModelConfig(action_head="tokens", layout=LayoutConfig(grounding=3, grounding_tokens_first=True))
+    with pytest.raises(ConfigError, match="grounding > 0"):
+        LayoutConfig(grounding_tokens_first=True)
+    d = 2
+    model = perturb(tiny("l1", False, d=d, chunk=1, grounding=3, tokens_first=True))
+    assert model.layout.placeholders == d and model.grounding_head is None
+    apply_adapter(model, LoraConfig(kind="full"))
+    assert model.language_model.lm_head.weight.requires_grad  # it writes the grounding tokens
+    episodes, batch, pixels = tokens_first_batch(model, d)
+    head = model.head
+    ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
+    assert int((ids == model.action_placeholder_id).sum(1)[0]) == d
+    true_tokens = torch.as_tensor(model.action_tokenizer.encode(np.array([0.5, -0.25, 0.8])))
+    grounding_at = torch.isin(ids, true_tokens) & (batch["labels"] != -100)
+    assert (grounding_at[:4].sum(1) == 3).all() and not grounding_at[4:].any()
+
+    without = {k: v[4:] for k, v in batch.items()}
+    out = model(ids[4:], pixels[4:], without["attention_mask"], output="hidden")
+    total, g_loss = head.loss(out, without, grounding_weight=5.0)
+    assert float(g_loss.detach()) == 0.0
+    assert float(total.detach()) == pytest.approx(float(head.validation_loss(out, without).detach()))
+    out = model(ids[:4], pixels[:4], batch["attention_mask"][:4], output="hidden")
+    total, g_loss = head.loss(out, {k: v[:4] for k, v in batch.items()}, grounding_weight=5.0)
+    assert float(g_loss.detach()) > 0.0
+
+    noisy = head.noisy_inputs(ids, batch["labels"], d, 1.0, 8)
+    moved = noisy != ids
+    assert moved.any() and not moved[~grounding_at].any()
+
+    other = torch.where(grounding_at, torch.full_like(ids, model.action_tokenizer.first_action_token), ids)
+    with torch.no_grad():
+        _, a = head._outputs(model(ids[:1], pixels[:1], output="hidden"), batch["labels"][:1])
+        _, b = head._outputs(model(other[:1], pixels[:1], output="hidden"), batch["labels"][:1])
+    assert float((a - b).abs().max()) > 1e-3
+
+    model.eval()
+    frames = [episodes[0].frames[0], episodes[1].frames[0]]
+    pred = model.predict(frames, ["move"] * 2)
+    assert pred.grounding.shape == (2, 3) and pred.actions.shape == (2, 1, d)
+    model.save_pretrained(tmp_path / "model")
+    keys = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert not any(k.startswith("grounding_head.") for k in keys)
+    again = OpenVLA.from_pretrained(tmp_path / "model")
+    assert again.layout.grounding_tokens_first
+    repeat = again.predict(frames, ["move"] * 2)
+    np.testing.assert_array_equal(repeat.grounding, pred.grounding)
+    np.testing.assert_array_equal(repeat.actions, pred.actions)
+    with pytest.raises(ValueError, match="grounding_tokens_first"):
+        export_onnx(again, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.slow
+def test_l1_head_learns_to_write_grounding_tokens_first():
+    """Trained on a few samples, greedy decoding writes the episode's grounding tokens (within one bin)
+    and the chunk after them regresses the actions."""
+    d = 2
+    model = tiny("l1", False, d=d, chunk=1, grounding=3, tokens_first=True)
+    episodes, batch, pixels = tokens_first_batch(model, d)
+    head = model.head
+    ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
+    torch.manual_seed(0)
+    steps = 200
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    pred = model.predict([episodes[0].frames[0], episodes[1].frames[0]], ["move"] * 2)
+    step = 2.0 / 256  # one bin of the action tokenizer
+    np.testing.assert_allclose(pred.grounding[0], [0.5, -0.25, 0.8], atol=step)
+    np.testing.assert_allclose(pred.actions[0, 0], episodes[0].actions[0], atol=0.05)
+    metrics = head.teacher_forced(
+        model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d
+    ).metrics
+    assert metrics["grounding_l1"] <= step

@@ -56,6 +56,12 @@ class LayoutConfig:
     # Decode only the 256 action tokens (OpenVLA decodes freely: a non-action token maps to an extreme
     # bin and `</s>` ends early).
     constrain_decoding: bool = True
+    # l1 head only: the G grounding values are written as bin tokens, one at a time (ECoT), and the
+    # chunk's placeholders come after them, so the continuous chunk reads where the model said the balls
+    # are (ECoT, then OpenVLA-OFT). Cross-entropy on the grounding tokens (weighted data.grounding_weight;
+    # data.token_noise perturbs them as inputs), the head's regression loss on the chunk. false: G more
+    # placeholder positions regressed in the same pass as the chunk (an auxiliary target).
+    grounding_tokens_first: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -66,6 +72,8 @@ class LayoutConfig:
             raise ConfigError(
                 f"model.layout.grounding={self.grounding} must be >= 0 (0: no grounding tokens)"
             )
+        if self.grounding_tokens_first and not self.grounding:
+            raise ConfigError("model.layout.grounding_tokens_first=true needs model.layout.grounding > 0")
 
 
 @dataclass
@@ -88,6 +96,7 @@ class ActionLayout:
     proprio_dim: int = 0
     # FiLM (OpenVLA-OFT+): the instruction modulates every vision block (`vla.model.projectors.FiLM`).
     film: bool = False
+    grounding_tokens_first: bool = False  # the `model.layout` key (a continuous head only)
 
     def __post_init__(self) -> None:
         check_choice("action_layout.head", self.head, HEADS)
@@ -98,6 +107,11 @@ class ActionLayout:
             raise ConfigError(f"action_dim={self.action_dim} and proprio_dim={self.proprio_dim} must be >= 0")
         if self.head == "l1" and self.action_dim < 1:
             raise ConfigError("the l1 head needs action_dim >= 1 (the size of the actions it regresses)")
+        if self.grounding_tokens_first and not self.continuous:
+            raise ConfigError(
+                "grounding_tokens_first=true is for a continuous head (the token head always writes its "
+                "grounding tokens first)"
+            )
 
     @classmethod
     def of(
@@ -116,6 +130,7 @@ class ActionLayout:
             action_dim=action_dim if model.action_head != "tokens" else 0,
             proprio_dim=proprio_dim if model.proprio else 0,
             film=model.film,
+            grounding_tokens_first=layout.grounding_tokens_first,
         )
 
     @property
@@ -126,8 +141,15 @@ class ActionLayout:
     @property
     def placeholders(self) -> int:
         """Placeholder inputs a continuous head reads after the prompt (G grounding + K * D chunk
-        positions); 0 for the token head."""
-        return self.grounding + self.chunk_size * self.action_dim if self.continuous else 0
+        positions; K * D when the grounding is written as tokens first); 0 for the token head."""
+        if not self.continuous:
+            return 0
+        return self.chunk_size * self.action_dim + (0 if self.grounding_tokens_first else self.grounding)
+
+    @property
+    def grounding_values(self) -> int:
+        """Grounding values a continuous head regresses in its one pass (its `grounding_head`'s size)."""
+        return self.grounding if self.continuous and not self.grounding_tokens_first else 0
 
     def n_tokens(self, action_dim: int) -> int:
         """Tokens a token-head model writes per query: G grounding + K * D action tokens."""
@@ -167,6 +189,11 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         check_choice("model.action_token_init", self.action_token_init, ACTION_TOKEN_INITS)
         check_choice("model.action_head", self.action_head, HEADS)
+        if self.layout.grounding_tokens_first and self.action_head == "tokens":
+            raise ConfigError(
+                "model.layout.grounding_tokens_first=true is for model.action_head=l1 (the token head always "
+                "writes its grounding tokens first)"
+            )
 
 
 @dataclass

@@ -153,10 +153,12 @@ class TrainConfig:
             raise ConfigError(
                 "ckpt_path resumes a run, init_from starts a new one from a run's weights: pass one of them"
             )
-        if self.model.action_head != "tokens" and self.data.token_noise > 0:
+        tokens_read = self.model.action_head == "tokens" or self.model.layout.grounding_tokens_first
+        if not tokens_read and self.data.token_noise > 0:
             raise ConfigError(
-                f"data.token_noise={self.data.token_noise} perturbs action tokens, which "
-                f"model.action_head={self.model.action_head} does not read; set it to 0"
+                f"data.token_noise={self.data.token_noise} perturbs input tokens, which "
+                f"model.action_head={self.model.action_head} does not read; set it to 0 (or write the "
+                "grounding as tokens first: model.layout.grounding_tokens_first=true)"
             )
         if self.trainer.val_check_interval > self.trainer.max_steps:
             raise ConfigError(

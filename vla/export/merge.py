@@ -313,7 +313,11 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         )
         report["modules"] = check_saved_modules(model_dir, layout)
         samples.save(work / "heldout.npz")
-        if cfg.onnx:
+        if cfg.onnx and layout.grounding_tokens_first:
+            print("ONNX: skipped (a continuous head with grounding tokens first has no ONNX export yet; "
+                  "serve the merged model with the torch backend)")  # fmt: skip
+            report["onnx_skipped"] = "no ONNX export for a continuous head with grounding tokens first"
+        elif cfg.onnx:
             onnx = export_and_check_onnx(merged, model_dir, work / "onnx", samples, merged_preds, cfg)
             onnx["dir"] = str(out / "onnx")
             onnx["tensorrt_engines"] = [str(out / "onnx" / Path(e).name) for e in onnx["tensorrt_engines"]]

@@ -195,6 +195,11 @@ def export_onnx(model: OpenVLA, folder: str | Path, opset: int = 17) -> Path:
     import warnings
 
     folder = Path(folder)
+    if model.layout.grounding_tokens_first:
+        raise ValueError(
+            "ONNX export of a continuous head with grounding tokens first (model.layout."
+            "grounding_tokens_first) is not available: serve the model with the torch backend"
+        )
     if next(model.parameters()).dtype != torch.float32:
         model = _float32_copy(model)
     layout = model.layout

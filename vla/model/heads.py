@@ -56,6 +56,17 @@ def with_placeholders(
     return input_ids.scatter(1, chunk_span(labels, n), placeholder_id)
 
 
+def shift_tokens(
+    input_ids: torch.Tensor, where: torch.Tensor, p: float, bins: int, tokenizer: ActionTokenizer
+) -> torch.Tensor:
+    """Teacher-forcing noise: each input token at `where` ([B, L] bool) moved, with probability `p`, by a
+    uniform shift of -bins..bins, kept within the 256 action tokens. Draws from torch's global generator."""
+    lo, hi = tokenizer.first_action_token, tokenizer.last_action_token
+    hit = where & (torch.rand(input_ids.shape, device=input_ids.device) < p)
+    shift = torch.randint(-bins, bins + 1, input_ids.shape, device=input_ids.device)
+    return torch.where(hit, (input_ids + shift).clamp(lo, hi), input_ids)
+
+
 class TokenHead:
     """256-bin action tokens (OpenVLA): inputs, loss and greedy decoding."""
 
@@ -122,13 +133,9 @@ class TokenHead:
         """Teacher-forcing noise: each labelled action token of the inputs (the chunk's; padded chunk
         steps carry no label) moved, with probability `p`, by a uniform shift of -bins..bins and kept
         within the 256 action tokens; labels unchanged. Draws from torch's global generator."""
-        lo, hi = self.tokenizer.first_action_token, self.tokenizer.last_action_token
         span = self._chunk_span(labels, action_dim)
         chunk = torch.zeros_like(labels, dtype=torch.bool).scatter(1, span, True)
-        actions = chunk & (labels != IGNORE_INDEX)
-        hit = actions & (torch.rand(input_ids.shape, device=input_ids.device) < p)
-        shift = torch.randint(-bins, bins + 1, input_ids.shape, device=input_ids.device)
-        return torch.where(hit, (input_ids + shift).clamp(lo, hi), input_ids)
+        return shift_tokens(input_ids, chunk & (labels != IGNORE_INDEX), p, bins, self.tokenizer)
 
     def predicted_ids(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B, L] the teacher-forced argmax token at each text position (validation metrics)."""
@@ -262,10 +269,15 @@ class L1Head:
     over the real chunk steps; one forward pass predicts the whole chunk, with nothing fed back, so a
     teacher-forced validation pass is exactly what prediction does.
 
-    With grounding (`layout.grounding=G`), G more placeholder positions come before the chunk's; a
-    second MLP (`grounding_module`) maps their hidden states to the G grounding values, an auxiliary
-    target trained with the same loss (weighted `grounding_weight`) on the samples that have one
-    (`batch["grounding"]` finite), and returned by `predict` as `ActionPrediction.grounding`."""
+    With grounding (`layout.grounding=G`), either
+    - G more placeholder positions come before the chunk's; a second MLP (`grounding_module`) maps their
+      hidden states to the G grounding values, an auxiliary target trained with the same loss (weighted
+      `grounding_weight`) on the samples that have one (`batch["grounding"]` finite); or
+    - with `layout.grounding_tokens_first`, the G values are bin tokens written one at a time before the
+      chunk's placeholders (ECoT, then OpenVLA-OFT): cross-entropy on them through the language-model
+      head, teacher forced in training (where `noisy_inputs` perturbs them), generated greedily at
+      prediction, so the chunk reads the model's own grounding.
+    `predict` returns the values as `ActionPrediction.grounding`."""
 
     output = "hidden"
     needs_model_loss = False
@@ -276,15 +288,19 @@ class L1Head:
         placeholder_id: int,
         module: nn.Module,
         grounding_module: nn.Module | None = None,
+        tokenizer: ActionTokenizer | None = None,
     ):
         self.layout = layout
         self.placeholder_id = placeholder_id
         self.module = module  # ActionMLP (or PEFT's modules_to_save wrapper around it)
-        if layout.grounding and grounding_module is None:
+        if layout.grounding_values and grounding_module is None:
             raise ValueError(
                 f"the layout has {layout.grounding} grounding values but the model has no grounding_head"
             )
+        if layout.grounding_tokens_first and tokenizer is None:
+            raise ValueError("grounding tokens first need the action tokenizer")
         self.grounding_module = grounding_module
+        self.tokenizer = tokenizer
 
     @property
     def n_actions(self) -> int:
@@ -293,12 +309,28 @@ class L1Head:
 
     @property
     def n_positions(self) -> int:
-        """Placeholder positions after the prompt: G grounding, then the K*D of the chunk."""
+        """Placeholder positions after the prompt (and the grounding tokens): G grounding values
+        (unless written as tokens first), then the K*D of the chunk."""
         return self.layout.placeholders
+
+    @property
+    def n_grounding_tokens(self) -> int:
+        """G when the grounding is written as tokens before the placeholders, else 0."""
+        return self.layout.grounding if self.layout.grounding_tokens_first else 0
 
     def training_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int) -> torch.Tensor:
         self._check_dim(action_dim)
         return with_placeholders(input_ids, labels, self.n_positions, self.placeholder_id)
+
+    def noisy_inputs(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, action_dim: int, p: float, bins: int
+    ) -> torch.Tensor:
+        """Teacher-forcing noise on the known grounding tokens of the inputs (`shift_tokens`); the chunk
+        reads placeholders, so nothing else is perturbed. Only with grounding tokens first."""
+        if not self.n_grounding_tokens:
+            raise ValueError("the l1 head reads token inputs only with grounding_tokens_first")
+        where = grounding_positions(labels, self.n_grounding_tokens, self.n_actions)
+        return shift_tokens(input_ids, where, p, bins, self.tokenizer)
 
     def _check_dim(self, action_dim: int) -> None:
         if action_dim != self.layout.action_dim:
@@ -314,18 +346,31 @@ class L1Head:
         return self.module(hidden.reshape(hidden.shape[0], k, d * hidden.shape[-1]).to(weight.dtype))
 
     def grounding(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, G, H] hidden states at the grounding positions -> [B, G] grounding values."""
-        if not self.layout.grounding:
+        """[B, G, H] hidden states at the grounding positions -> [B, G] grounding values (regressed)."""
+        if not self.layout.grounding_values:
             return hidden.new_zeros(hidden.shape[0], 0)
         weight = next(self.grounding_module.parameters())
         return self.grounding_module(hidden.reshape(hidden.shape[0], -1).to(weight.dtype))
 
     def _outputs(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, G] grounding values, [B, K, D] actions) of a teacher-forced pass."""
+        """([B, G] regressed grounding values ([B, 0] without), [B, K, D] actions) of a teacher-forced
+        pass."""
         span = chunk_span(labels, self.n_positions)
         hidden = out.hidden.gather(1, span[..., None].expand(-1, -1, out.hidden.shape[-1]))
-        g = self.layout.grounding
+        g = self.layout.grounding_values
         return self.grounding(hidden[:, :g]), self.actions(hidden[:, g:])
+
+    def _grounding_logits(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With grounding tokens first: the logits [B, G, V] that predict each row's G grounding tokens
+        (from the hidden state one position earlier, through the language-model head) and their labels
+        [B, G] (IGNORE_INDEX where the episode has no grounding values)."""
+        g = self.n_grounding_tokens
+        start = chunk_span(labels, self.n_actions)[:, :1] - g
+        targets = labels.gather(1, start + torch.arange(g, device=labels.device))
+        before = (start - 1 + torch.arange(g, device=labels.device))[..., None]
+        hidden = out.hidden.gather(1, before.expand(-1, -1, out.hidden.shape[-1]))
+        weight = out.lm_head.weight
+        return out.lm_head(hidden.to(weight.dtype)).float(), targets
 
     def loss(
         self,
@@ -337,11 +382,18 @@ class L1Head:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mean over the real chunk steps and every dimension (normalized units) of |error|
         (`regression="l1"`, OpenVLA-OFT), error^2 ("mse") or the Huber loss with delta
-        `huber_delta` ("huber"); with grounding, plus `grounding_weight` times the same loss's mean over
-        the known grounding values (returned second; None without grounding)."""
-        ground, pred = self._outputs(out, batch["labels"])
+        `huber_delta` ("huber"); with grounding, plus `grounding_weight` times the grounding loss
+        (returned second; None without grounding): the same regression's mean over the known grounding
+        values, or with grounding tokens first the mean cross-entropy of the known grounding tokens."""
+        labels = batch["labels"]
+        ground, pred = self._outputs(out, labels)
         real = batch["action_steps"][..., None].expand_as(pred)
         loss = _regression(pred.float(), batch["actions"].float(), real, regression, huber_delta)
+        if self.n_grounding_tokens:
+            logits, targets = self._grounding_logits(out, labels)
+            ce = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="sum")
+            g_loss = ce / (targets != IGNORE_INDEX).sum().clamp(min=1)
+            return loss + grounding_weight * g_loss, g_loss
         if not self.layout.grounding:
             return loss, None
         true = batch["grounding"].to(ground.device).float()
@@ -356,12 +408,19 @@ class L1Head:
         return _regression(pred.float(), batch["actions"].float(), real, "l1", 0.0)
 
     def teacher_forced(self, out, batch: dict[str, torch.Tensor], action_dim: int) -> TeacherForced:
-        """The chunk as `predict` gives it; with grounding, `grounding_l1`: the mean |predicted - true|
-        over the known grounding values (NaN when the batch has none)."""
+        """The chunk as `predict` gives it (given the true grounding tokens, when they come first); with
+        grounding, `grounding_l1`: the mean |predicted - true| over the known grounding values (NaN when
+        the batch has none)."""
         self._check_dim(action_dim)
         ground, pred = self._outputs(out, batch["labels"])
         metrics = {}
-        if self.layout.grounding:
+        if self.n_grounding_tokens:
+            logits, targets = self._grounding_logits(out, batch["labels"])
+            known = targets != IGNORE_INDEX
+            guess = self.tokenizer.decode(logits.argmax(-1)[known].cpu().numpy())
+            error = np.abs(guess - self.tokenizer.decode(targets[known].cpu().numpy()))
+            metrics["grounding_l1"] = float(error.mean()) if error.size else float("nan")
+        elif self.layout.grounding:
             true = batch["grounding"].to(ground.device).float()
             known = torch.isfinite(true)
             error = (ground.detach().float().clamp(-1.0, 1.0) - true.nan_to_num(0.0)).abs()
@@ -387,16 +446,28 @@ class L1Head:
         constrain: bool = False,
         use_cache: bool = True,
     ) -> ActionPrediction:
-        """One forward pass over each row's prompt followed by the G + K*D placeholders."""
+        """One forward pass over each row's prompt followed by the G + K*D placeholders; with grounding
+        tokens first, the G tokens are decoded greedily (constrained to the action bins, KV cache) and
+        the pass reads them before the K*D placeholders."""
         self._check_dim(len(stats["q01"]))
-        n, g = self.n_positions, self.layout.grounding
-        holders = [[*row, *([self.placeholder_id] * n)] for row in rows]
+        n, g = self.n_positions, self.layout.grounding_values
+        grounding, written = None, [[] for _ in rows]
+        if self.n_grounding_tokens:
+            decoder = TokenHead(self.layout, self.tokenizer, self.placeholder_id)
+            written = decoder.generate(
+                model, rows, pixel_values, self.n_grounding_tokens, True, use_cache, proprio=proprio
+            ).tolist()
+            grounding = self.tokenizer.decode(np.asarray(written, dtype=np.int64))
+        holders = [[*row, *tokens, *([self.placeholder_id] * n)] for row, tokens in zip(rows, written)]
         embeds, mask, positions = model.prefix_batch(holders, pixel_values, proprio)
         hidden = model.language_model.model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
         ).last_hidden_state[:, -n:]
         normalized = self.actions(hidden[:, g:]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
-        grounding = self.grounding(hidden[:, :g]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        if grounding is None:
+            grounding = (
+                self.grounding(hidden[:, :g]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+            )
         return ActionPrediction(unnormalize(normalized, stats), normalized, None, prompts, rows, grounding)
 
 
@@ -432,4 +503,4 @@ def make_head(
         raise ValueError(
             f"the {layout.head} head needs the model's action_head module, which it does not have"
         )
-    return L1Head(layout, placeholder_id, module, grounding_module)
+    return L1Head(layout, placeholder_id, module, grounding_module, tokenizer)

@@ -56,6 +56,8 @@ class HiddenOutput:
     """A forward pass's final hidden states [B, L, H] at the text positions (aligned with input_ids)."""
 
     hidden: torch.Tensor
+    # The language-model head, for a continuous head that also writes tokens (grounding tokens first).
+    lm_head: nn.Module | None = None
 
 
 class OpenVLA(nn.Module):
@@ -234,7 +236,8 @@ class OpenVLA(nn.Module):
             mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
         if output == "hidden":
             hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            return HiddenOutput(torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1))
+            text = torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)
+            return HiddenOutput(text, self.language_model.get_output_embeddings())
         mm_labels = None
         if labels is not None:
             ignore = labels.new_full((b, n), IGNORE_INDEX)

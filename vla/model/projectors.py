@@ -97,7 +97,7 @@ def module_sizes(layout) -> dict[str, int]:
     return {
         "action_head": layout.action_dim if layout.continuous else 0,
         "proprio_projector": layout.proprio_dim,
-        "grounding_head": layout.grounding if layout.continuous else 0,
+        "grounding_head": layout.grounding_values,
         "film": FiLM.size if layout.film else 0,
     }
 

@@ -60,9 +60,11 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
     quantized = bool(getattr(model, "quantization", None))
     if gradient_checkpointing and not quantized:
         model.gradient_checkpointing_enable()  # (PEFT's k-bit preparation does it for quantized bases)
-    # A continuous head reads the final hidden states: the language-model head is never run, so it is
-    # not trained (an unused trainable weight also stops DDP, which expects a gradient for each).
-    unused = {"lm_head"} if model.layout.continuous else set()
+    # A continuous head reads the final hidden states: the language-model head is never run (unless
+    # grounding tokens come first), so it is not trained (an unused trainable weight also stops DDP,
+    # which expects a gradient for each).
+    layout = model.layout
+    unused = {"lm_head"} if layout.continuous and not layout.grounding_tokens_first else set()
     if lora.kind == "full":
         for name, p in model.named_parameters():
             p.requires_grad_(name.split(".")[1] not in unused if name.startswith("language_model.") else True)

@@ -179,7 +179,7 @@ LOCKED_KEYS = {
     "lora": ("kind", "r", "alpha", "target_modules", "use_dora"),
     "quantization": ("method",),
     "model": ("action_head", "proprio", "film"),
-    "model.layout": ("chunk_size", "grounding", "parallel_decoding"),
+    "model.layout": ("chunk_size", "grounding", "parallel_decoding", "grounding_tokens_first"),
 }
 # What a resumed run must share with the run it continues, beyond LOCKED_KEYS: the base it was built
 # from and the statistics key (other keys, e.g. trainer.max_steps or optim.lr, may change on resume).
