@@ -315,6 +315,22 @@ def test_predict_script_takes_a_state_or_uses_the_mean(tmp_path, capsys):
         predict([0.0, 0.0, 0.0])
 
 
+def fit(model: OpenVLA, ids: torch.Tensor, pixels: torch.Tensor, batch: dict, steps: int = 200) -> None:
+    """Train every weight on one batch of a continuous-head model (AdamW 1e-3, cosine), then eval mode."""
+    torch.manual_seed(0)
+    head = model.head
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+
+
 def grounded_episodes(d: int = 2) -> list[Episode]:
     """Two 4-step episodes with distinct flat frames: the first with 3 grounding values in its metadata,
     the second without (a task that has none)."""
@@ -371,18 +387,7 @@ def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
     assert float(g_loss.detach()) == 0.0
     assert float(total.detach()) == pytest.approx(float(head.validation_loss(out, without).detach()))
 
-    torch.manual_seed(0)
-    steps = 200
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
-    model.train()
-    for _ in range(steps):
-        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
+    fit(model, ids, pixels, batch)
     frames = [episodes[0].frames[0], episodes[1].frames[0]]
     pred = model.predict(frames, ["move"] * 2)
     assert pred.grounding.shape == (2, 3)
@@ -496,18 +501,7 @@ def test_l1_head_learns_to_write_grounding_tokens_first():
     episodes, batch, pixels = tokens_first_batch(model, d)
     head = model.head
     ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
-    torch.manual_seed(0)
-    steps = 200
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
-    model.train()
-    for _ in range(steps):
-        loss, _ = head.loss(model(ids, pixels, batch["attention_mask"], output="hidden"), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
+    fit(model, ids, pixels, batch)
     pred = model.predict([episodes[0].frames[0], episodes[1].frames[0]], ["move"] * 2)
     step = 2.0 / 256  # one bin of the action tokenizer
     np.testing.assert_allclose(pred.grounding[0], [0.5, -0.25, 0.8], atol=step)
