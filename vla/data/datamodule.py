@@ -22,7 +22,7 @@ from vla.data.annotate import annotate_episodes
 from vla.data.augment import make_augment
 from vla.data.cache import build_frame_cache
 from vla.data.dataset import VLADataset, collate
-from vla.data.episodes import DataError, Episode, LoadResult, record_skip
+from vla.data.episodes import DataError, Episode, LoadResult, skip_or_raise
 from vla.data.grounding import dataset_grounding
 from vla.data.isaac import load_isaac_episodes
 from vla.data.limits import check_prompt_tokens
@@ -286,9 +286,7 @@ class VLADataModule(L.LightningDataModule):
                 where = f"episode {episode.episode_id!r} ({episode.path})"
                 check_prompt_tokens(worst, budget.max_positions, where)
             except DataError as error:
-                if self.cfg.on_error == "raise":
-                    raise
-                record_skip(result.skipped, episode.episode_id, error)
+                skip_or_raise(error, self.cfg.on_error, result.skipped, episode.episode_id)
                 continue
             kept.append(episode)
         return kept

@@ -184,6 +184,22 @@ def record_skip(skipped: list[SkippedEpisode], episode_id: str, error: Exception
     skipped.append(SkippedEpisode(episode_id, str(error)))
 
 
+def skip_or_raise(
+    error: Exception,
+    on_error: str,
+    skipped: list[SkippedEpisode],
+    episode_id: str,
+    cause: Exception | None = None,
+) -> None:
+    """What every reader does with a bad episode or file: raise `error` (from `cause`, when given) with
+    `on_error="raise"`, else leave it out and note it (`record_skip`)."""
+    if on_error == "raise":
+        if cause is not None:
+            raise error from cause
+        raise error
+    record_skip(skipped, episode_id, error)
+
+
 def natural_sort_key(path: Path) -> list[int | str]:
     """Sort `frame_2` before `frame_10`; zero-padded names sort the same either way."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
@@ -270,9 +286,7 @@ def drop_inconsistent_dims(
             kept.append(episode)
             continue
         error = DataError(f"episode {episode.episode_id!r} ({episode.path}): {'; '.join(problems)}")
-        if on_error == "raise":
-            raise error
-        record_skip(skipped, episode.episode_id, error)
+        skip_or_raise(error, on_error, skipped, episode.episode_id)
     return kept
 
 

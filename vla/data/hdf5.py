@@ -35,7 +35,7 @@ from vla.data.episodes import (
     check_on_error,
     finish_loading,
     natural_sort_key,
-    record_skip,
+    skip_or_raise,
 )
 from vla.data.limits import MAX_ARRAY_BYTES
 
@@ -132,28 +132,21 @@ def load_hdf5_demos(
             handle = h5py.File(path, "r")
         except Exception as exc:  # OSError for truncated / not-HDF5 files
             error = DataError(f"{path}: cannot open as HDF5: {type(exc).__name__}: {exc}")
-            if on_error == "raise":
-                raise error from exc
-            record_skip(skipped, path.name, error)
+            skip_or_raise(error, on_error, skipped, path.name, exc)
             continue
         with handle:
             if "data" not in handle or not isinstance(handle["data"], h5py.Group):
                 error = DataError(
                     f"{path}: no 'data' group (keys: {list(handle)}); not an Isaac Lab/robomimic file"
                 )
-                if on_error == "raise":
-                    raise error
-                record_skip(skipped, path.name, error)
+                skip_or_raise(error, on_error, skipped, path.name)
                 continue
             data = handle["data"]
             try:
                 env_args = json.loads(_text_attr(data.attrs, "env_args") or "{}")
             except json.JSONDecodeError as exc:
-                if on_error == "raise":
-                    raise DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}") from exc
-                record_skip(
-                    skipped, path.name, DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}")
-                )
+                error = DataError(f"{path}: data.attrs['env_args'] is not JSON: {exc}")
+                skip_or_raise(error, on_error, skipped, path.name, exc)
                 continue
             names = sorted(
                 (k for k in data if isinstance(data[k], h5py.Group)), key=lambda k: natural_sort_key(Path(k))
@@ -165,9 +158,7 @@ def load_hdf5_demos(
                         _demo(path, data, name, episode_id, keys, action_key, instruction, env_args)
                     )
                 except DataError as error:
-                    if on_error == "raise":
-                        raise
-                    record_skip(skipped, episode_id, error)
+                    skip_or_raise(error, on_error, skipped, episode_id)
     return finish_loading(
         episodes,
         skipped,

@@ -26,7 +26,7 @@ from vla.data.episodes import (
     check_on_error,
     finish_loading,
     natural_sort_key,
-    record_skip,
+    skip_or_raise,
 )
 from vla.data.limits import load_json, read_npz
 
@@ -72,9 +72,7 @@ def load_isaac_episodes(
             metadata = read_metadata(episode_dir)
             episodes.append(_load_episode(episode_dir, metadata, _success(metadata, episode_dir)))
         except DataError as error:
-            if on_error == "raise":
-                raise
-            record_skip(skipped, episode_dir.name, error)
+            skip_or_raise(error, on_error, skipped, episode_dir.name)
 
     return finish_loading(
         episodes,

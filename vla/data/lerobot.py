@@ -42,7 +42,7 @@ from vla.data.episodes import (
     as_float_matrix,
     check_on_error,
     finish_loading,
-    record_skip,
+    skip_or_raise,
 )
 from vla.data.lerobot_meta import read_episode_table, read_info, read_parquet, read_tasks, resolve_root
 from vla.data.limits import image_to_rgb8
@@ -223,9 +223,7 @@ def load_lerobot_dataset(
                 )
             )
         except DataError as error:
-            if on_error == "raise":
-                raise
-            record_skip(skipped, episode_id, error)
+            skip_or_raise(error, on_error, skipped, episode_id)
     episodes = _drop_unreadable_video(episodes, on_error, skipped)
     return finish_loading(
         episodes,
@@ -337,9 +335,7 @@ def _drop_unreadable_video(episodes: list[Episode], on_error: OnError, skipped: 
                 f"episode {episode.episode_id!r} ({path}): its last frame (at {ends[group.index(episode)]:.3f} s) "
                 "does not decode: the video is truncated or damaged"
             )
-            if on_error == "raise":
-                raise error
-            record_skip(skipped, episode.episode_id, error)
+            skip_or_raise(error, on_error, skipped, episode.episode_id)
             bad.add(episode.episode_id)
     return [e for e in episodes if e.episode_id not in bad]
 

@@ -22,7 +22,7 @@ from vla.data.episodes import (
     check_on_error,
     finish_loading,
     natural_sort_key,
-    record_skip,
+    skip_or_raise,
 )
 from vla.data.limits import check_instruction
 from vla.data.safe_pickle import UnsafePickleError, safe_load_pickle
@@ -78,9 +78,10 @@ def load_pickle_demos(
             if not isinstance(demos, (list, tuple)):
                 raise DataError(f"{file}: expected a list of demos, got {type(demos).__name__}")
         except DataError as error:
-            if on_error == "raise" or isinstance(error, UnsafePickleError):
-                raise
-            record_skip(skipped, file.name, error)
+            # A pickle that would run code is refused whatever on_error says.
+            skip_or_raise(
+                error, "raise" if isinstance(error, UnsafePickleError) else on_error, skipped, file.name
+            )
             continue
         for index, demo in enumerate(demos):
             episode_id = f"{file.name}#{index}"
@@ -90,9 +91,7 @@ def load_pickle_demos(
                 except RecursionError:  # a structure nested past what the checks walk
                     raise DataError(f"demo {episode_id!r} ({file}): nested too deeply to read") from None
             except DataError as error:
-                if on_error == "raise":
-                    raise
-                record_skip(skipped, episode_id, error)
+                skip_or_raise(error, on_error, skipped, episode_id)
 
     return finish_loading(
         episodes,
