@@ -4,6 +4,7 @@ python scripts/evaluate.py                                       # the latest tr
 python scripts/evaluate.py checkpoint=outputs/train/<date>/<time> episodes_per_task=100 tasks=[reach_ball]
 python scripts/evaluate.py checkpoint=<export folder> backend=onnx_int8
 python scripts/evaluate.py checkpoint=null episodes_per_task=50     # baselines only
+python scripts/evaluate.py sim.disturbance.start_std=0.5             # from displaced start poses (vla.config.sim)
 Writes eval.json, eval.md and gifs/<policy>/<task>.gif to the run folder (or output_dir). A training
 run on simulator data is evaluated in the scene it was trained in (its data.sample camera, image size
 and action rate); any other checkpoint in the composed data.sample's.
@@ -11,6 +12,7 @@ and action rate); any other checkpoint in the composed data.sample's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,6 +56,7 @@ def run(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     if checkpoint is not None:
         policy = load_policy(checkpoint, cfg.backend, unnorm_key=cfg.unnorm_key)
     settings = cfg.settings(trained_scene(checkpoint, cfg.data.sample))
+    settings = dataclasses.replace(settings, disturbance=cfg.sim.disturbance)  # deployment conditions
     report = evaluate_with_baselines(policy, settings, out_dir, name="model")
     if cfg.wandb:
         import wandb

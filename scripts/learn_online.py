@@ -4,6 +4,7 @@ python scripts/learn_online.py start=outputs/train/<date>/<time>            # DA
 python scripts/learn_online.py start=RUN learn.relabel=expert_demos         # the behaviour-cloning baseline
 python scripts/learn_online.py start=RUN learn.relabel=success_only learn.judge=human   # keep what a person calls a success
 python scripts/learn_online.py start=RUN output_dir=outputs/learn_online/<date>/<time> # resume that loop
+python scripts/learn_online.py start=RUN sim.disturbance.start_std=0.6   # deployed from displaced start poses
 Each round drives the deployed policy through the policy server and robot client (safety filter and
 recovery on), writes every episode (Isaac format, with its outcome) to <output_dir>/dataset/round_<r>/,
 fine-tunes from the deployed weights on all rounds so far, evaluates on held-out scenes and promotes

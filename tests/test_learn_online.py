@@ -288,7 +288,8 @@ def test_dagger_loop_records_relabels_retrains_and_resumes(tmp_path, start_run, 
     from vla.data.isaac import load_isaac_episodes
     from vla.learn import rounds
     from vla.learn.relabel import expert_label
-    from vla.sim.athena import AthenaRobot
+    from vla.sim.athena import HOME_POSE, AthenaRobot
+    from vla.sim.env import AthenaEnv
     from vla.sim.tasks import sample_episode
 
     # Held-out results fixed per policy, so promotion is decided by the test: round 1 worse, round 2 better.
@@ -307,7 +308,8 @@ def test_dagger_loop_records_relabels_retrains_and_resumes(tmp_path, start_run, 
             raise RuntimeError("killed")
         return entry.run(cfg)
 
-    cfg = learn_config(tmp_path / "loop", start_run)
+    # Deployment conditions: every rollout starts from its scene's displaced pose.
+    cfg = learn_config(tmp_path / "loop", start_run, ["sim.disturbance.start_std=0.5"])
     with pytest.raises(RuntimeError, match="killed"):
         rounds.run_loop(cfg, crashing_train)
     ds = VersionedDataset(tmp_path / "loop")
@@ -330,6 +332,7 @@ def test_dagger_loop_records_relabels_retrains_and_resumes(tmp_path, start_run, 
     assert manifest["relabel"] == "dagger" and manifest["beta"] == 0.5 and manifest["counts"]["episodes"] == 2
     episodes = load_isaac_episodes(ds.episodes_dir(1)).episodes
     with AthenaRobot(rounds.Loop(cfg, entry.run).sim) as robot:
+        env = AthenaEnv(robot=robot)
         for episode in episodes:
             meta = json.loads((Path(episode.path) / "metadata.json").read_text())
             assert (
@@ -339,6 +342,10 @@ def test_dagger_loop_records_relabels_retrains_and_resumes(tmp_path, start_run, 
             )
             spec = sample_episode(robot, meta["task"], meta["seed"])
             q = np.asarray(episode.states)[:, :23]
+            env.reset(meta["task"], meta["seed"], cfg.sim.disturbance)  # the rollout started disturbed
+            np.testing.assert_allclose(q[0], env.disturbance.start, atol=1e-5)
+            assert meta["disturbance"]["start"] == env.disturbance.record()["start"]
+            assert np.abs(q[0] - HOME_POSE).max() > 0.2
             labels = [expert_label(spec, t, q[t], 5) for t in range(len(q))]
             np.testing.assert_allclose(episode.actions, labels, atol=1e-5)
             assert (Path(episode.path) / "rollout.npz").is_file()
@@ -347,6 +354,31 @@ def test_dagger_loop_records_relabels_retrains_and_resumes(tmp_path, start_run, 
     assert len((tmp_path / "loop" / "csv" / "metrics.csv").read_text().splitlines()) == 4  # header + 3 rounds
     with pytest.raises(ConfigError, match="learn.episodes_per_task"):
         rounds.run_loop(learn_config(tmp_path / "loop", start_run, ["learn.episodes_per_task=3"]), entry.run)
+    with pytest.raises(ConfigError, match="sim.disturbance"):  # resumed under other conditions
+        rounds.run_loop(learn_config(tmp_path / "loop", start_run), entry.run)
+
+
+def test_held_out_evaluation_runs_under_the_loops_disturbance(tmp_path, monkeypatch):
+    from vla.config import SimSettings
+    from vla.learn import rounds
+
+    seen = []
+    monkeypatch.setattr("vla.inference.load_policy", lambda run_dir: "policy")
+    monkeypatch.setattr(
+        "vla.sim.evaluate.evaluate_policy",
+        lambda policy, settings: (
+            seen.append(settings)
+            or {
+                "episodes": 2,
+                "success_rate": 0.5,
+                "ci95": (0.1, 0.9),
+                "per_task": {"raise_arm": {"successes": 1}},
+            }
+        ),
+    )
+    cfg = learn_config(tmp_path, tmp_path, ["sim.disturbance.start_std=0.4", "sim.disturbance.joints=all"])
+    assert rounds.evaluate_run(tmp_path, cfg, SimSettings())["successes"] == 1
+    assert seen[0].disturbance == cfg.sim.disturbance and seen[0].disturbance.start_std == 0.4
 
 
 @pytest.mark.slow
@@ -354,16 +386,23 @@ def test_baseline_and_success_only_arms(tmp_path, start_run, monkeypatch):
     import train as entry
     from vla.data.isaac import load_isaac_episodes
     from vla.learn import rounds
+    from vla.sim.athena import HOME_POSE
 
     monkeypatch.setattr(
         rounds,
         "evaluate_run",
         lambda *a: {"successes": 1, "episodes": 2, "success_rate": 0.5, "ci95": [0, 1], "per_task": {}},
     )
-    cfg = learn_config(tmp_path / "bc", start_run, ["learn.rounds=1", "learn.relabel=expert_demos"])
+    cfg = learn_config(
+        tmp_path / "bc",
+        start_run,
+        ["learn.rounds=1", "learn.relabel=expert_demos", "sim.disturbance.start_std=0.5"],
+    )
     result = rounds.run_loop(cfg, entry.run)
     episodes = load_isaac_episodes(VersionedDataset(tmp_path / "bc").episodes_dir(1)).episodes
     assert len(episodes) == 2 and all(e.success for e in episodes)
+    # Demonstrations are recorded as the start data was: from home, whatever the deployment meets.
+    assert all(np.allclose(np.asarray(e.states)[0, :23], HOME_POSE, atol=1e-6) for e in episodes)
     assert result["rounds"][1]["new_episodes"] == 2
 
     # success_only with a person who says no to everything: nothing new is trained on.
@@ -456,3 +495,75 @@ def test_history_is_logged_per_round_to_tensorboard_and_csv(tmp_path):
     table = (tmp_path / "history.md").read_text()
     assert "| 1 | dagger | 0.5 | 10 (5) | 18 | 36% [10-90] (18/50) | no |" in table
     assert (tmp_path / "history.png").stat().st_size > 1000
+
+
+def _wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of an offline W&B run file (`run-<id>.wandb`: a LevelDB-style log of protobuf
+    records in 32 KiB blocks, each chunk with a 7-byte header: crc32, length, type 1 full / 2 first /
+    3 middle / 4 last), as {key: decoded value}."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, rows, pos, pending = run_file.read_bytes(), [], 7, b""  # after the ":W&B" file header
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        if length == kind == 0:
+            break
+        pending, pos = pending + raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                )
+    return rows
+
+
+def test_history_is_logged_per_round_to_wandb_offline(tmp_path, monkeypatch):
+    import time
+
+    from vla.config import LoggerConfig
+    from vla.learn.history import log_round
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = []
+    for r, (successes, promoted) in enumerate([(20, True), (18, False)]):
+        rows.append(
+            {
+                "round": r,
+                "relabel": "dagger",
+                "beta": 0.5 if r else 0.0,
+                "new_episodes": 10 * r,
+                "new_successes": 5 * r,
+                "train_episodes": 8 + 10 * r,
+                "success_rate": successes / 50,
+                "ci95_low": 0.1,
+                "ci95_high": 0.9,
+                "successes": successes,
+                "eval_episodes": 50,
+                "promoted": promoted,
+                "policy": f"run{r}",
+            }
+        )
+        log_round(LoggerConfig(name="wandb"), tmp_path, rows)
+        time.sleep(1.1 * (r == 0))  # offline run folders are named by the second they start in
+    # One offline run folder per round (each round is its own process in a real loop), one W&B run id.
+    runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-learn-{tmp_path.name}"))
+    assert len(runs) == 2, runs
+    logged = [row for run in runs for row in _wandb_history(next(run.glob("run-*.wandb")))]
+    assert [(row["_step"], row["learn/success_rate"], row["learn/promoted"]) for row in logged] == [
+        (0, 0.4, 1.0),
+        (1, 0.36, 0.0),
+    ]
+    table = json.loads(next((runs[1] / "files" / "media" / "table").rglob("*.table.json")).read_text())
+    assert [row[0] for row in table["data"]] == [0, 1] and table["columns"][6] == "success_rate"
+    assert logged[1]["learn/history_plot/_type"] == "image-file"
+    assert next((runs[1] / "files" / "media" / "images").rglob("*.png")).stat().st_size > 1000

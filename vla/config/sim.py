@@ -59,6 +59,44 @@ class SafetySettings:
             raise ConfigError("safety.stuck_steps and safety.recovery_steps must be >= 1")
 
 
+# Which joints a disturbance displaces: the task's own joints, every other joint (those the posture
+# check wants back at home), or all 23.
+DISTURBED_JOINTS = ("task", "others", "all")
+
+
+@dataclass
+class DisturbanceSettings:
+    """Deployment conditions that nominal demonstrations never show (`vla.sim.tasks.sample_disturbance`):
+    the episode starts away from the home pose and/or the robot is pushed once mid-episode. Read by
+    closed-loop evaluation (`scripts/evaluate.py`, `EvalSettings.disturbance`) and by `learn_online`'s
+    rollouts and held-out evaluation; sample-data generation and the loop's behaviour-cloning
+    demonstrations are recorded without it (a teleoperator records from home, undisturbed).
+
+    Every draw comes from the episode's seed (apart from its scene's stream), so every policy evaluated
+    on a scene meets the same disturbance. All zero (the default): no disturbance, nothing changes."""
+
+    # rad: the episode starts at home + N(0, start_std) on `joints` (clipped inside the joint ranges).
+    start_std: float = 0.0
+    # Chance that an episode gets one push: after a step drawn uniformly from its first half, `joints`
+    # are displaced by N(0, push_std) rad and left at rest; the command is unchanged.
+    push_prob: float = 0.0
+    push_std: float = 0.0
+    joints: str = "others"  # one of DISTURBED_JOINTS
+
+    def __post_init__(self) -> None:
+        for key in ("start_std", "push_prob", "push_std"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"sim.disturbance.{key}={getattr(self, key)} must be >= 0")
+        if self.push_prob > 1:
+            raise ConfigError(f"sim.disturbance.push_prob={self.push_prob} must be in [0, 1]")
+        if self.joints not in DISTURBED_JOINTS:
+            raise ConfigError(f"sim.disturbance.joints={self.joints!r}: choose from {list(DISTURBED_JOINTS)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.start_std > 0 or (self.push_prob > 0 and self.push_std > 0)
+
+
 @dataclass
 class SimConfig:
     """The `sim` group (`conf/sim/athena.yaml`): how the simulated athena is built and guarded. Its camera,
@@ -69,6 +107,7 @@ class SimConfig:
     # to render on the CPU). 0.85 keeps ~60k of 393k triangles, visually the same at 224 px.
     mesh_reduction: float = 0.85
     safety: SafetySettings = field(default_factory=SafetySettings)
+    disturbance: DisturbanceSettings = field(default_factory=DisturbanceSettings)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mesh_reduction < 1.0:
@@ -170,6 +209,8 @@ class EvalSettings:
     # chunk (OpenVLA-OFT, ACT without ensembling); 1 re-plans every step (receding horizon).
     execute_steps: int | None = None
     sim: SimSettings = field(default_factory=SimSettings)
+    # Start-pose offsets and pushes (off by default); the same on a scene for every policy and baseline.
+    disturbance: DisturbanceSettings = field(default_factory=DisturbanceSettings)
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")

@@ -174,8 +174,12 @@ def log_round(logger: LoggerConfig, loop_dir: Path, rows: list[dict[str, Any]]) 
         resume="allow",
     )
     try:
-        run.log({**metrics, "learn/round": step})
+        # One row at step = round, as TensorBoard's: each round of a loop (a resumed one too) is a new
+        # process, and W&B's own step counter starts again at 0 in each.
         table = wandb.Table(columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in rows])
-        run.log({"learn/history": table, "learn/history_plot": wandb.Image(str(loop_dir / "history.png"))})
+        plot = wandb.Image(str(loop_dir / "history.png"))
+        run.log(
+            {**metrics, "learn/round": step, "learn/history": table, "learn/history_plot": plot}, step=step
+        )
     finally:
         run.finish()

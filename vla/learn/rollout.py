@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vla.config.learn import LearnSettings
+from vla.config.sim import DisturbanceSettings
 from vla.deploy.robot import SimAthena
 from vla.learn.dataset import VersionedDataset
 from vla.learn.relabel import expert_label
@@ -32,8 +33,9 @@ Judge = Callable[[str, int, str, bool], bool]  # (task, seed, instruction, simul
 class RecordingRobot:
     """A `vla.deploy.robot.Robot` that records every tick of the episode it drives."""
 
-    def __init__(self, robot: SimAthena) -> None:
+    def __init__(self, robot: SimAthena, disturbance: DisturbanceSettings | None = None) -> None:
         self.robot = robot
+        self.disturbance = disturbance  # deployment conditions (`sim.disturbance`); None: nominal
         self.control_hz = robot.control_hz
         self.env = robot.env
         self.frames: list[np.ndarray] = []
@@ -45,7 +47,7 @@ class RecordingRobot:
     def start(self, task: str, seed: int):
         self.frames, self.states, self.commands, self.labels = [], [], [], []
         self._frame = None
-        return self.robot.start(task, seed)
+        return self.env.reset(task, seed, self.disturbance)  # SimAthena.start, with the disturbance
 
     def image(self) -> np.ndarray:
         if self._frame is None or self._frame[0] != self.env.t:  # rendered once per tick
@@ -107,6 +109,7 @@ def episode_record(recorder: RecordingRobot, spec, labels: str, outcome: dict[st
         "camera": recorder.env.robot.sim.camera,
         "num_steps": len(actions),
         "labels": labels,
+        "disturbance": None if recorder.env.disturbance is None else recorder.env.disturbance.record(),
         **{k: v for k, v in outcome.items() if k != "success"},
     }
     return {

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vla.config import ConfigError, EvalSettings, LearnOnlineConfig, SimSettings, TrainConfig, to_object
+from vla.config.sim import DisturbanceSettings
 from vla.learn.dataset import LoopError, VersionedDataset, read_json, write_json_atomic
 from vla.learn.history import history_rows, log_round, write_history
 
@@ -46,6 +47,7 @@ def evaluate_run(run_dir: str | Path, cfg: LearnOnlineConfig, sim: SimSettings) 
         baselines=[],
         gif_episodes=0,
         sim=sim,
+        disturbance=cfg.sim.disturbance,  # held-out scenes in deployment conditions, for every arm
     )
     report = evaluate_policy(load_policy(run_dir), settings)
     return {
@@ -102,13 +104,19 @@ class Loop:
 
     def _check_loop_file(self) -> None:
         path = self.dir / "loop.json"
-        record = {"start": str(self.start), **{k: getattr(self.cfg.learn, k) for k in LOOP_KEYS}}
+        record = {
+            "start": str(self.start),
+            **{k: getattr(self.cfg.learn, k) for k in LOOP_KEYS},
+            "disturbance": dataclasses.asdict(self.cfg.sim.disturbance),
+        }
         if path.is_file():
             saved = read_json(path)
+            saved.setdefault("disturbance", dataclasses.asdict(DisturbanceSettings()))  # older loops: off
             for key, value in record.items():
                 if saved.get(key) != value:
+                    name = "sim.disturbance" if key == "disturbance" else f"learn.{key}"
                     raise ConfigError(
-                        f"learn.{key}={value!r}: the loop in {self.dir} was run with {saved.get(key)!r} ({path}); "
+                        f"{name}={value!r}: the loop in {self.dir} was run with {saved.get(key)!r} ({path}); "
                         "a resumed loop keeps it (or choose a new output_dir)"
                     )
         else:
@@ -206,7 +214,7 @@ class Loop:
                 with PolicyClient(control) as client:
                     metadata = client.wait_metadata(control.connect_timeout_s * 5)
                     safety = SafetyFilter(model, self.sim.safety, self.sim.control_hz)
-                    recorder = RecordingRobot(SimAthena(self.sim, model))
+                    recorder = RecordingRobot(SimAthena(self.sim, model), self.cfg.sim.disturbance)
                     return record_rollouts(
                         self.dataset,
                         r,
@@ -222,7 +230,8 @@ class Loop:
 
     def _record_expert(self, r: int) -> dict:
         """The baseline: fresh scripted-expert demonstrations on the round's scenes, recorded as the
-        start data was (same noise injection), behind the same safety filter."""
+        start data was (same noise injection, from home: no `sim.disturbance`, as a teleoperator
+        records them), behind the same safety filter."""
         from vla.sim.athena import AthenaRobot
         from vla.sim.env import AthenaEnv
         from vla.sim.episodes import episode_name, record_episode

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla.config.sim import SimSettings
+from vla.config.sim import DisturbanceSettings, SimSettings
 from vla.sim.athena import HOME_POSE, NUM_JOINTS, AthenaRobot
-from vla.sim.tasks import EpisodeSpec, evaluate_success, expert_action, sample_episode
+from vla.sim.tasks import (
+    Disturbance,
+    EpisodeSpec,
+    evaluate_success,
+    expert_action,
+    sample_disturbance,
+    sample_episode,
+)
 
 
 class AthenaEnv:
@@ -32,12 +39,18 @@ class AthenaEnv:
         self.robot = robot
         self.data = robot.new_data()
         self.spec: EpisodeSpec | None = None
+        self.disturbance: Disturbance | None = None
         self.t = 0
 
-    def reset(self, task: str, seed: int) -> EpisodeSpec:
-        """Start episode `seed` of `task` at the home pose; the same (task, seed) gives the same scene."""
+    def reset(self, task: str, seed: int, disturbance: DisturbanceSettings | None = None) -> EpisodeSpec:
+        """Start episode `seed` of `task` at the home pose; the same (task, seed) gives the same scene.
+        With an enabled `disturbance` it starts from that episode's displaced pose instead and may be
+        pushed once (`vla.sim.tasks.sample_disturbance`; `self.disturbance` holds the draw)."""
         self.spec = sample_episode(self.robot, task, seed)
-        self.robot.set_pose(self.data, HOME_POSE)
+        self.disturbance = None
+        if disturbance is not None and disturbance.enabled:
+            self.disturbance = sample_disturbance(self.spec, disturbance, self.robot.joint_limits)
+        self.robot.set_pose(self.data, HOME_POSE if self.disturbance is None else self.disturbance.start)
         self.robot.set_balls(self.data, self.spec.balls)
         self.data.time = 0.0
         self.t = 0
@@ -56,6 +69,12 @@ class AthenaEnv:
         if action.shape != (NUM_JOINTS,):
             raise ValueError(f"action has shape {action.shape}; athena takes {NUM_JOINTS} joint targets")
         self.robot.apply(self.data, action)
+        if self.disturbance is not None and self.t == self.disturbance.push_step:
+            # A shove: the joints are displaced and at rest, the motors still hold the last command.
+            lo, hi = self.robot.joint_limits[:, 0], self.robot.joint_limits[:, 1]
+            pushed = np.clip(self.joint_positions() + self.disturbance.push_offset, lo, hi)
+            self.robot.set_pose(self.data, pushed)
+            self.data.ctrl[self.robot.actuator_ids] = action
         self.t += 1
 
     def render(self) -> np.ndarray:

@@ -10,11 +10,14 @@ and LeRobot's ACT do; `EvalSettings.execute_steps` runs only the first N of each
 
 Episodes of a task run in lockstep, so the policy sees batches of up to `episodes_per_task` frames.
 During training, `evaluate_policy(policy, settings)["success_rate"]` is `val/success_rate`.
-`EvalSettings.swap_color` probes whether a policy follows the colour word of reach_ball's instruction.
+`EvalSettings.swap_color` probes whether a policy follows the colour word of reach_ball's instruction;
+`EvalSettings.disturbance` starts episodes away from home and/or pushes the robot (the same draws on a
+scene for the policy and the baselines).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -113,7 +116,7 @@ def _evaluate_task(
     seeds = [settings.seed + i for i in range(count)]
     envs = [AthenaEnv(robot=robot) for _ in seeds]
     filters = [SafetyFilter(robot, settings.sim.safety, settings.sim.control_hz) for _ in seeds]
-    specs = [env.reset(task, seed) for env, seed in zip(envs, seeds)]
+    specs = [env.reset(task, seed, settings.disturbance) for env, seed in zip(envs, seeds)]
     told = [swapped_color_instruction(s) if settings.swap_color else s.instruction for s in specs]
     for env, safety in zip(envs, filters):
         safety.reset(env.joint_positions())
@@ -227,6 +230,7 @@ def evaluate_with_baselines(
         "image_size": settings.sim.image_size,
         "safety": settings.sim.safety.enabled,
         "swap_color": settings.swap_color,
+        "disturbance": dataclasses.asdict(settings.disturbance) if settings.disturbance.enabled else None,
         "results": results,
     }
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -255,7 +259,8 @@ def markdown_report(report: dict) -> str:
             "named ball (swap_color), success is still scored against the named ball"
             if report.get("swap_color")
             else ""
-        ),
+        )
+        + (f"; disturbed (sim.disturbance): {report['disturbance']}" if report.get("disturbance") else ""),
         "",
         "| task | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),

@@ -15,6 +15,10 @@ its hands end up (this is what keeps a random policy near 0%).
 
 Experts move from home to a goal pose (inverse kinematics for reach_ball) along a minimum-jerk path
 no faster than EXPERT_MAX_SPEED, then hold it, so success is reached well before the end.
+
+Disturbances (`sample_disturbance`, `sim.disturbance`): an episode may start away from home and be
+pushed once; the expert's plan is absolute joint targets, so it heads back to its path from wherever
+the robot is (the safety filter's speed limit paces the way back).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from vla.config.sim import BALL_REGION_X, BALL_REGION_Y, BALL_REGION_Z
+from vla.config.sim import BALL_REGION_X, BALL_REGION_Y, BALL_REGION_Z, DisturbanceSettings
 from vla.sim.athena import (
     BALL_COLORS,
     BALL_RADIUS,
@@ -213,6 +217,49 @@ def expert_noise_offsets(spec: EpisodeSpec, control_hz: int, std: float) -> np.n
         stop = min(start + control_hz, spec.num_steps - control_hz)
         offsets[start:stop, dims] = rng.normal(0.0, std, len(dims))
     return offsets
+
+
+@dataclass
+class Disturbance:
+    """One episode's draw of `DisturbanceSettings`: where it starts, and its push (if any)."""
+
+    start: np.ndarray  # [23] the joint positions the episode starts from
+    push_step: int | None  # the push comes after this step's physics; None: no push
+    push_offset: np.ndarray  # [23] rad added to the joint positions then (zero where not disturbed)
+
+    def record(self) -> dict:
+        """For an episode's metadata."""
+        return {
+            "start": self.start.round(4).tolist(),
+            "push_step": self.push_step,
+            "push_offset": self.push_offset.round(4).tolist(),
+        }
+
+
+def sample_disturbance(
+    spec: EpisodeSpec, settings: DisturbanceSettings, joint_limits: np.ndarray
+) -> Disturbance:
+    """The episode's disturbance, seeded by the episode apart from its scene's and its noise's streams:
+    every policy (and the expert) evaluated on a scene meets the same one. The draws are standard normals
+    scaled by the std, always all of them, so a larger std displaces the same joints the same way, only
+    farther, and turning pushes on does not change the start. Offsets stay 0.05 rad inside the joint
+    ranges, so the safety filter's limit clip never edits where the robot starts."""
+    rng = np.random.default_rng([spec.seed, list(PHRASINGS).index(spec.task), 2])
+    mask = np.zeros(NUM_JOINTS, dtype=bool)
+    if settings.joints in ("task", "all"):
+        mask[task_dims(spec)] = True
+    if settings.joints in ("others", "all"):
+        mask[np.setdiff1d(np.arange(NUM_JOINTS), task_dims(spec))] = True
+    start_draw, push_draw = rng.standard_normal(NUM_JOINTS), rng.standard_normal(NUM_JOINTS)
+    coin, when = rng.random(), rng.integers(1, max(2, spec.num_steps // 2))
+    lo, hi = joint_limits[:, 0] + _IK_LIMIT_MARGIN, joint_limits[:, 1] - _IK_LIMIT_MARGIN
+    start = np.clip(HOME_POSE + mask * settings.start_std * start_draw, lo, hi)
+    pushed = settings.push_std > 0 and coin < settings.push_prob
+    return Disturbance(
+        start=start,
+        push_step=int(when) if pushed else None,
+        push_offset=mask * settings.push_std * push_draw if pushed else np.zeros(NUM_JOINTS),
+    )
 
 
 def swapped_color_instruction(spec: EpisodeSpec) -> str:
