@@ -455,6 +455,25 @@ def test_cli_names_a_bad_start_and_exits_2(tmp_path):
     assert f"start={tmp_path}" in proc.stderr and "lora=full" in proc.stderr
 
 
+def history_row(r: int, successes: int, promoted: bool, new_episodes: int) -> dict:
+    """One round's history row (as `vla.learn.history` gets it) with half the new episodes successful."""
+    return {
+        "round": r,
+        "relabel": "dagger",
+        "beta": 0.5 if r else 0.0,
+        "new_episodes": new_episodes,
+        "new_successes": new_episodes // 2,
+        "train_episodes": 8 + 10 * r,
+        "success_rate": successes / 50,
+        "ci95_low": 0.1,
+        "ci95_high": 0.9,
+        "successes": successes,
+        "eval_episodes": 50,
+        "promoted": promoted,
+        "policy": f"run{r}",
+    }
+
+
 def test_history_is_logged_per_round_to_tensorboard_and_csv(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -463,23 +482,7 @@ def test_history_is_logged_per_round_to_tensorboard_and_csv(tmp_path):
 
     rows = []
     for r, (successes, promoted) in enumerate([(20, True), (18, False), (31, True)]):
-        rows.append(
-            {
-                "round": r,
-                "relabel": "dagger",
-                "beta": 0.5 if r else 0.0,
-                "new_episodes": 10 * bool(r),
-                "new_successes": 5 * bool(r),
-                "train_episodes": 8 + 10 * r,
-                "success_rate": successes / 50,
-                "ci95_low": 0.1,
-                "ci95_high": 0.9,
-                "successes": successes,
-                "eval_episodes": 50,
-                "promoted": promoted,
-                "policy": f"run{r}",
-            }
-        )
+        rows.append(history_row(r, successes, promoted, new_episodes=10 * bool(r)))
         for name in ("tensorboard", "csv"):
             log_round(LoggerConfig(name=name), tmp_path, rows)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
@@ -536,23 +539,7 @@ def test_history_is_logged_per_round_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     rows = []
     for r, (successes, promoted) in enumerate([(20, True), (18, False)]):
-        rows.append(
-            {
-                "round": r,
-                "relabel": "dagger",
-                "beta": 0.5 if r else 0.0,
-                "new_episodes": 10 * r,
-                "new_successes": 5 * r,
-                "train_episodes": 8 + 10 * r,
-                "success_rate": successes / 50,
-                "ci95_low": 0.1,
-                "ci95_high": 0.9,
-                "successes": successes,
-                "eval_episodes": 50,
-                "promoted": promoted,
-                "policy": f"run{r}",
-            }
-        )
+        rows.append(history_row(r, successes, promoted, new_episodes=10 * r))
         log_round(LoggerConfig(name="wandb"), tmp_path, rows)
         time.sleep(1.1 * (r == 0))  # offline run folders are named by the second they start in
     # One offline run folder per round (each round is its own process in a real loop), one W&B run id.
