@@ -26,10 +26,11 @@ register_configs()
 
 def run(cfg: BenchmarkConfig) -> dict:
     """Run every backend; returns the report written to benchmark.json (plus the files written)."""
-    from vla.export.bench import markdown_table, run_benchmark
     from vla.outputs import resolve_latest
 
     cfg.checkpoint = resolve_latest(cfg.checkpoint, "checkpoint", cfg.paths.output_dir, "export")
+    from vla.export.bench import markdown_table, run_benchmark  # after the cheap check
+
     report = run_benchmark(cfg)
     print()
     print(markdown_table(report))

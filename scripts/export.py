@@ -28,10 +28,11 @@ log = logging.getLogger("export")
 
 def run(cfg: ExportConfig) -> dict:
     """Merge and export `cfg.run` into `cfg.out_dir`; returns the report written to export.json."""
-    from vla.export.merge import export_run
     from vla.outputs import resolve_latest
 
-    cfg.run = resolve_latest(cfg.run, "run", cfg.paths.output_dir, "train")
+    cfg.run = resolve_latest(cfg.run, "run", cfg.paths.output_dir, "train")  # before the heavy imports
+    from vla.export.merge import export_run
+
     report = export_run(cfg)
     out = Path(cfg.out_dir)
     print(f"\nexport folder: {out}")

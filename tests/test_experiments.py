@@ -17,6 +17,9 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, ROOT
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# athena_suite composes what `python train.py` composes (tests/test_config.py asserts it), so in the
+# default suite its smoke run would repeat the default's: it runs with the slow tests.
+SLOW_EXPERIMENTS = {"athena_suite"}
 DEBUG = "fdr"
 
 
@@ -55,7 +58,9 @@ def test_experiments_are_found():
     assert EXPERIMENTS, "no conf/experiment/*.yaml"
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPERIMENTS else n for n in EXPERIMENTS]
+)
 def test_experiment_trains_a_few_steps(name, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
     cmd = [

@@ -261,6 +261,7 @@ def test_optuna_search_two_trials(tmp_path, isaac_root):
     assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 2
 
 
+@pytest.mark.slow  # two processes each importing the stack (30 s); DDP itself is Lightning's
 def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
     out = _cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=isaac",
                 f"data.root={isaac_root}"], tmp_path)  # fmt: skip
