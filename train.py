@@ -140,6 +140,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
                 cfg.callbacks.sim_eval_episodes,
                 sample.sim_settings(cfg.sim),
                 cfg.callbacks.sim_eval_every_n_val,
+                cfg.sim.disturbance,  # the check meets it; the demonstrations are recorded without it
             )
         )
     # TrainerConfig's fields are Lightning Trainer arguments, one for one (but the choice's name).

@@ -128,3 +128,50 @@ def test_evaluate_script_passes_the_disturbance_on(tmp_path, monkeypatch):
     )
     evaluate.run(cfg, tmp_path)
     assert captured["disturbance"] == DisturbanceSettings(start_std=0.4)
+
+
+def test_training_check_meets_the_disturbance_and_demo_generators_refuse_it(tmp_path, monkeypatch):
+    """`train.py sim.disturbance...`: the demonstrations stay nominal, the in-loop closed-loop check (like
+    scripts/evaluate.py) runs disturbed; the entry points that only record demonstrations refuse the key
+    instead of ignoring it."""
+    import train as entry
+    from vla.config import ConvertDataConfig, MakeSampleDataConfig, TrainConfig
+
+    captured = []
+
+    def fake(policy, settings, **_):
+        captured.append(settings)
+        return {"success_rate": 0.0, "per_task": {}}
+
+    monkeypatch.setattr("vla.sim.evaluate.evaluate_policy", fake)
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "logger=none",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=2",
+        "data.sample.tasks=[raise_arm]",
+        "data.sample.episodes_per_task=3",
+        "data.sample.task_episodes={}",
+        "data.sample.image_size=56",
+        "data.sample.workers=1",
+        "model.architecture.image_size=56",
+        "callbacks.sim_eval_every_n_val=1",
+        "sim.disturbance.start_std=0.6",
+        "sim.disturbance.joints=others",
+    ]
+    entry.run(compose_config("train", overrides, TrainConfig))
+    assert [s.disturbance for s in captured] == [DisturbanceSettings(start_std=0.6, joints="others")]
+    demos = sorted((tmp_path / "cache").rglob("metadata.json"))
+    assert demos, "no sample episodes were generated"
+
+    for name, schema in (("make_sample_data", MakeSampleDataConfig), ("convert_data", ConvertDataConfig)):
+        extra = ["output_dir=/tmp/x"] if name == "convert_data" else []
+        with pytest.raises(
+            ConfigError, match=rf"sim\.disturbance: {name} records the expert's demonstrations"
+        ):
+            compose_config(name, ["sim.disturbance.start_std=0.6", *extra], schema)
+        compose_config(name, extra, schema)  # nominal: accepted

@@ -68,9 +68,11 @@ DISTURBED_JOINTS = ("task", "others", "all")
 class DisturbanceSettings:
     """Deployment conditions that nominal demonstrations never show (`vla.sim.tasks.sample_disturbance`):
     the episode starts away from the home pose and/or the robot is pushed once mid-episode. Read by
-    closed-loop evaluation (`scripts/evaluate.py`, `EvalSettings.disturbance`) and by `learn_online`'s
-    rollouts and held-out evaluation; sample-data generation and the loop's behaviour-cloning
-    demonstrations are recorded without it (a teleoperator records from home, undisturbed).
+    closed-loop evaluation (`scripts/evaluate.py`, `EvalSettings.disturbance`), by `train.py`'s in-loop
+    closed-loop check and by `learn_online`'s rollouts and held-out evaluation; sample-data generation
+    and the loop's behaviour-cloning demonstrations are recorded without it (a teleoperator records from
+    home, undisturbed), and `scripts/make_sample_data.py` / `scripts/convert_data.py`, which only
+    generate demonstrations, refuse it (`refuse_disturbance`) rather than ignore it.
 
     Every draw comes from the episode's seed (apart from its scene's stream), so every policy evaluated
     on a scene meets the same disturbance. All zero (the default): no disturbance, nothing changes."""
@@ -95,6 +97,17 @@ class DisturbanceSettings:
     @property
     def enabled(self) -> bool:
         return self.start_std > 0 or (self.push_prob > 0 and self.push_std > 0)
+
+
+def refuse_disturbance(settings: DisturbanceSettings, entry_point: str) -> None:
+    """A ConfigError for an entry point that only records demonstrations, which are undisturbed."""
+    if settings.enabled:
+        raise ConfigError(
+            f"sim.disturbance: {entry_point} records the expert's demonstrations, which start at home "
+            "undisturbed (as a teleoperator records them); disturbances apply where a policy acts: "
+            "scripts/evaluate.py, train.py's closed-loop check, scripts/learn_online.py. Drop the "
+            "sim.disturbance overrides here"
+        )
 
 
 @dataclass

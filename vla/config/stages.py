@@ -11,7 +11,14 @@ from omegaconf import MISSING
 from vla.config.base import ConfigError, check_choice
 from vla.config.data import AugmentConfig, DataConfig, SampleDataConfig
 from vla.config.model import LoraConfig, ModelConfig, QuantizationConfig
-from vla.config.sim import BASELINES, EVALUATION_SEED_BASE, EvalSettings, SimConfig, check_tasks
+from vla.config.sim import (
+    BASELINES,
+    EVALUATION_SEED_BASE,
+    EvalSettings,
+    SimConfig,
+    check_tasks,
+    refuse_disturbance,
+)
 from vla.config.train import LoggerConfig, OptimConfig, PathsConfig
 
 # A stage's `checkpoint=` / `run=` default: the newest finished folder of the stage before it under
@@ -186,6 +193,7 @@ class MakeSampleDataConfig:
     def __post_init__(self) -> None:
         if self.data.format != "sample":
             raise ConfigError(f"data={self.data.name}: make_sample_data generates data=sample's episodes")
+        refuse_disturbance(self.sim.disturbance, "make_sample_data")
         if self.write_pickle and self.output_dir is None:
             raise ConfigError(
                 "write_pickle=true needs output_dir=DIR (the cache holds Isaac episode folders only)"
@@ -215,6 +223,7 @@ class ConvertDataConfig:
             raise ConfigError(f"crf={self.crf} must be in 0..51 (libx264's range)")
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(f"fps={self.fps} must be > 0 (or null: the episodes' own)")
+        refuse_disturbance(self.sim.disturbance, "convert_data")
 
 
 @dataclass

@@ -56,12 +56,19 @@ class SimSuccessRate(L.Callback):
     the share of episodes whose hand ends nearest the named ball). Only for data=sample (the simulator's
     tasks)."""
 
-    def __init__(self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int):
-        """`sim`: the vla.config.sim.SimSettings the training episodes were recorded with."""
-        from vla.config.sim import EvalSettings
+    def __init__(
+        self, tasks: list[str], episodes_per_task: int, sim: Any, every_n_val: int, disturbance: Any = None
+    ):
+        """`sim`: the vla.config.sim.SimSettings the training episodes were recorded with; `disturbance`:
+        the `sim.disturbance` the check's episodes meet (None: nominal), as `scripts/evaluate.py` does."""
+        from vla.config.sim import DisturbanceSettings, EvalSettings
 
         self.settings = EvalSettings(
-            tasks=tasks, episodes_per_task=episodes_per_task, gif_episodes=0, sim=sim
+            tasks=tasks,
+            episodes_per_task=episodes_per_task,
+            gif_episodes=0,
+            sim=sim,
+            disturbance=disturbance or DisturbanceSettings(),
         )
         self.every_n_val = every_n_val
         self.count = 0
