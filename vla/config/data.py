@@ -30,8 +30,16 @@ class SampleDataConfig:
     workers: int = 1  # rendering processes when the dataset is generated (the content does not depend on it)
     # Episodes of the named tasks instead of episodes_per_task, e.g. {reach_ball: 1000}.
     task_episodes: dict[str, int] = field(default_factory=dict)
+    # reach_ball scenes recorded again naming each other ball the hand can reach (0-2; the
+    # counterfactual instructions of vla.config.sim.SampleDataSettings.counterfactual_twins). 0: off.
+    counterfactual_twins: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.counterfactual_twins <= 2:
+            raise ConfigError(
+                f"data.sample.counterfactual_twins={self.counterfactual_twins}: must be 0, 1 or 2 (the "
+                "other balls of a reach scene)"
+            )
         for key in ("episodes_per_task", "workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.sample.{key}={getattr(self, key)}: must be at least 1")
@@ -66,6 +74,7 @@ class SampleDataConfig:
             expert_noise=self.expert_noise,
             sim=self.sim_settings(sim),
             task_episodes=dict(self.task_episodes),
+            counterfactual_twins=self.counterfactual_twins,
         )
 
 

@@ -181,9 +181,19 @@ class SampleDataSettings:
     # Episodes of the named tasks instead of episodes_per_task (e.g. {reach_ball: 1000}: the task that
     # needs the image most gets the most scenes); entries for tasks not in `tasks` are unused.
     task_episodes: dict[str, int] = field(default_factory=dict)
+    # Counterfactual instructions (CAST, Glossop et al. 2025): each reach_ball scene is recorded up to
+    # this many more times (0-2), each naming another ball that the named hand can reach, with the
+    # expert going there (`vla.sim.tasks.counterfactual_episode`). The same images then come with
+    # different colour words and different motions, so the colour word is what tells them apart.
+    counterfactual_twins: int = 0
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks, "tasks")
+        if not 0 <= self.counterfactual_twins <= len(BALL_NAMES) - 1:
+            raise ConfigError(
+                f"counterfactual_twins={self.counterfactual_twins} must be in 0..{len(BALL_NAMES) - 1} "
+                "(the other balls of a reach scene)"
+            )
         unknown = sorted(set(self.task_episodes) - set(TASK_NAMES))
         if unknown:
             raise ConfigError(f"task_episodes names {unknown}; the tasks are {list(TASK_NAMES)}")

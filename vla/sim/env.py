@@ -42,11 +42,20 @@ class AthenaEnv:
         self.disturbance: Disturbance | None = None
         self.t = 0
 
-    def reset(self, task: str, seed: int, disturbance: DisturbanceSettings | None = None) -> EpisodeSpec:
+    def reset(
+        self,
+        task: str,
+        seed: int,
+        disturbance: DisturbanceSettings | None = None,
+        spec: EpisodeSpec | None = None,
+    ) -> EpisodeSpec:
         """Start episode `seed` of `task` at the home pose; the same (task, seed) gives the same scene.
         With an enabled `disturbance` it starts from that episode's displaced pose instead and may be
-        pushed once (`vla.sim.tasks.sample_disturbance`; `self.disturbance` holds the draw)."""
-        self.spec = sample_episode(self.robot, task, seed)
+        pushed once (`vla.sim.tasks.sample_disturbance`; `self.disturbance` holds the draw). `spec`: play
+        this episode of (task, seed) instead of the sampled one (a counterfactual twin)."""
+        if spec is not None and (spec.task, spec.seed) != (task, seed):
+            raise ValueError(f"spec is episode {spec.seed} of {spec.task}, not {seed} of {task}")
+        self.spec = spec or sample_episode(self.robot, task, seed)
         self.disturbance = None
         if disturbance is not None and disturbance.enabled:
             self.disturbance = sample_disturbance(self.spec, disturbance, self.robot.joint_limits)

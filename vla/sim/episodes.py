@@ -34,14 +34,15 @@ from vla.data.isaac import write_isaac_episode
 from vla.sim.athena import JOINT_NAMES, STATE_NAMES, AthenaRobot
 from vla.sim.env import AthenaEnv
 from vla.sim.safety import SafetyFilter
-from vla.sim.tasks import expert_noise_offsets
+from vla.sim.tasks import EpisodeSpec, counterfactual_episode, expert_noise_offsets, sample_episode
 
 FORMAT_VERSION = 1  # bump when the written episodes change for the same settings (invalidates caches)
 SETTINGS_FILE = "sample_settings.json"
 
 
-def episode_name(task: str, seed: int) -> str:
-    return f"{task}_{seed:06d}"
+def episode_name(task: str, seed: int, twin: int = 0) -> str:
+    """The episode's folder name; a counterfactual twin (`counterfactual_episode`) adds `_cf<twin>`."""
+    return f"{task}_{seed:06d}" + (f"_cf{twin}" if twin else "")
 
 
 def generation_seeds(settings: SampleDataSettings, task: str | None = None) -> range:
@@ -52,13 +53,19 @@ def generation_seeds(settings: SampleDataSettings, task: str | None = None) -> r
 
 
 def record_episode(
-    env: AthenaEnv, safety: SafetyFilter, task: str, seed: int, expert_noise: float = 0.0
+    env: AthenaEnv,
+    safety: SafetyFilter,
+    task: str,
+    seed: int,
+    expert_noise: float = 0.0,
+    spec: EpisodeSpec | None = None,
 ) -> dict:
     """Run the scripted expert through the safety filter; returns images, arrays and metadata.
 
     With `expert_noise` > 0 the executed commands carry `expert_noise_offsets` and the recorded actions
-    are the expert's own targets (see `SampleDataSettings.expert_noise`)."""
-    spec = env.reset(task, seed)
+    are the expert's own targets (see `SampleDataSettings.expert_noise`). `spec`: record this episode of
+    (task, seed) instead of the sampled one (a counterfactual twin)."""
+    spec = env.reset(task, seed, spec=spec)
     hz = env.robot.sim.control_hz
     offsets = expert_noise_offsets(spec, hz, expert_noise)
     safety.reset(env.joint_positions())
@@ -92,6 +99,8 @@ def record_episode(
         "safety_interventions": {k: safety.counts[k] - before[k] for k in safety.counts},
         "expert_noise": expert_noise,
     }
+    if "counterfactual" in spec.info:  # the scene of episode `seed`, another ball named
+        metadata["counterfactual"] = spec.info["counterfactual"]
     return {
         "images": images,
         "actions": np.asarray(actions, dtype=np.float32),
@@ -111,11 +120,17 @@ def _init_worker(sim: SimSettings) -> None:
     _worker = (env, SafetyFilter(env.robot, sim.safety, sim.control_hz))
 
 
-def _generate_one(job: tuple[str, int, str, float]) -> tuple[str, bool]:
-    task, seed, out_dir, expert_noise = job
+def _generate_one(job: tuple[str, int, int, str, float]) -> tuple[str, bool | None]:
+    """Record and write one episode; (task, success), success None for a twin the scene does not have."""
+    task, seed, twin, out_dir, expert_noise = job
     env, safety = _worker
-    episode = record_episode(env, safety, task, seed, expert_noise)
-    write_isaac_episode(episode, Path(out_dir) / episode_name(task, seed))
+    spec = None
+    if twin:
+        spec = counterfactual_episode(env.robot, sample_episode(env.robot, task, seed), twin)
+        if spec is None:
+            return task, None
+    episode = record_episode(env, safety, task, seed, expert_noise, spec)
+    write_isaac_episode(episode, Path(out_dir) / episode_name(task, seed, twin))
     return task, episode["metadata"]["success"]
 
 
@@ -127,11 +142,13 @@ def generate_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
-        (task, seed, str(out_dir), settings.expert_noise)
+        (task, seed, twin, str(out_dir), settings.expert_noise)
         for task in settings.tasks
         for seed in generation_seeds(settings, task)
+        for twin in range(1 + (settings.counterfactual_twins if task == "reach_ball" else 0))
     ]
-    clashes = [episode_name(t, s) for t, s, *_ in jobs if (out_dir / episode_name(t, s)).exists()]
+    names = [episode_name(t, s, k) for t, s, k, *_ in jobs]
+    clashes = [name for name in names if (out_dir / name).exists()]
     if clashes:
         raise FileExistsError(f"{out_dir} already holds episodes, e.g. {clashes[0]}; choose an empty folder")
     start = time.perf_counter()
@@ -155,6 +172,8 @@ def generate_dataset(
                 bar.update()
     bar.close()
     seconds = time.perf_counter() - start
+    twins_missing = sum(ok is None for _, ok in results)
+    results = [(task, ok) for task, ok in results if ok is not None]
     summary = {
         "episodes": len(results),
         "success_rate": {
@@ -164,6 +183,8 @@ def generate_dataset(
         "seconds_per_episode": round(seconds / max(1, len(results)), 4),
         "workers": workers,
     }
+    if settings.counterfactual_twins:
+        summary["counterfactual_twins"] = len(jobs) - twins_missing - sum(k == 0 for _, _, k, *_ in jobs)
     record = {"settings": dataclasses.asdict(settings), "summary": summary, "format_version": FORMAT_VERSION}
     (out_dir / SETTINGS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if settings.write_pickle:
@@ -227,6 +248,8 @@ def sample_dataset_key(settings: SampleDataSettings) -> str:
         del fields["expert_noise"]
     if not fields["task_episodes"]:
         del fields["task_episodes"]
+    if not fields["counterfactual_twins"]:
+        del fields["counterfactual_twins"]
     text = json.dumps({"settings": fields, **versions}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

@@ -23,6 +23,7 @@ the robot is (the safety filter's speed limit paces the way back).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -139,13 +140,47 @@ def sample_episode(robot: AthenaRobot, task: str, seed: int) -> EpisodeSpec:
     phrasings = [p.format(side=side, color=color) for p in PHRASINGS[task]]
     first = int(rng.integers(len(phrasings)))
     phrasings = [phrasings[first], *phrasings[:first], *phrasings[first + 1 :]]
+    num_steps, move_steps = _timing(robot, task, goal)
+    return EpisodeSpec(task, seed, side, color, phrasings[0], phrasings, balls, goal, num_steps, move_steps)
+
+
+def _timing(robot: AthenaRobot, task: str, goal: np.ndarray) -> tuple[int, int]:
+    """(steps in the episode, steps the expert takes to reach `goal` from home)."""
     hz = robot.sim.control_hz
     num_steps = round(EPISODE_SECONDS[task] * hz)
     biggest_move = float(np.max(np.abs(goal - HOME_POSE)))
     # Minimum-jerk peak speed is 1.875 * distance / duration.
     move_seconds = max(_MIN_MOVE_SECONDS, 1.875 * biggest_move / EXPERT_MAX_SPEED)
-    move_steps = min(num_steps - 1, int(np.ceil(move_seconds * hz)))
-    return EpisodeSpec(task, seed, side, color, phrasings[0], phrasings, balls, goal, num_steps, move_steps)
+    return num_steps, min(num_steps - 1, int(np.ceil(move_seconds * hz)))
+
+
+def counterfactual_episode(robot: AthenaRobot, spec: EpisodeSpec, twin: int) -> EpisodeSpec | None:
+    """reach_ball's counterfactual twin `twin` (1 or 2) of `spec` (CAST-style counterfactual labels):
+    the same scene, side and phrasing, but the instruction names the `twin`-th other ball (in
+    BALL_COLORS order) and the expert reaches that one. None when that ball is not where the named hand's
+    own targets are drawn (`_TARGET_Y`) or out of its reach: twins stay inside the task's distribution.
+
+    A scene then shows up with two or three instructions and as many motions, so the colour word is the
+    only thing that tells them apart (`SampleDataSettings.counterfactual_twins`)."""
+    if spec.task != "reach_ball" or not spec.balls:
+        raise ValueError(f"counterfactual twins are reach_ball's; got {spec.task}")
+    others = [c for c in BALL_COLORS if c != spec.color]
+    if not 1 <= twin <= len(others):
+        raise ValueError(f"twin {twin}: reach_ball has {len(others)} other balls")
+    color = others[twin - 1]
+    target = spec.balls[color]
+    if not _TARGET_Y[spec.side][0] <= target[1] <= _TARGET_Y[spec.side][1]:
+        return None
+    goal, error = solve_reach_ik(robot, spec.side, target)
+    if error > 0.01:
+        return None
+    phrasings = [re.sub(rf"\b{spec.color}\b", color, p) for p in spec.phrasings]
+    num_steps, move_steps = _timing(robot, spec.task, goal)
+    info = {**spec.info, "counterfactual": {"twin": twin, "of_color": spec.color}}
+    return dataclasses.replace(
+        spec, color=color, instruction=phrasings[0], phrasings=phrasings, goal=goal,
+        num_steps=num_steps, move_steps=move_steps, info=info,
+    )  # fmt: skip
 
 
 def _sample_reach(
