@@ -467,6 +467,13 @@ def test_grounding_tokens_first_layout(tmp_path):
     frames = [episodes[0].frames[0], episodes[1].frames[0]]
     pred = model.predict(frames, ["move"] * 2)
     assert pred.grounding.shape == (2, 3) and pred.actions.shape == (2, 1, d)
+    # The chunk continues from the grounding tokens' KV cache: as a pass over everything would give.
+    from vla.model.processing import build_prompt
+
+    inputs = model.processor(frames, [build_prompt("move")] * 2)
+    full = model.predict_action(**inputs, use_cache=False)
+    np.testing.assert_array_equal(full.grounding, pred.grounding)
+    np.testing.assert_allclose(full.normalized, pred.normalized, atol=1e-5)
     model.save_pretrained(tmp_path / "model")
     keys = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert not any(k.startswith("grounding_head.") for k in keys)

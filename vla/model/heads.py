@@ -183,22 +183,27 @@ class TokenHead:
         use_cache: bool = True,
         parallel: int = 0,
         proprio: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        read_after: int = 0,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding of `n_tokens` tokens after each row of prompt ids; returns [B, n_tokens].
 
         `parallel`: the last `parallel` of them (a parallel-decoding model's action chunk) come from one
         pass over placeholder inputs, so none of them depends on another; the tokens before them are
         decoded one at a time, each fed back.
+        `read_after`: then feed the last token and this many placeholders (continuing from the KV cache)
+        and also return the LLM's final hidden states there, [B, read_after, H] (the l1 head's chunk
+        after grounding tokens first).
         """
         embeds, mask, positions = model.prefix_batch(rows, pixel_values, proprio)
         lm = model.language_model
         embed = lm.get_input_embeddings()
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
 
-        def feed(new: torch.Tensor, past):
+        def feed(new: torch.Tensor, past, hidden: bool = False):
             """Run the LM on `new` input embeddings [B, n, H] after everything before; logits [B, n, V]
-            are the output's last n."""
+            (`hidden`: the final hidden states, `last_hidden_state`) are the output's last n."""
             nonlocal embeds, mask, positions
+            run = lm.model if hidden else lm
             n = new.shape[1]
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
@@ -207,7 +212,7 @@ class TokenHead:
                 )
             if use_cache:
                 new_positions = positions[:, -n:] if positions is not None else None
-                return lm(
+                return run(
                     inputs_embeds=new,
                     attention_mask=mask,
                     position_ids=new_positions,
@@ -215,7 +220,7 @@ class TokenHead:
                     use_cache=True,
                 )
             embeds = torch.cat([embeds, new], dim=1)
-            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+            return run(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
 
         generated = []
         for step in range(n_tokens - parallel):
@@ -230,7 +235,12 @@ class TokenHead:
                 out = feed(embed(holders), out.past_key_values)
                 logits = torch.cat([logits, out.logits[:, -(parallel - 1) :]], dim=1)
             generated += [self._next_token(logits[:, j].float(), constrain) for j in range(parallel)]
-        return torch.stack(generated, dim=1)
+        tokens = torch.stack(generated, dim=1)
+        if not read_after:
+            return tokens
+        holders = torch.full((len(rows), read_after), self.placeholder_id, device=tokens.device)
+        new = embed(torch.cat([tokens[:, -1:], holders], dim=1))
+        return tokens, feed(new, out.past_key_values, hidden=True).last_hidden_state[:, -read_after:]
 
     def predict(
         self,
@@ -451,18 +461,20 @@ class L1Head:
         the pass reads them before the K*D placeholders."""
         self._check_dim(len(stats["q01"]))
         n, g = self.n_positions, self.layout.grounding_values
-        grounding, written = None, [[] for _ in rows]
-        if self.n_grounding_tokens:
+        grounding = None
+        if self.n_grounding_tokens:  # decoded one at a time, then the placeholders from the KV cache
             decoder = TokenHead(self.layout, self.tokenizer, self.placeholder_id)
-            written = decoder.generate(
-                model, rows, pixel_values, self.n_grounding_tokens, True, use_cache, proprio=proprio
-            ).tolist()
-            grounding = self.tokenizer.decode(np.asarray(written, dtype=np.int64))
-        holders = [[*row, *tokens, *([self.placeholder_id] * n)] for row, tokens in zip(rows, written)]
-        embeds, mask, positions = model.prefix_batch(holders, pixel_values, proprio)
-        hidden = model.language_model.model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state[:, -n:]
+            written, hidden = decoder.generate(
+                model, rows, pixel_values, self.n_grounding_tokens, True, use_cache, proprio=proprio,
+                read_after=n,
+            )  # fmt: skip
+            grounding = self.tokenizer.decode(written.cpu().numpy().astype(np.int64))
+        else:
+            holders = [[*row, *([self.placeholder_id] * n)] for row in rows]
+            embeds, mask, positions = model.prefix_batch(holders, pixel_values, proprio)
+            hidden = model.language_model.model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state[:, -n:]
         normalized = self.actions(hidden[:, g:]).float().clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
         if grounding is None:
             grounding = (
