@@ -64,6 +64,7 @@ def test_generation_writes_twins_the_expert_solves_and_keys_the_cache(tmp_path):
         meta, base_meta = (json.loads((p / "metadata.json").read_text()) for p in (twin, base))
         assert meta["success"] and meta["counterfactual"]["of_color"] == base_meta["color"] != meta["color"]
         assert meta["balls"] == base_meta["balls"] and meta["seed"] == base_meta["seed"]
+        assert meta["split_group"] == base.name and "split_group" not in base_meta  # one side of the split
         first = [np.asarray(Image.open(p / "images" / "frame_000000.png")) for p in (twin, base)]
         assert np.array_equal(*first)  # the same first image, another instruction and motion
         with np.load(twin / "episode_data.npz") as a, np.load(base / "episode_data.npz") as b:

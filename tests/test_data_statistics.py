@@ -78,6 +78,31 @@ def test_split_sizes_keep_an_episode_on_each_side(n: int, val_fraction: float, n
     assert (len(train), len(val)) == (n - num_val, num_val)
 
 
+def test_split_groups_keep_a_scene_on_one_side_and_leave_plain_splits_as_they_were() -> None:
+    """Episodes naming the same metadata `split_group` (the simulator's counterfactual twins of a scene)
+    land on the same side; without groups the split is the one earlier runs were made with (the first
+    num_val of a seeded permutation of the sorted ids), so their validation sets do not move."""
+    plain = episodes_named(30)
+    order = np.random.default_rng(5).permutation(30)
+    expected = {sorted(e.episode_id for e in plain)[i] for i in order[:6]}
+    assert {e.episode_id for e in split_episodes(plain, 0.2, seed=5)[1]} == expected
+
+    grouped = []
+    for i in range(30):
+        grouped.append(episode(f"scene_{i:02d}", np.zeros((2, 3))))
+        for twin in range(1, 1 + i % 3):  # 0, 1 or 2 twins
+            grouped.append(episode(f"scene_{i:02d}_cf{twin}", np.zeros((2, 3))))
+            grouped[-1].metadata = {"split_group": f"scene_{i:02d}"}
+    for seed in range(5):
+        train, val = split_episodes(grouped, 0.2, seed=seed)
+        scenes = [{e.episode_id[:8] for e in side} for side in (train, val)]
+        assert not scenes[0] & scenes[1] and len(train) + len(val) == len(grouped)
+        assert 0.2 * len(grouped) <= len(val) < 0.2 * len(grouped) + 3  # whole groups, at most 3 over
+    pair = [episode("a", np.zeros((2, 3))), episode("a_cf1", np.zeros((2, 3)))]
+    pair[1].metadata = {"split_group": "a"}
+    assert [len(side) for side in split_episodes(pair, 0.5, seed=0)] == [2, 0]  # train keeps the group
+
+
 def test_split_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="val_fraction"):
         split_episodes(episodes_named(4), 1.0, seed=0)

@@ -58,6 +58,11 @@ def split_episodes(
     the same data and seed always give the same split. The validation split gets val_fraction * n
     episodes rounded half up, but at least one, and the train split keeps at least one; a single
     episode goes to train. `val_fraction=0` gives an empty validation split.
+
+    Episodes whose metadata names the same `split_group` (a string; e.g. the simulator's counterfactual
+    twins of one scene) go to the same side, so validation never shows a scene that training saw; then
+    the validation split gets whole groups until it holds at least that many episodes. Without groups
+    (every episode its own) the split is the plain one above.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -73,9 +78,23 @@ def split_episodes(
             logger.warning("Only one episode: it goes to train and the validation split is empty")
         else:
             num_val = min(max(math.floor(val_fraction * len(ids) + 0.5), 1), len(ids) - 1)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    sorted_ids = sorted(ids)
-    val_ids = {sorted_ids[i] for i in order[:num_val]}
+    groups: dict[str, list[str]] = {}
+    for episode in episodes:
+        group = (episode.metadata or {}).get("split_group")
+        groups.setdefault(group if isinstance(group, str) else episode.episode_id, []).append(
+            episode.episode_id
+        )
+    keys = sorted(groups)
+    val_ids: set[str] = set()
+    for i in np.random.default_rng(seed).permutation(len(keys)):
+        if len(val_ids) >= num_val:
+            break
+        if len(val_ids) + len(groups[keys[i]]) < len(ids):  # train keeps at least one episode
+            val_ids.update(groups[keys[i]])
+    if num_val and not val_ids:
+        logger.warning(
+            "Every split_group is too large to leave train an episode: the validation split is empty"
+        )
     train = [episode for episode in episodes if episode.episode_id not in val_ids]
     val = [episode for episode in episodes if episode.episode_id in val_ids]
     return train, val

@@ -101,6 +101,7 @@ def record_episode(
     }
     if "counterfactual" in spec.info:  # the scene of episode `seed`, another ball named
         metadata["counterfactual"] = spec.info["counterfactual"]
+        metadata["split_group"] = episode_name(task, seed)  # train/val keep a scene on one side
     return {
         "images": images,
         "actions": np.asarray(actions, dtype=np.float32),
