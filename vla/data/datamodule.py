@@ -253,6 +253,18 @@ class VLADataModule(L.LightningDataModule):
         # Checked here, before the model is built: grounding needs targets in some episode; the others
         # (e.g. the posture tasks beside reach scenes) train their actions without grounding loss.
         self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional=True)
+        written = self.action_head == "tokens" or self.layout.grounding_tokens_first
+        missing = sum(bool(np.isnan(v).any()) for v in self.train_grounding)
+        if self.layout.grounding and written and missing:
+            # Measured (docs/experiments/athena_suite.md, cf2_gfirst): the posture families fell to 0%.
+            log.warning(
+                "%d of %d training episodes have no grounding values, and the grounding is written as "
+                "tokens (model.layout.grounding=%d). Their grounding positions get no label, so at "
+                "prediction the model writes grounding tokens it was never taught for those "
+                "instructions and the actions after them can fail. Give every episode grounding values "
+                "or use the l1 head's regressed grounding (grounding_tokens_first=false)",
+                missing, len(self.train_grounding), self.layout.grounding,
+            )  # fmt: skip
         self.val_grounding = dataset_grounding(
             self.val_episodes, self.layout.grounding, optional=True, require_any=False
         )
