@@ -213,6 +213,12 @@ class VLADataModule(L.LightningDataModule):
             action_head=cfg.model.action_head,
         )
 
+    @property
+    def grounding_written(self) -> bool:
+        """The model writes its grounding values as tokens (token head, or the l1 head's grounding tokens
+        first), so episodes without values are taught the tokens their actions read (`VLADataset`)."""
+        return self.action_head == "tokens" or self.layout.grounding_tokens_first
+
     def prepare(
         self, required_action_dim: tuple[int, str] | None = None, prompt_budget: Any = None
     ) -> dict[str, Any]:
@@ -253,17 +259,14 @@ class VLADataModule(L.LightningDataModule):
         # Checked here, before the model is built: grounding needs targets in some episode; the others
         # (e.g. the posture tasks beside reach scenes) train their actions without grounding loss.
         self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional=True)
-        written = self.action_head == "tokens" or self.layout.grounding_tokens_first
         missing = sum(bool(np.isnan(v).any()) for v in self.train_grounding)
-        if self.layout.grounding and written and missing:
-            # Measured (docs/experiments/athena_suite.md, cf2_gfirst): the posture families fell to 0%.
-            log.warning(
-                "%d of %d training episodes have no grounding values, and the grounding is written as "
-                "tokens (model.layout.grounding=%d). Their grounding positions get no label, so at "
-                "prediction the model writes grounding tokens it was never taught for those "
-                "instructions and the actions after them can fail. Give every episode grounding values "
-                "or use the l1 head's regressed grounding (grounding_tokens_first=false)",
-                missing, len(self.train_grounding), self.layout.grounding,
+        if self.layout.grounding and self.grounding_written and missing:
+            # Without labels there (docs/experiments/athena_suite.md, cf2_gfirst) prediction wrote untaught
+            # grounding tokens before those episodes' actions: the posture families fell to 0%.
+            log.info(
+                "%d of %d training episodes have no grounding values; the grounding is written as tokens, "
+                "so the model is taught to write the middle bin's tokens for them",
+                missing, len(self.train_grounding),
             )  # fmt: skip
         self.val_grounding = dataset_grounding(
             self.val_episodes, self.layout.grounding, optional=True, require_any=False
@@ -339,6 +342,7 @@ class VLADataModule(L.LightningDataModule):
             action_stats=stats,
             chunk_size=layout.chunk_size,
             state_stats=state_stats,
+            teach_missing_grounding=self.grounding_written,
         )
         augment = make_augment(self.augment, transform.size)
         self.train_set = make(

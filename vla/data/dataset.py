@@ -84,7 +84,10 @@ class VLADataset(Dataset):
     sample is seeded from (seed, epoch, i), so it does not depend on worker or batch order.
 
     `grounding`: per episode, values in [-1, 1] (`vla.data.grounding`) whose tokens go between the
-    prompt and the action chunk, in the inputs and the labels.
+    prompt and the action chunk, in the inputs and the labels. An episode without them (NaN) gets the
+    middle bin's tokens as inputs and no grounding labels, unless `teach_missing_grounding`: then those
+    tokens are its labels too, so a model that writes its grounding (token head, or the l1 head's
+    grounding tokens first) learns to write them for such instructions, the inputs its actions saw.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class VLADataset(Dataset):
         drop_idle: bool = False,
         grounding: Sequence[np.ndarray] | None = None,
         state_stats: dict[str, Any] | None = None,
+        teach_missing_grounding: bool = False,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -133,6 +137,7 @@ class VLADataset(Dataset):
             action_tokenizer.encode(np.nan_to_num(v.astype(np.float64))).astype(np.int64).reshape(-1)
             for v in self.grounding
         ]
+        self.teach_missing_grounding = teach_missing_grounding
         if len(self.grounding_tokens) != len(self.episodes):
             raise ValueError(f"{len(self.grounding_tokens)} grounding rows for {len(self.episodes)} episodes")
         self.index = [
@@ -172,8 +177,9 @@ class VLADataset(Dataset):
         tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
         input_ids, labels = encode_sample(prompt, self.grounding_tokens[e], tokens[steps], real, self.eos)
-        unknown = np.isnan(self.grounding[e])  # an episode without grounding values: no grounding loss
-        labels[len(prompt) : len(prompt) + unknown.size][unknown] = IGNORE_INDEX
+        if not self.teach_missing_grounding:  # an episode without grounding values: no grounding loss
+            unknown = np.isnan(self.grounding[e])
+            labels[len(prompt) : len(prompt) + unknown.size][unknown] = IGNORE_INDEX
         return {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),
