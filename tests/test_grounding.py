@@ -342,3 +342,10 @@ def test_written_grounding_teaches_episodes_without_values_their_tokens(tmp_path
         assert list(labels) == (list(middle) if taught else [IGNORE_INDEX] * 2), episode.episode_id
         checked += 1
     assert checked
+    if head == "tokens":  # the taught middle bins are not grounding values: val/grounding_l1 skips them
+        from vla.data.dataset import collate
+
+        batch = collate([sample], pad_id=model.processor.tokenizer.pad_token_id)
+        logits = torch.zeros(1, model.num_patches + batch["labels"].shape[1], model.config.vocab_size)
+        out = type("Out", (), {"logits": logits})()
+        assert math.isnan(model.head.teacher_forced(out, batch, 23).metrics["grounding_l1"])

@@ -158,6 +158,8 @@ class TokenHead:
         metrics = {"action_token_acc": float((pred_ids == true_ids)[valid].mean())}
         if self.layout.grounding:
             ground = grounding_positions(labels, self.layout.grounding, k * d)
+            if "grounding" in batch:  # episodes without values are taught the middle bin: not counted
+                ground &= torch.isfinite(batch["grounding"]).all(1).to(ground.device)[:, None]
             pred_g, true_g = pred[ground].cpu().numpy(), labels[ground].cpu().numpy()
             error = np.abs(self.tokenizer.decode(pred_g) - self.tokenizer.decode(true_g))
             metrics["grounding_l1"] = float(error.mean()) if error.size else float("nan")
@@ -373,7 +375,8 @@ class L1Head:
     def _grounding_logits(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """With grounding tokens first: the logits [B, G, V] that predict each row's G grounding tokens
         (from the hidden state one position earlier, through the language-model head) and their labels
-        [B, G] (IGNORE_INDEX where the episode has no grounding values)."""
+        [B, G] (IGNORE_INDEX where the episode has no grounding values, unless the dataset teaches it
+        the middle bin: `VLADataset.teach_missing_grounding`)."""
         g = self.n_grounding_tokens
         start = chunk_span(labels, self.n_actions)[:, :1] - g
         targets = labels.gather(1, start + torch.arange(g, device=labels.device))
@@ -427,6 +430,8 @@ class L1Head:
         if self.n_grounding_tokens:
             logits, targets = self._grounding_logits(out, batch["labels"])
             known = targets != IGNORE_INDEX
+            if "grounding" in batch:  # episodes without values are taught the middle bin: not counted
+                known &= torch.isfinite(batch["grounding"]).to(known.device).reshape(known.shape)
             guess = self.tokenizer.decode(logits.argmax(-1)[known].cpu().numpy())
             error = np.abs(guess - self.tokenizer.decode(targets[known].cpu().numpy()))
             metrics["grounding_l1"] = float(error.mean()) if error.size else float("nan")
