@@ -102,6 +102,25 @@ def ref_model(ref_dir: Path):
     return OpenVLA.from_pretrained(ref_dir / "tiny_ckpt")
 
 
+# Training runs in tests: two steps of batch 2 at 56 px, one validation batch, nothing logged.
+FAST_TRAIN = [
+    "logger=none",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=2",
+    "model.architecture.image_size=56",
+]
+# Simulator data for such runs: one family (raise_arm), three demos, 56 px frames.
+SMALL_SAMPLE = [
+    "data.sample.tasks=[raise_arm]",
+    "data.sample.episodes_per_task=3",
+    "data.sample.task_episodes={}",
+    "data.sample.image_size=56",
+    "data.sample.workers=1",
+]
+
 # OpenVLA's own layout and the adapter the project's LoRA tests are written for: the default recipe trains
 # the continuous head with the robot state and every weight (conf/model/openvla_tiny.yaml, conf/train.yaml);
 # tests of token decoding, LoRA / QLoRA and the token-head export add these to their overrides.

@@ -11,28 +11,10 @@ import numpy as np
 import pytest
 from data_factories import make_isaac_dataset
 
-from tests.conftest import compose_config
+from tests.conftest import FAST_TRAIN, SMALL_SAMPLE, compose_config
 from vla.config import ConfigError, LearnOnlineConfig, LearnSettings, TrainConfig
 from vla.learn.dataset import LoopError, VersionedDataset
 from vla.learn.rounds import should_promote
-
-FAST_TRAIN = [
-    "logger=none",
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=2",
-    "model.architecture.image_size=56",
-]
-# A start policy trained on simulator data: one family, three demos, 56 px frames at 5 Hz.
-START_DATA = [
-    "data.sample.tasks=[raise_arm]",
-    "data.sample.episodes_per_task=3",
-    "data.sample.task_episodes={}",
-    "data.sample.image_size=56",
-    "data.sample.workers=1",
-]
 
 
 def train(run_dir: Path, overrides: list[str]) -> dict:
@@ -59,7 +41,7 @@ def learn_config(output_dir: Path, start: Path, overrides: list[str] = ()) -> Le
 @pytest.fixture(scope="module")
 def start_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("start") / "run"
-    train(run_dir, START_DATA)
+    train(run_dir, SMALL_SAMPLE)  # a start policy on simulator data
     return run_dir
 
 

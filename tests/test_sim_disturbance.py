@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import compose_config, load_script
+from tests.conftest import FAST_TRAIN, SMALL_SAMPLE, compose_config, load_script
 from vla.config import ConfigError, EvalSettings, EvaluateConfig, SimSettings
 from vla.config.sim import DisturbanceSettings
 from vla.sim.athena import HOME_POSE, AthenaRobot
@@ -147,18 +147,8 @@ def test_training_check_meets_the_disturbance_and_demo_generators_refuse_it(tmp_
     overrides = [
         f"run_dir={tmp_path / 'run'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        "logger=none",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=2",
-        "data.sample.tasks=[raise_arm]",
-        "data.sample.episodes_per_task=3",
-        "data.sample.task_episodes={}",
-        "data.sample.image_size=56",
-        "data.sample.workers=1",
-        "model.architecture.image_size=56",
+        *FAST_TRAIN,
+        *SMALL_SAMPLE,
         "callbacks.sim_eval_every_n_val=1",
         "sim.disturbance.start_std=0.6",
         "sim.disturbance.joints=others",

@@ -14,20 +14,11 @@ import pytest
 import torch
 from data_factories import make_isaac_dataset, make_pickle_demos, write_isaac_episode
 
-from tests.conftest import OPENVLA_LAYOUT, ROOT, compose_config, load_script
+from tests.conftest import FAST_TRAIN, OPENVLA_LAYOUT, ROOT, compose_config, load_script
 from vla.config import ConfigError, TrainConfig
 from vla.data.episodes import DataError
 
-FAST = [
-    *OPENVLA_LAYOUT,
-    "logger=none",
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=2",
-    "model.architecture.image_size=56",
-]
+FAST = [*OPENVLA_LAYOUT, *FAST_TRAIN]
 
 
 @pytest.fixture(scope="module")
