@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vla.config.base import ConfigError, check_choice
-from vla.config.sim import CAMERAS, SampleDataSettings, SimConfig, SimSettings
+from vla.config.sim import BALL_NAMES, CAMERAS, SampleDataSettings, SimConfig, SimSettings
 
 
 @dataclass
@@ -35,10 +35,10 @@ class SampleDataConfig:
     counterfactual_twins: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.counterfactual_twins <= 2:
+        if not 0 <= self.counterfactual_twins < len(BALL_NAMES):
             raise ConfigError(
-                f"data.sample.counterfactual_twins={self.counterfactual_twins}: must be 0, 1 or 2 (the "
-                "other balls of a reach scene)"
+                f"data.sample.counterfactual_twins={self.counterfactual_twins}: must be in "
+                f"0..{len(BALL_NAMES) - 1} (the other balls of a reach scene)"
             )
         for key in ("episodes_per_task", "workers"):
             if getattr(self, key) < 1:

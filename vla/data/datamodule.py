@@ -257,7 +257,8 @@ class VLADataModule(L.LightningDataModule):
                     "episodes keep it as `states` or `observations`, pickled demos as `robot_state`"
                 )
         # Checked here, before the model is built: grounding needs targets in some episode; the others
-        # (e.g. the posture tasks beside reach scenes) train their actions without grounding loss.
+        # (e.g. the posture tasks beside reach scenes) add no grounding loss to a regressed grounding,
+        # and are taught the middle bin's tokens where the grounding is written (`grounding_written`).
         self.train_grounding = dataset_grounding(self.train_episodes, self.layout.grounding, optional=True)
         missing = sum(bool(np.isnan(v).any()) for v in self.train_grounding)
         if self.layout.grounding and self.grounding_written and missing:
