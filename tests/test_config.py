@@ -185,13 +185,13 @@ def test_defaults_are_the_embedded_tiny_setup():
     # The athena_suite recipe (conf/experiment/athena_suite.yaml, measured in docs/experiments/athena_suite.md).
     assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
     assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
+    # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values and 5000 steps: the
+    # same data and optimiser, the same model otherwise.
     suite = compose_train(["experiment=athena_suite"])
-    assert (suite.model, suite.data.sample, suite.optim, suite.trainer.max_steps) == (
-        cfg.model,
-        cfg.data.sample,
-        cfg.optim,
-        cfg.trainer.max_steps,
-    )
+    assert (suite.data.sample, suite.optim) == (cfg.data.sample, cfg.optim)
+    assert (suite.model.film, suite.model.layout.grounding, suite.trainer.max_steps) == (True, 8, 5000)
+    assert (cfg.model.film, cfg.model.layout.grounding) == (False, 0)
+    assert OmegaConf.merge(suite.model, {"film": False, "layout": {"grounding": 0}}) == cfg.model
     assert (cfg.trainer.accelerator, cfg.logger.name, cfg.quantization.method) == ("cpu", "wandb", None)
     assert cfg.trainer.gradient_clip_val == 1.0
 

@@ -17,9 +17,7 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, ROOT
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-# athena_suite composes what `python train.py` composes (tests/test_config.py asserts it), so in the
-# default suite its smoke run would repeat the default's: it runs with the slow tests.
-SLOW_EXPERIMENTS = {"athena_suite"}
+SLOW_EXPERIMENTS: set[str] = set()  # experiments whose smoke run belongs with the slow tests
 DEBUG = "fdr"
 
 
