@@ -13,7 +13,7 @@ learns nothing predicts the mean position: about 0.38 x size pixels away.
 
     PYTHONPATH=. python docs/experiments/binding_probe.py --size 112 --radius-div 14 --film
 
-Results and what they mean: docs/experiments/athena_suite.md ("Why reach_ball stays low: probes").
+Results and what they mean: docs/experiments/athena_suite.md ("Why reach_ball stays low").
 """
 
 from __future__ import annotations
