@@ -182,7 +182,7 @@ def test_defaults_are_the_embedded_tiny_setup():
         "full",
         "sample",
     )
-    # The athena_suite recipe (conf/experiment/athena_suite.yaml, measured in docs/experiments/athena_suite.md).
+    # The default recipe (conf/train.yaml; README Results, docs/experiments/athena_suite.md).
     assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
     assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
     # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values and 5000 steps: the

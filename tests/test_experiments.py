@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, ROOT
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-SLOW_EXPERIMENTS: set[str] = set()  # experiments whose smoke run belongs with the slow tests
 DEBUG = "fdr"
 
 
@@ -56,9 +55,7 @@ def test_experiments_are_found():
     assert EXPERIMENTS, "no conf/experiment/*.yaml"
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPERIMENTS else n for n in EXPERIMENTS]
-)
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_a_few_steps(name, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
     cmd = [

@@ -83,8 +83,10 @@ def encode(model, rng: np.random.Generator, n: int, size: int, radius: float, on
 
 
 def predict(model, batch: dict) -> torch.Tensor:
+    """[B, 2] the position the l1 head reads from the last two (placeholder) positions."""
+    head = model.head
     hidden = model(batch["input_ids"], batch["pixel_values"], output="hidden").hidden
-    return model.action_head(hidden[:, -2:].flatten(1))  # one position per value, as the l1 head
+    return head.actions(hidden[:, -head.n_actions :])[:, 0]
 
 
 def main() -> None:
