@@ -185,11 +185,14 @@ def test_defaults_are_the_embedded_tiny_setup():
     # The default recipe (conf/train.yaml; README Results, docs/experiments/athena_suite.md).
     assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
     assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
-    # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values and 5000 steps: the
-    # same data and optimiser, the same model otherwise.
+    # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values, 7000 steps and 1600
+    # reach scenes: the same optimiser and scenes otherwise, the same model otherwise.
     suite = compose_train(["experiment=athena_suite"])
-    assert (suite.data.sample, suite.optim) == (cfg.data.sample, cfg.optim)
-    assert (suite.model.film, suite.model.layout.grounding, suite.trainer.max_steps) == (True, 8, 5000)
+    assert suite.optim == cfg.optim
+    reach = {"task_episodes": {"reach_ball": 1600}}
+    assert suite.data.sample == OmegaConf.merge(cfg.data.sample, reach)
+    assert cfg.data.sample.task_episodes["reach_ball"] == 800
+    assert (suite.model.film, suite.model.layout.grounding, suite.trainer.max_steps) == (True, 8, 7000)
     assert (cfg.model.film, cfg.model.layout.grounding) == (False, 0)
     assert OmegaConf.merge(suite.model, {"film": False, "layout": {"grounding": 0}}) == cfg.model
     assert (cfg.trainer.accelerator, cfg.logger.name, cfg.quantization.method) == ("cpu", "wandb", None)
