@@ -186,7 +186,7 @@ def test_defaults_are_the_embedded_tiny_setup():
     assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
     assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
     # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values, 7000 steps and 1600
-    # reach scenes: the same optimiser and scenes otherwise, the same model otherwise.
+    # reach scenes; its optimiser, its other scene settings and the rest of its model are the default's.
     suite = compose_train(["experiment=athena_suite"])
     assert suite.optim == cfg.optim
     reach = {"task_episodes": {"reach_ball": 1600}}
