@@ -55,7 +55,7 @@ predict: setup ## One action chunk: make predict ARGS="image=PNG instruction='..
 bench-kv: setup ## Per-action latency of the tiny model with and without the KV cache
 	$(PY) scripts/bench_kv_cache.py $(ARGS)
 
-bench-heads: setup ## Chunk latency of every action head (tokens AR / parallel / l1), torch and onnxruntime
+bench-heads: setup ## Chunk latency of every action head (tokens AR / parallel / l1 / l1 steps), torch and onnxruntime
 	$(PY) scripts/bench_heads.py $(ARGS)
 
 export: setup ## Merge adapters, export ONNX (KV cache), check parity (default: the latest run; ARGS="run=DIR")

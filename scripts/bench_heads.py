@@ -5,7 +5,8 @@ not depend on training), K-step chunks of D = 23 actions and, with --state, the 
 
 - tokens, autoregressive: OpenVLA's K*D action tokens decoded one at a time with the KV cache;
 - tokens, parallel decoding: the K*D tokens from one pass over placeholders (OpenVLA-OFT);
-- l1: OpenVLA-OFT's continuous head, one pass, no language-model head.
+- l1: OpenVLA-OFT's continuous head, one pass over K*D placeholders, no language-model head;
+- l1, steps: the same head with `model.layout.chunk_positions=steps`, one placeholder per chunk step (K).
 
 Each head's model is exported to ONNX (float32) in a temporary folder and queried through
 `OnnxPolicy`, batch 1, as deployed. Prints p50 / p99 per chunk, actions/s and the speed-up over the
@@ -35,6 +36,7 @@ HEADS = {
     "tokens, autoregressive": ActionLayout(head="tokens"),
     "tokens, parallel": ActionLayout(head="tokens", parallel_decoding=True),
     "l1": ActionLayout(head="l1", action_dim=ACTION_DIM),
+    "l1, steps": ActionLayout(head="l1", action_dim=ACTION_DIM, chunk_positions="steps"),
 }
 
 
@@ -100,6 +102,7 @@ def main() -> None:
                     constrain_decoding=True,
                     action_dim=layout.action_dim,
                     proprio_dim=STATE_DIM if args.state else 0,
+                    chunk_positions=layout.chunk_positions,
                 )
             )
             folder = Path(tmp) / name.replace(", ", "_")

@@ -28,6 +28,7 @@ def check_prompt_fits(policy, instruction: str) -> None:
     """The prompt's tokens, the image patches, the state token and the action tokens must fit the
     language model's positions (transformers only warns past them, then runs out of memory)."""
     from vla.data.limits import check_prompt_tokens
+    from vla.model.layout import layout_from_config
     from vla.model.processing import build_prompt
 
     config = policy.model.config
@@ -37,9 +38,9 @@ def check_prompt_fits(policy, instruction: str) -> None:
     prompt = len(policy.model.processor.tokenizer(build_prompt(instruction))["input_ids"])
     patches = (config.image_size // config.towers[0].patch_size) ** 2
     info = policy.info
-    needed = (
-        prompt + patches + (1 if info.state_dim else 0) + info.grounding + info.chunk_size * info.action_dim
-    )
+    layout = layout_from_config(config.extra)
+    chunk = layout.chunk_placeholders or info.chunk_size * info.action_dim  # token heads: K*D tokens
+    needed = prompt + patches + (1 if info.state_dim else 0) + info.grounding + chunk
     check_prompt_tokens(needed + 1, max_positions, "instruction=")
 
 

@@ -245,7 +245,7 @@ def test_bench_heads_script_times_every_head_on_both_backends(capsys, monkeypatc
     heads = [(r.split(" | ")[0].lstrip("| "), r.split(" | ")[1]) for r in rows]
     assert heads == [
         (head, backend)
-        for head in ("tokens, autoregressive", "tokens, parallel", "l1")
+        for head in ("tokens, autoregressive", "tokens, parallel", "l1", "l1, steps")
         for backend in ("torch", "onnxruntime")
     ]
     assert all(r.endswith("1.0x |") for r in rows[:2])

@@ -281,7 +281,7 @@ def test_export_config_is_checked():
     assert compose_config("export", ["run=some/run", "out_dir=x", "held_out=3"], ExportConfig).held_out == 3
 
 
-def tiny_with_head(head: str, proprio: bool, grounding: int = 0, film: bool = False):
+def tiny_with_head(head: str, proprio: bool, grounding: int = 0, film: bool = False, positions: str = "dims"):
     """A tiny model at 28 px with chunks of 2 x 3 actions (test_l1_head's), its language model (and
     FiLM) moved so that every input matters, and two states [2, 4] in robot units (None without a state
     input)."""
@@ -289,17 +289,24 @@ def tiny_with_head(head: str, proprio: bool, grounding: int = 0, film: bool = Fa
     from test_l1_head import perturb, tiny
 
     states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
-    model = perturb(tiny(head, proprio, grounding=grounding, film=film))
+    model = perturb(tiny(head, proprio, grounding=grounding, film=film, positions=positions))
     return (perturb_film(model) if film else model), states
 
 
 @pytest.mark.parametrize(
-    ("head", "proprio", "grounding", "film"),
-    [("l1", False, 0, False), ("l1", True, 0, True), ("l1", True, 2, False), ("tokens", True, 0, True)],
+    ("head", "proprio", "grounding", "film", "positions"),
+    [
+        ("l1", False, 0, False, "dims"),
+        ("l1", True, 0, True, "dims"),
+        ("l1", True, 2, False, "dims"),
+        ("l1", True, 2, True, "steps"),
+        ("tokens", True, 0, True, "dims"),
+    ],
 )
-def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, grounding, film):
-    """The l1 head's chunk graph (with grounding values as a second output when the layout has them)
-    and the token head's graphs with a state input: the onnxruntime policy predicts PyTorch float32's
+def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, grounding, film, positions):
+    """The l1 head's chunk graph (with grounding values as a second output when the layout has them;
+    D or, with chunk_positions=steps, one placeholder per chunk step) and the token head's graphs with
+    a state input: the onnxruntime policy predicts PyTorch float32's
     chunk (normalized actions within 1e-5, tokens identical) from raw states, batch 1 and a batch of
     prompts of different lengths; int8 graphs run; a missing or mis-sized state fails as in PyTorch; a
     model without a state input has graphs without one."""
@@ -309,7 +316,7 @@ def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, groun
     from vla.export.onnx import export_onnx, quantize_int8
     from vla.inference.onnx_policy import OnnxPolicy
 
-    model, states = tiny_with_head(head, proprio, grounding, film)
+    model, states = tiny_with_head(head, proprio, grounding, film, positions)
     model.save_pretrained(tmp_path / "model")
     export_onnx(model, tmp_path / "onnx")
     quantize_int8(tmp_path / "onnx")
@@ -317,6 +324,8 @@ def test_onnx_parity_for_every_head_and_the_state(tmp_path, head, proprio, groun
     graphs = ["chunk.onnx"]  # l1, and the token head with parallel decoding (test_l1_head.tiny's): one pass
     assert meta["graphs"] == graphs and meta["head"] == head and meta["chunk_size"] == 2
     assert (meta["action_dim"], meta["proprio_dim"]) == (3 if head == "l1" else 0, 4 if proprio else 0)
+    if head == "l1":
+        assert meta["placeholders"] == grounding + 2 * (1 if positions == "steps" else 3)
     inputs = [i.name for i in ort.InferenceSession(str(tmp_path / "onnx" / graphs[0])).get_inputs()]
     assert inputs == ["pixel_values", "input_ids", *(["proprio"] if proprio else [])]
 

@@ -58,6 +58,7 @@ def tiny(
     grounding: int = 0,
     film: bool = False,
     tokens_first: bool = False,
+    positions: str = "dims",
 ) -> OpenVLA:
     cfg = ModelConfig(
         architecture=TinyArchitecture(image_size=SIZE),
@@ -69,6 +70,7 @@ def tiny(
             parallel_decoding=head == "tokens",
             grounding=grounding,
             grounding_tokens_first=tokens_first,
+            chunk_positions=positions,
         ),
     )
     return build_base_model(cfg, QuantizationConfig(), statistics(d, s)).eval()
@@ -85,12 +87,20 @@ def perturb(model: OpenVLA) -> OpenVLA:
 
 
 @pytest.mark.parametrize(
-    ("head", "proprio"), [("tokens", False), ("tokens", True), ("l1", False), ("l1", True)]
+    ("head", "proprio", "positions"),
+    [
+        ("tokens", False, "dims"),
+        ("tokens", True, "dims"),
+        ("l1", False, "dims"),
+        ("l1", True, "dims"),
+        ("l1", True, "steps"),
+    ],
 )
-def test_layout_and_weights_round_trip(tmp_path, head, proprio):
+def test_layout_and_weights_round_trip(tmp_path, head, proprio, positions):
     """Saved and reloaded, a model keeps its layout and predicts the same; the head and the projector
-    are stored under their own prefixes, and a model with neither has only OpenVLA's keys."""
-    model = tiny(head, proprio)
+    are stored under their own prefixes, and a model with neither has only OpenVLA's keys. The head's
+    MLP reads a step's D hidden states (OpenVLA-OFT) or, with chunk_positions=steps, one."""
+    model = tiny(head, proprio, positions=positions)
     states = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.2]]) if proprio else None
     before = model.predict(IMAGES, TEXTS, proprio=states)
     model.save_pretrained(tmp_path)
@@ -107,12 +117,16 @@ def test_layout_and_weights_round_trip(tmp_path, head, proprio):
     assert any(k.startswith("proprio_projector.") for k in keys) == proprio
     plain = set(tiny("tokens", False).state_dict())
     assert {k for k in keys if not k.startswith(("action_head.", "proprio_projector."))} == plain
+    if head == "l1":
+        hidden = model.config.llama_config.hidden_size
+        assert keys["action_head.fc_in.weight"].shape == (hidden, hidden * (1 if positions == "steps" else 3))
 
 
-def test_l1_regresses_below_the_token_resolution():
+@pytest.mark.parametrize("positions", ["dims", "steps"])
+def test_l1_regresses_below_the_token_resolution(positions):
     """Targets on the bin edges of OpenVLA's 256 bins: no token can decode closer than half a bin width
     (1/255, computed below through the tokenizer), while the l1 head, trained on the same four samples,
-    gets well under it."""
+    gets well under it, reading D positions per step (OpenVLA-OFT) or one."""
     d = 2
     edges = np.linspace(-1.0, 1.0, 256)
     targets = edges[[[40, 200], [90, 10], [150, 120], [230, 60]]].astype(np.float32)
@@ -120,15 +134,18 @@ def test_l1_regresses_below_the_token_resolution():
     episode = Episode(
         "e", "pickle", Path("."), "move", ["move"], targets, np.zeros((4, 0), np.float32), frames=frames
     )
-    model = tiny("l1", False, d=d, chunk=1)
+    model = tiny("l1", False, d=d, chunk=1, positions=positions)
     tokenizer = model.action_tokenizer
     token_floor = np.abs(tokenizer.decode(tokenizer.encode(targets.astype(np.float64))) - targets).mean()
     assert token_floor == pytest.approx(1 / 255, rel=1e-3)
 
-    dataset = VLADataset([episode], model.processor, tokenizer, statistics(d, 0)["k"]["action"])
+    stats = statistics(d, 0)["k"]["action"]
+    dataset = VLADataset(
+        [episode], model.processor, tokenizer, stats, step_positions=model.layout.step_positions
+    )
     batch = collate([dataset[i] for i in range(4)], model.processor.tokenizer.pad_token_id)
     pixels = model.processor.image_transform.normalize_batch(batch["images"])
-    fit(model, model.head.training_inputs(batch["input_ids"], batch["labels"], d), pixels, batch, steps=120)
+    fit(model, model.head.training_inputs(batch["input_ids"], batch["labels"], d), pixels, batch, steps=200)
     pred = model.predict(list(frames), ["move"] * 4)
     error = np.abs(pred.actions.reshape(4, d) - targets).mean()
     assert error < token_floor / 2, (error, token_floor)
@@ -214,6 +231,14 @@ def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
         )
     with pytest.raises(ConfigError, match=r"model\.action_head"):
         compose_config("train", ["model.action_head=flow", f"run_dir={tmp_path}"], TrainConfig)
+    with pytest.raises(ConfigError, match=r"chunk_positions='steps' is for model\.action_head=l1"):
+        compose_config(
+            "train",
+            ["model.action_head=tokens", "model.layout.chunk_positions=steps", f"run_dir={tmp_path}"],
+            TrainConfig,
+        )
+    with pytest.raises(ConfigError, match=r"model\.layout\.chunk_positions"):
+        compose_config("train", ["model.layout.chunk_positions=values", f"run_dir={tmp_path}"], TrainConfig)
 
 
 @pytest.mark.parametrize(("regression", "expected"), [("l1", 0.55), ("mse", 0.505), ("huber", 0.05)])
@@ -342,16 +367,19 @@ def grounded_episodes(d: int = 2) -> list[Episode]:
     return episodes
 
 
-def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
+@pytest.mark.parametrize("positions", ["dims", "steps"])
+def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path, positions):
     """With model.layout.grounding=G the continuous head reads G more placeholders and regresses the
-    episode's grounding values beside the actions: trained on a few samples it predicts them closely;
-    samples of an episode without values add no grounding loss; the grounding head is saved under its
-    own prefix and predictions survive a save and reload."""
+    episode's grounding values beside the actions: trained on a few samples it predicts them closely,
+    and prediction gives the teacher-forced pass's chunk; samples of an episode without values add no grounding loss; the grounding head is
+    saved under its own prefix and predictions survive a save and reload. The chunk reads D
+    placeholders per step (OpenVLA-OFT) or, with chunk_positions=steps, one."""
     from vla.data.grounding import dataset_grounding
 
     d = 2
-    model = tiny("l1", False, d=d, chunk=1, grounding=3)
-    assert model.layout.placeholders == 3 + d
+    model = tiny("l1", False, d=d, chunk=1, grounding=3, positions=positions)
+    per_step = d if positions == "dims" else 1
+    assert model.layout.placeholders == 3 + per_step
     episodes = grounded_episodes(d)
     grounding = dataset_grounding(episodes, 3, optional=True)
     assert np.isnan(grounding[1]).all()
@@ -361,12 +389,15 @@ def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
         model.action_tokenizer,
         statistics(d, 0)["k"]["action"],
         grounding=grounding,
+        step_positions=model.layout.step_positions,
     )
     batch = collate([dataset[i] for i in range(len(dataset))], model.processor.tokenizer.pad_token_id)
+    prompt = len(dataset.prompt_ids["move"])
+    assert batch["input_ids"].shape[1] == prompt + 3 + per_step + 1  # prompt, G, chunk, </s>
     pixels = model.processor.image_transform.normalize_batch(batch["images"])
     head = model.head
     ids = head.training_inputs(batch["input_ids"], batch["labels"], d)
-    assert int((ids == model.action_placeholder_id).sum(1)[0]) == 3 + d
+    assert int((ids == model.action_placeholder_id).sum(1)[0]) == 3 + per_step
 
     # Only the episode without values: the grounding loss is zero and the total is the action loss.
     without = {k: v[4:] for k, v in batch.items()}
@@ -380,10 +411,10 @@ def test_l1_head_learns_grounding_as_an_auxiliary_target(tmp_path):
     pred = model.predict(frames, ["move"] * 2)
     assert pred.grounding.shape == (2, 3)
     np.testing.assert_allclose(pred.grounding[0], [0.5, -0.25, 0.8], atol=0.05)
-    metrics = head.teacher_forced(
-        model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d
-    ).metrics
-    assert metrics["grounding_l1"] < 0.05
+    forced = head.teacher_forced(model(ids, pixels, batch["attention_mask"], output="hidden"), batch, d)
+    assert forced.metrics["grounding_l1"] < 0.05
+    # Prediction is the teacher-forced pass: the same chunk for the same first frames.
+    np.testing.assert_allclose(pred.normalized, forced.pred[[0, 4]], atol=1e-5)
 
     model.save_pretrained(tmp_path)
     keys = load_file(str(tmp_path / "model.safetensors"))

@@ -84,6 +84,11 @@ def test_legacy_keys_and_stored_layout_are_the_same_layout(tiny, tmp_path):
         ({"center_crop_scale": "0.9"}, r"action_layout\.center_crop_scale='0\.9' must be float"),
         ({"chunk_size": 0}, r"action_layout: model\.layout\.chunk_size=0 must be >= 1"),
         ({"head": "flow"}, r"action_layout: .*head"),
+        (
+            {"head": "l1", "action_dim": 3, "chunk_positions": "rows"},
+            r"action_layout: .*chunk_positions='rows'",
+        ),
+        ({"chunk_positions": "steps"}, r"action_layout: chunk_positions='steps' is for a continuous head"),
         ([5], r"action_layout must be an object, got list"),
     ],
 )

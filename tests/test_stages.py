@@ -20,7 +20,7 @@ from vla.config import (
     TrainConfig,
     to_object,
 )
-from vla.outputs import latest_folder, resolve_latest
+from vla.outputs import claim_folder, latest_folder, resolve_latest
 
 
 def finished_run(root: Path, date: str, time: str) -> Path:
@@ -43,6 +43,43 @@ def test_latest_is_the_newest_finished_folder(tmp_path):
     assert latest_folder(tmp_path, "export") is None  # no export.json: killed or still running
     (export / "export.json").write_text("{}\n")
     assert latest_folder(tmp_path, "export") == export
+
+
+def test_claimed_folders_are_never_shared(tmp_path):
+    """`claim_folder`: the path, then path_2, path_3 ... each created by the caller that gets it, also
+    when eight threads ask for the same path at once (mkdir, not a check-then-create)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path / "evaluate" / "2026-12-01" / "10-00-00"
+    assert claim_folder(str(base)) == str(base) and base.is_dir()
+    assert claim_folder(str(base)) == f"{base}_2"
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(claim_folder, [str(base)] * 8))
+    assert sorted(claimed) == sorted(f"{base}_{i}" for i in range(3, 11))
+    assert all(Path(folder).is_dir() for folder in claimed)
+    with pytest.raises(ConfigError, match="numbered folders beside it exist"):
+        claim_folder(str(base), attempts=10)
+
+
+def test_stages_started_in_the_same_second_get_their_own_folders(tmp_path, compose):
+    """Every stage's run folder goes through `${claim_dir:...}` (predict and benchmark write none: `.`):
+    two compositions of the same stage in
+    the same second (the run folder names the second) resolve to two folders, and one composition
+    resolving its folder again gets the same one (Hydra reads it more than once)."""
+    from omegaconf import OmegaConf
+
+    stages = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if "run:" in p.read_text())
+    assert {"train", "evaluate", "export", "serve"} <= set(stages)
+    for stage in stages:
+        folder = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / f"{stage}.yaml").hydra.run)["dir"]
+        assert folder == "." or folder.startswith("${claim_dir:"), stage
+    overrides = [f"paths.output_dir={tmp_path}"]
+    first, second = (compose("evaluate", overrides, return_hydra_config=True) for _ in range(2))
+    a, b = first.hydra.run.dir, second.hydra.run.dir
+    assert first.hydra.run.dir == a  # cached: resolved again, the same folder
+    if Path(a).name[:8] == Path(b).name[:8]:  # composed within the same second
+        assert b == f"{a}_2"
+    assert a != b and Path(a).is_dir() and Path(b).is_dir()
 
 
 def test_resolve_latest_prints_which_and_names_the_key_when_there_is_none(tmp_path, capsys):

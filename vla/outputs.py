@@ -1,5 +1,7 @@
 """The outputs tree: every stage writes `<paths.output_dir>/<stage>/<date>/<time>[_<name>]/`, and the
-stage after it can pick up the newest finished folder (`checkpoint=latest`, `run=latest`)."""
+stage after it can pick up the newest finished folder (`checkpoint=latest`, `run=latest`). Each stage's
+folder is claimed when Hydra resolves `hydra.run.dir` (`${claim_dir:...}`, `claim_folder`), so two
+stages started in the same second write to two folders (`<time>` and `<time>_2`), never to one."""
 
 from __future__ import annotations
 
@@ -14,6 +16,25 @@ FINISHED = {
     "export": lambda d: (d / "export.json").is_file(),
 }
 MAKE_TARGET = {"train": "make train", "export": "make export"}
+
+
+def claim_folder(path: str, attempts: int = 1000) -> str:
+    """`path`, or the first of `path_2`, `path_3`, ... that does not exist yet, created here: `mkdir`
+    fails on an existing folder, so two processes that ask for the same path at the same moment get two
+    folders. The `claim_dir` resolver (registered with `use_cache`, so one process resolving its run
+    folder twice gets the same answer)."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, attempts + 1):
+        candidate = base if i == 1 else base.with_name(f"{base.name}_{i}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise ConfigError(
+        f"{base}: it and {attempts - 1} numbered folders beside it exist; pass hydra.run.dir=DIR"
+    )
 
 
 def latest_folder(output_dir: str | Path, stage: str) -> Path | None:

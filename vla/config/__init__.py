@@ -98,6 +98,12 @@ def register_configs() -> None:
     # `${name_suffix:${run_name}}` in run folders: "_<run_name>" when the run is named, else nothing.
     if not OmegaConf.has_resolver("name_suffix"):
         OmegaConf.register_new_resolver("name_suffix", lambda name: f"_{name}" if name else "")
+    # `${claim_dir:PATH}` in run folders: PATH, or PATH_2, ... when another run holds it (created on
+    # resolution; cached, as Hydra's own `now`, so a run resolving its folder twice gets one folder).
+    if not OmegaConf.has_resolver("claim_dir"):
+        from vla.outputs import claim_folder
+
+        OmegaConf.register_new_resolver("claim_dir", claim_folder, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="train_schema", node=TrainConfig)

@@ -30,6 +30,11 @@ class TinyArchitecture:
 # l1: OpenVLA-OFT's continuous head: the chunk's K*D positions read placeholder inputs, an MLP maps the
 # LLM's final hidden states there to K x D normalized actions, L1 loss, one forward pass per chunk.
 HEADS = ("tokens", "l1")
+# Where a continuous head reads its chunk: "dims", one placeholder position per action value (K*D,
+# OpenVLA-OFT's layout, its MLP reads a step's D hidden states concatenated); "steps", one position
+# per chunk step (K; the MLP maps that one hidden state to the step's D values): a shorter sequence,
+# so each training step and each chunk costs less (23-DoF, 5-step chunks: 5 positions instead of 115).
+CHUNK_POSITIONS = ("dims", "steps")
 
 
 @dataclass
@@ -62,8 +67,12 @@ class LayoutConfig:
     # data.token_noise perturbs them as inputs), the head's regression loss on the chunk. false: G more
     # placeholder positions regressed in the same pass as the chunk (an auxiliary target).
     grounding_tokens_first: bool = False
+    # A continuous head's chunk positions (CHUNK_POSITIONS): "dims" (K*D, OpenVLA-OFT) or "steps" (K).
+    # The token head writes one token per value, always "dims".
+    chunk_positions: str = "dims"
 
     def __post_init__(self) -> None:
+        check_choice("model.layout.chunk_positions", self.chunk_positions, CHUNK_POSITIONS)
         if self.chunk_size < 1:
             raise ConfigError(
                 f"model.layout.chunk_size={self.chunk_size} must be >= 1 (1: one action per step)"
@@ -97,6 +106,7 @@ class ActionLayout:
     # FiLM (OpenVLA-OFT+): the instruction modulates every vision block (`vla.model.projectors.FiLM`).
     film: bool = False
     grounding_tokens_first: bool = False  # the `model.layout` key (a continuous head only)
+    chunk_positions: str = "dims"  # the `model.layout` key (CHUNK_POSITIONS; "steps": a continuous head only)
 
     def __post_init__(self) -> None:
         check_choice("action_layout.head", self.head, HEADS)
@@ -111,6 +121,11 @@ class ActionLayout:
             raise ConfigError(
                 "grounding_tokens_first=true is for a continuous head (the token head always writes its "
                 "grounding tokens first)"
+            )
+        if self.chunk_positions != "dims" and not self.continuous:
+            raise ConfigError(
+                f"chunk_positions={self.chunk_positions!r} is for a continuous head (the token head writes "
+                "one token per action value: dims)"
             )
 
     @classmethod
@@ -131,6 +146,7 @@ class ActionLayout:
             proprio_dim=proprio_dim if model.proprio else 0,
             film=model.film,
             grounding_tokens_first=layout.grounding_tokens_first,
+            chunk_positions=layout.chunk_positions,
         )
 
     @property
@@ -139,12 +155,23 @@ class ActionLayout:
         return self.head != "tokens"
 
     @property
+    def step_positions(self) -> int:
+        """Positions per chunk step: D (a token head, or chunk_positions="dims") or 1 ("steps")."""
+        return 1 if self.chunk_positions == "steps" else self.action_dim
+
+    @property
+    def chunk_placeholders(self) -> int:
+        """A continuous head's chunk positions: K * D ("dims") or K ("steps"); 0 for the token head."""
+        return self.chunk_size * self.step_positions if self.continuous else 0
+
+    @property
     def placeholders(self) -> int:
-        """Placeholder inputs a continuous head reads after the prompt (G grounding + K * D chunk
-        positions; K * D when the grounding is written as tokens first); 0 for the token head."""
+        """Placeholder inputs a continuous head reads after the prompt (G grounding + its chunk
+        positions; the chunk's alone when the grounding is written as tokens first); 0 for the token
+        head."""
         if not self.continuous:
             return 0
-        return self.chunk_size * self.action_dim + (0 if self.grounding_tokens_first else self.grounding)
+        return self.chunk_placeholders + (0 if self.grounding_tokens_first else self.grounding)
 
     @property
     def grounding_values(self) -> int:
@@ -193,6 +220,11 @@ class ModelConfig:
             raise ConfigError(
                 "model.layout.grounding_tokens_first=true is for model.action_head=l1 (the token head always "
                 "writes its grounding tokens first)"
+            )
+        if self.layout.chunk_positions != "dims" and self.action_head == "tokens":
+            raise ConfigError(
+                f"model.layout.chunk_positions={self.layout.chunk_positions!r} is for model.action_head=l1 "
+                "(the token head writes one token per action value: dims)"
             )
 
 

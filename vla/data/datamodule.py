@@ -293,7 +293,8 @@ class VLADataModule(L.LightningDataModule):
         kept: list[Episode] = []
         needed: dict[str, int] = {}
         for episode in episodes:
-            n_actions = self.layout.chunk_size * episode.action_dim
+            steps = self.action_head != "tokens" and self.layout.chunk_positions == "steps"
+            n_actions = self.layout.chunk_size * (1 if steps else episode.action_dim)
             texts = {episode.instruction, *episode.instructions, *(episode.step_instructions or [])}
             for text in texts - needed.keys():  # an instruction shared by many episodes: tokenized once
                 needed[text] = budget.positions(text, 0)
@@ -344,6 +345,7 @@ class VLADataModule(L.LightningDataModule):
             chunk_size=layout.chunk_size,
             state_stats=state_stats,
             teach_missing_grounding=self.grounding_written,
+            step_positions=layout.step_positions if layout.continuous else None,
         )
         augment = make_augment(self.augment, transform.size)
         self.train_set = make(

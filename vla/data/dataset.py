@@ -105,13 +105,18 @@ class VLADataset(Dataset):
         grounding: Sequence[np.ndarray] | None = None,
         state_stats: dict[str, Any] | None = None,
         teach_missing_grounding: bool = False,
+        step_positions: int | None = None,
     ):
+        """`step_positions`: the chunk positions per step that a sample's ids hold (None: one per
+        action value, D; 1 for a continuous head with `chunk_positions="steps"`, which reads placeholders
+        there, so the ids hold the step's first action token)."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.episodes = list(episodes)
         self.processor = processor
         self.action_tokenizer = action_tokenizer
         self.chunk_size = chunk_size
+        self.step_positions = step_positions
         self.images = SampleImages(
             self.episodes, processor.image_transform, frames=frames, augment=augment, seed=seed
         )
@@ -176,7 +181,8 @@ class VLADataset(Dataset):
         prompt = self._prompt(self.episodes[e].instruction_at(t))
         tokens = self.action_tokens[e]  # int64 [T, D]
         steps, real = chunk_steps(t, len(tokens), self.chunk_size)
-        input_ids, labels = encode_sample(prompt, self.grounding_tokens[e], tokens[steps], real, self.eos)
+        chunk = tokens[steps][:, : self.step_positions]  # [K, D], or [K, 1] for one position per step
+        input_ids, labels = encode_sample(prompt, self.grounding_tokens[e], chunk, real, self.eos)
         if not self.teach_missing_grounding:  # an episode without grounding values: no grounding loss
             unknown = np.isnan(self.grounding[e])
             labels[len(prompt) : len(prompt) + unknown.size][unknown] = IGNORE_INDEX

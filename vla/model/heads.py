@@ -277,7 +277,8 @@ class TokenHead:
 class L1Head:
     """Continuous actions (OpenVLA-OFT's L1 regression head): the chunk's K*D positions read
     placeholder inputs; the LLM's final hidden states there, one chunk step's D of them concatenated,
-    go through `ActionMLP` to that step's D normalized actions. Trained with the mean absolute error
+    go through `ActionMLP` to that step's D normalized actions (with `chunk_positions="steps"`, K
+    positions, one hidden state per step). Trained with the mean absolute error
     over the real chunk steps; one forward pass predicts the whole chunk, with nothing fed back, so a
     teacher-forced validation pass is exactly what prediction does.
 
@@ -316,8 +317,8 @@ class L1Head:
 
     @property
     def n_actions(self) -> int:
-        """K*D: the chunk's positions, the last of the head's positions."""
-        return self.layout.chunk_size * self.layout.action_dim
+        """The chunk's positions, the last of the head's: K*D, or K with `chunk_positions="steps"`."""
+        return self.layout.chunk_placeholders
 
     @property
     def n_positions(self) -> int:
@@ -352,10 +353,11 @@ class L1Head:
             )
 
     def actions(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, K*D, H] hidden states at the chunk's positions -> [B, K, D] normalized actions."""
-        k, d = self.layout.chunk_size, self.layout.action_dim
+        """[B, K*P, H] hidden states at the chunk's positions (P per step: D, or 1 with
+        `chunk_positions="steps"`) -> [B, K, D] normalized actions."""
+        k, p = self.layout.chunk_size, self.layout.step_positions
         weight = next(self.module.parameters())
-        return self.module(hidden.reshape(hidden.shape[0], k, d * hidden.shape[-1]).to(weight.dtype))
+        return self.module(hidden.reshape(hidden.shape[0], k, p * hidden.shape[-1]).to(weight.dtype))
 
     def grounding(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, G, H] hidden states at the grounding positions -> [B, G] grounding values (regressed)."""

@@ -1,7 +1,8 @@
 """The small trainable modules a fine-tune adds beside OpenVLA's weights (OpenVLA-OFT's design).
 
 `ActionMLP` maps the LLM's final hidden states at one chunk step's D action positions to that step's D
-normalized actions (OFT's `L1RegressionActionHead`: an MLP with residual blocks). `ProprioProjector`
+normalized actions (OFT's `L1RegressionActionHead`: an MLP with residual blocks); with
+`model.layout.chunk_positions=steps` a step has one position, whose hidden state alone gives its D values. `ProprioProjector`
 maps a normalized robot state to one LLM input embedding (OFT's `ProprioProjector`). A continuous head
 with grounding (`model.layout.grounding=G`) has a second `ActionMLP` that maps the G grounding
 positions' hidden states to the G grounding values. `FiLM` (OpenVLA-OFT+) lets the instruction scale
@@ -34,13 +35,15 @@ class _ResidualBlock(nn.Module):
 
 
 class ActionMLP(nn.Module):
-    """[..., D * H] (a chunk step's D hidden states, concatenated) -> [..., D] normalized actions."""
+    """[..., P * H] (a chunk step's P hidden states, concatenated) -> [..., D] normalized actions; P is
+    `positions` (default D: one position per value, OpenVLA-OFT)."""
 
-    def __init__(self, llm_dim: int, action_dim: int, blocks: int = 2):
+    def __init__(self, llm_dim: int, action_dim: int, blocks: int = 2, positions: int | None = None):
         super().__init__()
         self.action_dim = action_dim
-        self.norm_in = nn.LayerNorm(action_dim * llm_dim)
-        self.fc_in = nn.Linear(action_dim * llm_dim, llm_dim)
+        self.positions = action_dim if positions is None else positions
+        self.norm_in = nn.LayerNorm(self.positions * llm_dim)
+        self.fc_in = nn.Linear(self.positions * llm_dim, llm_dim)
         self.act = nn.ReLU()
         self.blocks = nn.ModuleList([_ResidualBlock(llm_dim) for _ in range(blocks)])
         self.norm_out = nn.LayerNorm(llm_dim)
@@ -52,6 +55,11 @@ class ActionMLP(nn.Module):
             x = block(x)
         return self.fc_out(self.norm_out(x))
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(D outputs, P input positions): what `module_sizes` asks for."""
+        return self.action_dim, self.positions
+
 
 class ProprioProjector(nn.Module):
     """[B, S] normalized robot state -> [B, H] one input embedding of the LLM."""
@@ -59,6 +67,7 @@ class ProprioProjector(nn.Module):
     def __init__(self, proprio_dim: int, llm_dim: int):
         super().__init__()
         self.proprio_dim = proprio_dim
+        self.size = proprio_dim  # what `module_sizes` asks for
         self.fc1 = nn.Linear(proprio_dim, llm_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(llm_dim, llm_dim)
@@ -92,12 +101,15 @@ class FiLM(nn.Module):
         return [[layer(language).chunk(2, dim=-1) for layer in tower] for tower in self.towers]
 
 
-def module_sizes(layout) -> dict[str, int]:
-    """The size of each of `MODULES` that `layout` (an `ActionLayout`) needs; 0: not needed."""
+def module_sizes(layout) -> dict[str, int | tuple[int, int]]:
+    """The size of each of `MODULES` that `layout` (an `ActionLayout`) needs (the module's `size`); 0:
+    not needed. An `ActionMLP`'s is (outputs, input positions): the action head's (D, D or 1), the
+    grounding head's (G, G)."""
+    g = layout.grounding_values
     return {
-        "action_head": layout.action_dim if layout.continuous else 0,
+        "action_head": (layout.action_dim, layout.step_positions) if layout.continuous else 0,
         "proprio_projector": layout.proprio_dim,
-        "grounding_head": layout.grounding_values,
+        "grounding_head": (g, g) if g else 0,
         "film": FiLM.size if layout.film else 0,
     }
 
@@ -108,17 +120,15 @@ def build_modules(model: nn.Module, layout, llm_dim: int, seed: int = 0) -> None
     New weights are drawn from `seed`, not from torch's global generator, so adding them changes no
     other random draw of a run."""
     make = {
-        "action_head": lambda size: ActionMLP(llm_dim, size),
+        "action_head": lambda size: ActionMLP(llm_dim, size[0], positions=size[1]),
         "proprio_projector": lambda size: ProprioProjector(size, llm_dim),
-        "grounding_head": lambda size: ActionMLP(llm_dim, size),
+        "grounding_head": lambda size: ActionMLP(llm_dim, size[0], positions=size[1]),
         "film": lambda size: FiLM(llm_dim, model.vision_backbone.film_towers),
     }
     for name, size in module_sizes(layout).items():
         current = getattr(model, name, None)
         current = getattr(current, "original_module", current)  # PEFT's modules_to_save wrapper
-        have = next(
-            (getattr(current, a) for a in ("action_dim", "proprio_dim", "size") if hasattr(current, a)), None
-        )
+        have = getattr(current, "size", None)
         if size and have == size:
             continue
         if size:
