@@ -182,19 +182,28 @@ def test_defaults_are_the_embedded_tiny_setup():
         "full",
         "sample",
     )
-    # The default recipe (conf/train.yaml; README Results, docs/experiments/athena_suite.md).
+    # The default recipe (conf/train.yaml, conf/model/openvla_tiny.yaml; README Results,
+    # docs/experiments/athena_suite.md): the continuous head reading one position per chunk step, the
+    # state and FiLM, data=sample's 8 grounding values, 2800 steps.
     assert (cfg.model.action_head, cfg.model.proprio, cfg.model.layout.chunk_size) == ("l1", True, 5)
-    assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2000, 16)
-    # experiment=athena_suite is the default's recipe plus FiLM, 8 grounding values, 7000 steps and 1600
-    # reach scenes; its optimiser, its other scene settings and the rest of its model are the default's.
+    assert (cfg.model.film, cfg.model.layout.chunk_positions, cfg.model.layout.grounding) == (
+        True,
+        "steps",
+        8,
+    )
+    assert (cfg.optim.action_loss, cfg.trainer.max_steps, cfg.data.batch_size) == ("mse", 2800, 16)
+    # Data without grounding values trains without grounding (data.grounding_values, 0 but for sample).
+    isaac = compose_train(["data=isaac", "data.root=/tmp/never-read"])
+    assert (isaac.data.grounding_values, isaac.model.layout.grounding) == (0, 0)
+    # experiment=athena_suite is the default's recipe with 10000 steps and 1600 reach scenes; its
+    # optimiser, its other scene settings and its model are the default's.
     suite = compose_train(["experiment=athena_suite"])
     assert suite.optim == cfg.optim
     reach = {"task_episodes": {"reach_ball": 1600}}
     assert suite.data.sample == OmegaConf.merge(cfg.data.sample, reach)
     assert cfg.data.sample.task_episodes["reach_ball"] == 800
-    assert (suite.model.film, suite.model.layout.grounding, suite.trainer.max_steps) == (True, 8, 7000)
-    assert (cfg.model.film, cfg.model.layout.grounding) == (False, 0)
-    assert OmegaConf.merge(suite.model, {"film": False, "layout": {"grounding": 0}}) == cfg.model
+    assert suite.trainer.max_steps == 10000
+    assert suite.model == cfg.model
     assert (cfg.trainer.accelerator, cfg.logger.name, cfg.quantization.method) == ("cpu", "wandb", None)
     assert cfg.trainer.gradient_clip_val == 1.0
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import compose_config
 from vla.config import (
+    ActionLayout,
     ConfigError,
     LayoutConfig,
     LoraConfig,
@@ -231,12 +232,13 @@ def test_config_rejects_what_the_l1_head_cannot_use(tmp_path):
         )
     with pytest.raises(ConfigError, match=r"model\.action_head"):
         compose_config("train", ["model.action_head=flow", f"run_dir={tmp_path}"], TrainConfig)
-    with pytest.raises(ConfigError, match=r"chunk_positions='steps' is for model\.action_head=l1"):
-        compose_config(
-            "train",
-            ["model.action_head=tokens", "model.layout.chunk_positions=steps", f"run_dir={tmp_path}"],
-            TrainConfig,
-        )
+    # The token head writes one token per value: chunk_positions does not apply to it.
+    tokens = compose_config(
+        "train",
+        ["model.action_head=tokens", "model.layout.chunk_positions=steps", f"run_dir={tmp_path}"],
+        TrainConfig,
+    )
+    assert ActionLayout.of(tokens.model, action_dim=3).chunk_positions == "dims"
     with pytest.raises(ConfigError, match=r"model\.layout\.chunk_positions"):
         compose_config("train", ["model.layout.chunk_positions=values", f"run_dir={tmp_path}"], TrainConfig)
 

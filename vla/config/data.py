@@ -179,6 +179,11 @@ class DataConfig:
     # Leave no-op steps out of the train split: steps whose whole chunk repeats the previous action's
     # tokens (the robot holds still), as OpenVLA drops LIBERO's no-op actions. Validation keeps them.
     drop_idle_frames: bool = False
+    # Grounding values this data's episodes give (`vla.data.grounding`: metadata 'grounding', or a
+    # simulator reach scene's 8 ball positions); 0: none. conf/train.yaml sets model.layout.grounding to
+    # it, so the default recipe predicts data=sample's ball positions beside the actions and other data
+    # trains without grounding unless model.layout.grounding=G (or this key) asks for it.
+    grounding_values: int = 0
     grounding_weight: float = 1.0  # training loss weight of a grounding token (an action token's is 1)
     grounding_weight_steps: int | None = None  # optimizer steps that weight holds for, then 1; null: all
     # Teacher-forcing noise: in training, each action token of the inputs (not the labels) is moved by

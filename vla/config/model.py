@@ -68,7 +68,8 @@ class LayoutConfig:
     # placeholder positions regressed in the same pass as the chunk (an auxiliary target).
     grounding_tokens_first: bool = False
     # A continuous head's chunk positions (CHUNK_POSITIONS): "dims" (K*D, OpenVLA-OFT) or "steps" (K).
-    # The token head writes one token per value, always "dims".
+    # The token head writes one token per value: with model.action_head=tokens the key does not apply
+    # (the saved layout says dims), so the tiny model's "steps" needs no change to train tokens.
     chunk_positions: str = "dims"
 
     def __post_init__(self) -> None:
@@ -146,7 +147,7 @@ class ActionLayout:
             proprio_dim=proprio_dim if model.proprio else 0,
             film=model.film,
             grounding_tokens_first=layout.grounding_tokens_first,
-            chunk_positions=layout.chunk_positions,
+            chunk_positions=layout.chunk_positions if model.action_head != "tokens" else "dims",
         )
 
     @property
@@ -220,11 +221,6 @@ class ModelConfig:
             raise ConfigError(
                 "model.layout.grounding_tokens_first=true is for model.action_head=l1 (the token head always "
                 "writes its grounding tokens first)"
-            )
-        if self.layout.chunk_positions != "dims" and self.action_head == "tokens":
-            raise ConfigError(
-                f"model.layout.chunk_positions={self.layout.chunk_positions!r} is for model.action_head=l1 "
-                "(the token head writes one token per action value: dims)"
             )
 
 
