@@ -99,5 +99,11 @@ def dataset_grounding(
     if not optional:
         return [episode_grounding(ep, size) for ep in episodes]
     if require_any and episodes and not any(has_grounding(ep) for ep in episodes):
-        episode_grounding(episodes[0], size)  # raises the DataError that says what is missing
+        try:
+            episode_grounding(episodes[0], size)  # raises the DataError that says what is missing
+        except DataError as error:
+            raise DataError(
+                f"{error}; none of the {len(episodes)} episodes has any (data=sample: only reach_ball "
+                "scenes do): train without grounding with model.layout.grounding=0"
+            ) from None
     return [episode_grounding(ep, size) if has_grounding(ep) else np.full(size, np.nan) for ep in episodes]
