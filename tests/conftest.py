@@ -124,11 +124,14 @@ SMALL_SAMPLE = [
 ]
 
 # OpenVLA's own layout and the adapter the project's LoRA tests are written for: the default recipe trains
-# the continuous head with the robot state and every weight (conf/model/openvla_tiny.yaml, conf/train.yaml);
-# tests of token decoding, LoRA / QLoRA and the token-head export add these to their overrides.
+# the continuous head with the robot state, FiLM, data=sample's grounding values and every weight
+# (conf/model/openvla_tiny.yaml, conf/train.yaml); tests of token decoding, LoRA / QLoRA and the
+# token-head export add these to their overrides.
 OPENVLA_LAYOUT = [
     "model.action_head=tokens",
     "model.proprio=false",
+    "model.film=false",
+    "model.layout.grounding=0",
     "model.layout.chunk_size=1",
     "lora=humanoid_default",
     "optim.action_loss=l1",
