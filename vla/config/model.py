@@ -157,7 +157,8 @@ class ActionLayout:
 
     @property
     def step_positions(self) -> int:
-        """Positions per chunk step: D (a token head, or chunk_positions="dims") or 1 ("steps")."""
+        """A continuous head's positions per chunk step: D (chunk_positions="dims") or 1 ("steps"); 0
+        for the token head, whose layout stores no D."""
         return 1 if self.chunk_positions == "steps" else self.action_dim
 
     @property
