@@ -63,9 +63,9 @@ def test_claimed_folders_are_never_shared(tmp_path):
 
 def test_stages_started_in_the_same_second_get_their_own_folders(tmp_path, compose):
     """Every stage's run folder goes through `${claim_dir:...}` (predict and benchmark write none: `.`):
-    two compositions of the same stage in
-    the same second (the run folder names the second) resolve to two folders, and one composition
-    resolving its folder again gets the same one (Hydra reads it more than once)."""
+    two compositions of the same stage in the same second (the run folder names the second) resolve to
+    two folders, and one composition resolving its folder again gets the same one (Hydra reads it more
+    than once)."""
     from omegaconf import OmegaConf
 
     stages = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if "run:" in p.read_text())

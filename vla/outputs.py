@@ -18,15 +18,20 @@ FINISHED = {
 MAKE_TARGET = {"train": "make train", "export": "make export"}
 
 
+def numbered(path: Path, attempts: int = 1000) -> list[Path]:
+    """`path`, then `path_2`, `path_3`, ... (`attempts` in all): the names a run folder may take when an
+    earlier run holds `path` (they sort after it, as `latest_folder` reads them)."""
+    return [path] + [path.with_name(f"{path.name}_{n}") for n in range(2, attempts + 1)]
+
+
 def claim_folder(path: str, attempts: int = 1000) -> str:
-    """`path`, or the first of `path_2`, `path_3`, ... that does not exist yet, created here: `mkdir`
+    """`path`, or the first of its `numbered` names that does not exist yet, created here: `mkdir`
     fails on an existing folder, so two processes that ask for the same path at the same moment get two
     folders. The `claim_dir` resolver (registered with `use_cache`, so one process resolving its run
     folder twice gets the same answer)."""
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
-    for i in range(1, attempts + 1):
-        candidate = base if i == 1 else base.with_name(f"{base.name}_{i}")
+    for candidate in numbered(base, attempts):
         try:
             candidate.mkdir()
         except FileExistsError:

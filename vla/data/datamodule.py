@@ -292,9 +292,10 @@ class VLADataModule(L.LightningDataModule):
             return episodes
         kept: list[Episode] = []
         needed: dict[str, int] = {}
+        # A continuous head with chunk_positions=steps reads one position per chunk step, else D.
+        one_per_step = self.action_head != "tokens" and self.layout.chunk_positions == "steps"
         for episode in episodes:
-            steps = self.action_head != "tokens" and self.layout.chunk_positions == "steps"
-            n_actions = self.layout.chunk_size * (1 if steps else episode.action_dim)
+            n_actions = self.layout.chunk_size * (1 if one_per_step else episode.action_dim)
             texts = {episode.instruction, *episode.instructions, *(episode.step_instructions or [])}
             for text in texts - needed.keys():  # an instruction shared by many episodes: tokenized once
                 needed[text] = budget.positions(text, 0)

@@ -67,13 +67,17 @@ class ProprioProjector(nn.Module):
     def __init__(self, proprio_dim: int, llm_dim: int):
         super().__init__()
         self.proprio_dim = proprio_dim
-        self.size = proprio_dim  # what `module_sizes` asks for
         self.fc1 = nn.Linear(proprio_dim, llm_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(llm_dim, llm_dim)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(state)))
+
+    @property
+    def size(self) -> int:
+        """S state values: what `module_sizes` asks for."""
+        return self.proprio_dim
 
 
 class FiLM(nn.Module):

@@ -29,6 +29,7 @@ from vla.model.checkpoint import DTYPES, check_safetensors, commit_folder, write
 from vla.model.configuration import CheckpointError, OpenVLAConfig
 from vla.model.modeling import OpenVLA
 from vla.model.quantize import dequantize_language_model, quantize_language_model
+from vla.outputs import numbered
 from vla.training.adapters import make_adapter_config_portable
 from vla.training.build import training_layout
 
@@ -69,11 +70,11 @@ def check_pretrained_key(pretrained: str | None, dataset_key: str, stats: dict[s
 
 def claim_run_dir(run_dir: Path) -> Path:
     """A run folder no other run writes into: `run_dir` itself when this process is the first to
-    create its config.yaml there (an exclusive create: two runs started in the same second get the same
-    Hydra folder), else the first free `<run_dir>_2`, `<run_dir>_3`, ... (created exclusively too).
+    create its config.yaml there (an exclusive create: two runs given the same `run_dir=` share it;
+    Hydra's own folders are already claimed by `${claim_dir:...}`), else the first free `<run_dir>_2`,
+    `<run_dir>_3`, ... (`vla.outputs.numbered`, created exclusively too).
     The claim is an empty config.yaml that `save_run_config` fills. Returns the folder claimed."""
-    candidates = [run_dir] + [run_dir.with_name(f"{run_dir.name}_{n}") for n in range(2, 1000)]
-    for folder in candidates:
+    for folder in numbered(run_dir, 999):
         try:
             folder.mkdir(parents=True, exist_ok=folder == run_dir)  # Hydra makes run_dir, not the others
             with open(folder / "config.yaml", "x"):
