@@ -59,7 +59,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     from vla.sim.episodes import resolve_sample_data
     from vla.training.adapters import apply_adapter
     from vla.training.build import build_base_model, prompt_budget
-    from vla.training.callbacks import RunArtifacts, SimSuccessRate
+    from vla.training.callbacks import EMAWeights, RunArtifacts, SimSuccessRate
     from vla.training.module import VLAModule
     from vla.training.runs import (
         RunCheckpointIO,
@@ -143,6 +143,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
                 cfg.sim.disturbance,  # the check meets it; the demonstrations are recorded without it
             )
         )
+    if cfg.optim.ema_decay:  # last: the hooks before it see the average at validation
+        callbacks.append(EMAWeights(cfg.optim.ema_decay))
     # TrainerConfig's fields are Lightning Trainer arguments, one for one (but the choice's name).
     trainer_args = {k: v for k, v in asdict(cfg.trainer).items() if k != "name"}
     trainer = L.Trainer(

@@ -236,6 +236,8 @@ def test_wrong_type_fails():
         ),
         (["data=isaac", "data.root=null"], "data.root is required"),
         (["lora=full", "quantization=nf4"], "lora=full cannot train a quantized base"),
+        (["optim.ema_decay=1.0"], "optim.ema_decay=1.0 must be in \\[0, 1\\)"),
+        (["lora=efficient", "optim.ema_decay=0.999"], "use it with lora=full"),
         (["data.on_error=ignore"], "data.on_error='ignore' is not valid"),
         (["data.sample.camera=top"], "data.sample.camera='top': choose from \\['front', 'upper_body'\\]"),
         (["data.sample.expert_noise=-0.1"], "data.sample.expert_noise=-0.1: must be >= 0"),

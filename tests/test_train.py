@@ -329,3 +329,47 @@ def test_gradient_checkpointing_is_switched_on(quant):
         base, LoraConfig(name="efficient", r=4, target_modules=["q_proj"]), gradient_checkpointing=True
     )
     assert base.language_model.is_gradient_checkpointing
+
+
+def test_ema_weights_are_saved_and_a_resumed_run_is_the_same_run(tmp_path, isaac_root):
+    """optim.ema_decay: the saved model and the checkpoint's state_dict are the average, not the last
+    step's weights (kept as current_model_state for resuming), and 2 steps + resume to 4 == 4 steps,
+    average included."""
+    from safetensors.torch import load_file
+
+    data = ["data=isaac", f"data.root={isaac_root}", "lora=full", "trainer.val_check_interval=2"]
+    ema = [*data, "optim.ema_decay=0.9", "optim.lr=1e-2"]
+    train(tmp_path / "whole", [*ema, "trainer.max_steps=4"])
+    train(tmp_path / "first", [*ema, "trainer.max_steps=2"])
+    train(tmp_path / "resumed", [*ema, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])
+    train(tmp_path / "plain", [*data, "optim.lr=1e-2", "trainer.max_steps=4"])
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    plain = load_file(str(tmp_path / "plain" / "model" / "model.safetensors"))
+    ckpt = torch.load(
+        tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    key = "language_model.model.layers.0.self_attn.q_proj.weight"
+    averaged, current = ckpt["state_dict"][f"model.{key}"], ckpt["current_model_state"][f"model.{key}"]
+    torch.testing.assert_close(whole[key], averaged, rtol=0, atol=0)
+    torch.testing.assert_close(plain[key], current, rtol=0, atol=0)  # EMA does not change training
+    assert (whole[key] - plain[key]).abs().max() > 1e-4  # the average is not the last step's weights
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ema_update_forgets_the_initial_weights():
+    """The decay warms up as min(decay, (1 + n) / (10 + n)): after the first copy, the n-th update
+    keeps that share of the average."""
+    from vla.training.callbacks import EMAWeights
+
+    ema = EMAWeights(0.999)
+    average, current = [torch.zeros(3)], [torch.ones(3)]
+    ema._update(average, current, 1)  # decay 2/11: the average moves 9/11 of the way
+    torch.testing.assert_close(average[0], torch.full((3,), 9 / 11))
+    average = [torch.zeros(3)]
+    ema._update(average, current, 10_000)  # warmed up: decay 0.999
+    torch.testing.assert_close(average[0], torch.full((3,), 1e-3))
+    counts = [torch.tensor([1, 2])]
+    ema._update(counts, [torch.tensor([5, 6])], 3)  # integer buffers take the latest value
+    assert counts[0].tolist() == [5, 6]

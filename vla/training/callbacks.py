@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from vla.model.modeling import OpenVLA
 from vla.model.policy import Policy, policy_info
@@ -17,6 +19,36 @@ from vla.training.runs import save_trained
 def training_policy(model: OpenVLA) -> Policy:
     """The model being trained, as a `Policy` (torch backend, its own statistics)."""
     return Policy(model, policy_info(model, "training", "torch", "run"))
+
+
+class EMAWeights(WeightAveraging):
+    """Lightning's weight averaging with an exponential moving average whose decay warms up:
+    min(decay, (1 + n) / (10 + n)) after n updates, so the average forgets the random initial weights
+    within a few hundred steps instead of keeping decay^steps of them (`optim.ema_decay`).
+
+    Validation (the plots and closed-loop checks with it), checkpoints' `state_dict` and the weights
+    saved at the end are the average; `current_model_state` in a checkpoint keeps the trained weights for
+    resuming."""
+
+    def __init__(self, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay {decay} must be in (0, 1)")
+        self.decay = decay
+        super().__init__(multi_avg_fn=self._update)
+
+    @torch.no_grad()
+    def _update(
+        self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int
+    ) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (one group per dtype): the latest value
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(n)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None  # after every optimizer step, not at epoch ends
 
 
 class RunArtifacts(L.Callback):
