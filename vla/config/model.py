@@ -72,6 +72,11 @@ class LayoutConfig:
     # (the saved layout says dims), so the tiny model's "steps" needs no change to train tokens.
     chunk_positions: str = "dims"
 
+    def chunk_positions_of(self, head: str) -> str:
+        """The chunk positions `head` (a `model.action_head`) trains with: this key for a continuous
+        head, "dims" for the token head (one token per value)."""
+        return self.chunk_positions if head != "tokens" else "dims"
+
     def __post_init__(self) -> None:
         check_choice("model.layout.chunk_positions", self.chunk_positions, CHUNK_POSITIONS)
         if self.chunk_size < 1:
@@ -147,7 +152,7 @@ class ActionLayout:
             proprio_dim=proprio_dim if model.proprio else 0,
             film=model.film,
             grounding_tokens_first=layout.grounding_tokens_first,
-            chunk_positions=layout.chunk_positions if model.action_head != "tokens" else "dims",
+            chunk_positions=layout.chunk_positions_of(model.action_head),
         )
 
     @property

@@ -292,8 +292,7 @@ class VLADataModule(L.LightningDataModule):
             return episodes
         kept: list[Episode] = []
         needed: dict[str, int] = {}
-        # A continuous head with chunk_positions=steps reads one position per chunk step, else D.
-        one_per_step = self.action_head != "tokens" and self.layout.chunk_positions == "steps"
+        one_per_step = self.layout.chunk_positions_of(self.action_head) == "steps"  # else D per step
         for episode in episodes:
             n_actions = self.layout.chunk_size * (1 if one_per_step else episode.action_dim)
             texts = {episode.instruction, *episode.instructions, *(episode.step_instructions or [])}

@@ -28,7 +28,7 @@ class EMAWeights(WeightAveraging):
 
     Validation (the plots and closed-loop checks with it), checkpoints' `state_dict` and the weights
     saved at the end are the average; `current_model_state` in a checkpoint keeps the trained weights for
-    resuming."""
+    resuming. Updated after every optimizer step (`WeightAveraging.should_update`'s default)."""
 
     def __init__(self, decay: float):
         if not 0 < decay < 1:
@@ -46,9 +46,6 @@ class EMAWeights(WeightAveraging):
         n = int(n)
         decay = min(self.decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(averaged, current, 1.0 - decay)
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None  # after every optimizer step, not at epoch ends
 
 
 class RunArtifacts(L.Callback):
