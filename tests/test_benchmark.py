@@ -68,15 +68,21 @@ def assert_projection(projection: dict, chunk_size: int, action_dim: int, state_
                                    "state_dim": state_dim}  # fmt: skip
     assert projection["device"]["bandwidth_gb_s"] == 102.4 and projection["device"]["source"]
     rows = {(r["head"], r["weights"]): r for r in projection["rows"]}
-    assert set(rows) == {(h, w) for h in ("tokens_autoregressive", "tokens_parallel", "l1")
+    assert set(rows) == {(h, w) for h in ("tokens_autoregressive", "tokens_parallel", "l1", "l1_steps")
                          for w in ("fp16", "int8", "int4")}  # fmt: skip
     for (head, _), r in rows.items():
         assert r["chunk_ms"] > 0 and r["actions_per_s"] == pytest.approx(1000 * chunk_size / r["chunk_ms"])
-        assert (r["tokens_per_s"] is None) == (head == "l1")
+        assert (r["tokens_per_s"] is None) == head.startswith("l1")
     n = chunk_size * action_dim
     assert rows[("tokens_autoregressive", "int8")]["passes"] == n  # the prefix, then n - 1 decode steps
-    assert rows[("l1", "int8")]["passes"] == 1
+    assert rows[("l1", "int8")]["passes"] == rows[("l1_steps", "int8")]["passes"] == 1
     assert not rows[("l1", "fp16")]["fits"] and rows[("l1", "int4")]["fits"]  # 15 GB of bf16 weights
+    # One position per chunk step instead of D: K * (D - 1) fewer positions through the 32 layers, at
+    # least 2 x 6.5 GFLOP each (the LLM's linear weights), and an action MLP that reads H, not D * H.
+    saved = rows[("l1", "fp16")]["gflops"] - rows[("l1_steps", "fp16")]["gflops"]
+    assert saved >= chunk_size * (action_dim - 1) * 2 * 6.476
+    if action_dim > 1:
+        assert rows[("l1_steps", "fp16")]["chunk_ms"] < rows[("l1", "fp16")]["chunk_ms"]
 
 
 def bench_config(export_dir: Path, **kwargs) -> BenchmarkConfig:
@@ -120,7 +126,7 @@ def test_all_backends_and_three_reports(export_dir, tmp_path):
     table = (tmp_path / "benchmark.md").read_text().splitlines()
     assert table[2].startswith("| backend | chunk p50 ms") and table[4].startswith("| torch_fp32 |")
     assert "| tensorrt | skipped" in table[9]
-    assert any(line.startswith("**PROJECTION") for line in table) and "| l1 | int4 |" in table[-1]
+    assert any(line.startswith("**PROJECTION") for line in table) and "| l1_steps | int4 |" in table[-1]
     with Image.open(tmp_path / "benchmark_latency.png") as png:
         assert png.size[0] > 500 and png.size[1] > 200
 

@@ -99,6 +99,26 @@ def test_resume_is_exact(tmp_path, isaac_root, pipeline):
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_checkpoint_that_also_holds_the_unused_tower_parts_resumes(tmp_path, isaac_root):
+    """Checkpoints of earlier versions trained (without effect) the towers' last block, norm and pool
+    head, so they hold them: such a checkpoint still resumes; the parts stay frozen at their values."""
+    from safetensors.torch import load_file
+
+    data = ["data=isaac", f"data.root={isaac_root}", "lora=full"]
+    train(tmp_path / "first", [*data, "trainer.max_steps=2"])
+    path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_file(str(tmp_path / "first" / "model" / "model.safetensors"))
+    unused = {k: v for k, v in saved.items() if ".blocks.2." in k or "attn_pool" in k}
+    assert unused and not any(f"model.{k}" in ckpt["state_dict"] for k in unused)
+    ckpt["state_dict"].update({f"model.{k}": v + 1.0 for k, v in unused.items()})  # an earlier version's
+    torch.save(ckpt, path)
+    train(tmp_path / "resumed", [*data, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'first'}"])
+    resumed = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    for k, v in unused.items():  # loaded from the checkpoint, not trained further
+        torch.testing.assert_close(resumed[k], v + 1.0, rtol=0, atol=0, msg=k)
+
+
 def test_lora_checkpoint_holds_only_the_adapter_and_resumes(tmp_path, isaac_root):
     """The frozen base is rebuilt on resume, so Lightning's checkpoint keeps the trainable tensors only;
     a resume with other adapter settings fails naming the mismatch instead of training from scratch."""
@@ -252,13 +272,22 @@ def test_optuna_search_two_trials(tmp_path, isaac_root):
     assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 2
 
 
+# The default's model (continuous head, state, FiLM) trained in full: DDP needs a gradient for every
+# trainable weight, so the towers' unused last block and the unused lm_head must be frozen.
+DEFAULT_HEAD_FULL = ["model.action_head=l1", "model.proprio=true", "model.film=true",
+                     "model.layout.chunk_size=2", "model.layout.chunk_positions=steps", "lora=full"]  # fmt: skip
+
+
 @pytest.mark.slow  # two processes each importing the stack (30 s); DDP itself is Lightning's
-def test_ddp_two_processes_on_cpu(tmp_path, isaac_root):
+@pytest.mark.parametrize(
+    ("extra", "saved"), [([], "adapter/adapter_config.json"), (DEFAULT_HEAD_FULL, "model/config.json")]
+)
+def test_ddp_two_processes_on_cpu(tmp_path, isaac_root, extra, saved):
     out = _cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=isaac",
-                f"data.root={isaac_root}"], tmp_path)  # fmt: skip
+                f"data.root={isaac_root}", *extra], tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "distributed_backend=gloo" in out.stdout + out.stderr
-    assert len(list(tmp_path.rglob("adapter/adapter_config.json"))) == 1
+    assert len(list(tmp_path.rglob(saved))) == 1
 
 
 def test_evaluate_script_on_a_training_run(tmp_path, isaac_root):
@@ -373,3 +402,23 @@ def test_ema_update_forgets_the_initial_weights():
     counts = [torch.tensor([1, 2])]
     ema._update(counts, [torch.tensor([5, 6])], 3)  # integer buffers take the latest value
     assert counts[0].tolist() == [5, 6]
+
+
+def test_fused_adamw_only_where_lightning_clips_it():
+    """The fused AdamW kernel is the same update in one call; Lightning's mixed-precision plugin refuses
+    to clip gradients of a fused optimizer, so `*-mixed` runs (the GPU configs) keep the loop."""
+    from vla.training.module import fused_adamw_supported
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert fused_adamw_supported(params, "32-true")
+    assert not fused_adamw_supported(params, "bf16-mixed") and not fused_adamw_supported(params, "16-mixed")
+    assert not fused_adamw_supported([torch.nn.Parameter(torch.zeros(3, device="meta"))], "32-true")
+
+
+@pytest.mark.slow  # a 2-step run in bf16 autocast on the CPU
+def test_mixed_precision_run_clips_gradients(tmp_path, isaac_root):
+    """trainer.precision=bf16-mixed with the default gradient clipping trains (the optimizer is not fused)."""
+    metrics = train(
+        tmp_path, ["data=isaac", f"data.root={isaac_root}", "lora=full", "trainer.precision=bf16-mixed"]
+    )
+    assert np.isfinite(metrics["val/loss"])

@@ -9,7 +9,9 @@ of its passes:
 - tokens, parallel decoding (OpenVLA-OFT): the prefix pass, the G grounding tokens one at a time, then
   one pass over the K*D - 1 placeholder positions (logits at all of them), as `TokenHead.generate` does.
 - l1 (OpenVLA-OFT): one pass over the prefix and the K*D placeholder positions, no language-model head,
-  then the action MLP on K positions.
+  then the action MLP on K positions (its input a step's D hidden states, concatenated).
+- l1_steps (`model.layout.chunk_positions=steps`, this project's default): the same pass over the prefix
+  and K placeholder positions, one per chunk step; the action MLP reads one hidden state per step.
 Weights are read once per pass; activations are left out of the bytes (they are small next to 7B weights
 at batch 1), the KV cache is counted (fp16). Weight-only quantization is assumed (int8/int4 weights
 dequantized to fp16 tensor-core math), so every precision computes at the fp16 rate.
@@ -64,7 +66,8 @@ BANDWIDTH_EFFICIENCY = 0.7
 RESERVED_GB = 2.5
 # Bytes per weight: int8 per-channel scales and int4 group-128 fp16 scale + zero add little.
 WEIGHT_BYTES = {"fp16": 2.0, "int8": 1.0, "int4": 0.53}
-HEADS = ("tokens_autoregressive", "tokens_parallel", "l1")
+HEADS = ("tokens_autoregressive", "tokens_parallel", "l1", "l1_steps")
+CONTINUOUS = ("l1", "l1_steps")
 
 
 @dataclass
@@ -76,13 +79,15 @@ class Pass:
     logits: int = 1  # positions the language-model head runs on
     image: bool = False  # the towers, the projector (and the state projector) run in this pass
     action_mlp: int = 0  # positions the l1 head's MLP runs on (K)
+    mlp_inputs: int = 0  # hidden states the MLP reads per position (D for l1, 1 for l1_steps)
 
 
-def action_mlp_params(action_dim: int) -> int:
-    """`vla.model.projectors.ActionMLP` at the 7B width: LayerNorm + Linear(D*H -> H), 2 residual blocks,
-    LayerNorm + Linear(H -> D)."""
+def action_mlp_params(action_dim: int, inputs: int | None = None) -> int:
+    """`vla.model.projectors.ActionMLP` at the 7B width: LayerNorm + Linear(P*H -> H), 2 residual blocks,
+    LayerNorm + Linear(H -> D); P = `inputs` hidden states per chunk step (default D, OpenVLA-OFT)."""
     h, d = LLM_HIDDEN, action_dim
-    return 2 * d * h + d * h * h + h + 2 * (2 * h + h * h + h) + 2 * h + h * d + d
+    p = d if inputs is None else inputs
+    return 2 * p * h + p * h * h + h + 2 * (2 * h + h * h + h) + 2 * h + h * d + d
 
 
 def proprio_params(state_dim: int) -> int:
@@ -103,8 +108,8 @@ def pass_cost(p: Pass, weight_bytes: float, action_dim: int, state_dim: int) -> 
         flops += 2 * proprio_params(state_dim)
         params += DINO_PARAMS + SIGLIP_PARAMS + PROJECTOR_PARAMS + proprio_params(state_dim)
     if p.action_mlp:
-        flops += 2 * action_mlp_params(action_dim) * p.action_mlp
-        params += action_mlp_params(action_dim)
+        flops += 2 * action_mlp_params(action_dim, p.mlp_inputs) * p.action_mlp
+        params += action_mlp_params(action_dim, p.mlp_inputs)
     cache = 2 * LLM_LAYERS * LLM_HIDDEN * (c + n) * KV_BYTES  # read c, write n
     return flops, params * weight_bytes + cache
 
@@ -113,7 +118,9 @@ def chunk_passes(head: str, chunk_size: int, action_dim: int, grounding: int, pr
     """The passes one query (one chunk) takes with `head`."""
     n_actions = chunk_size * action_dim
     if head == "l1":
-        return [Pass(prefix + n_actions, logits=0, image=True, action_mlp=chunk_size)]
+        return [Pass(prefix + n_actions, logits=0, image=True, action_mlp=chunk_size, mlp_inputs=action_dim)]
+    if head == "l1_steps":
+        return [Pass(prefix + chunk_size, logits=0, image=True, action_mlp=chunk_size, mlp_inputs=1)]
     passes = [Pass(prefix, image=True)]
     serial = grounding + n_actions - 1 if head == "tokens_autoregressive" else grounding
     passes += [Pass(1, prefix + j) for j in range(serial)]
@@ -133,7 +140,7 @@ def project_chunk(
 ) -> dict[str, Any]:
     """The projected cost of one chunk of openvla-7b with `head` and `weights` (fp16 | int8 | int4)."""
     prefix = PROMPT_TOKENS + PATCHES + (1 if state_dim else 0)
-    passes = chunk_passes(head, chunk_size, action_dim, 0 if head == "l1" else grounding, prefix)
+    passes = chunk_passes(head, chunk_size, action_dim, 0 if head in CONTINUOUS else grounding, prefix)
     flops = bytes_ = seconds = compute_s = 0.0
     for p in passes:
         f, b = pass_cost(p, WEIGHT_BYTES[weights], action_dim, state_dim)
@@ -141,11 +148,11 @@ def project_chunk(
         t_memory = b / (device.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY)
         flops, bytes_, seconds = flops + f, bytes_ + b, seconds + max(t_compute, t_memory)
         compute_s += t_compute if t_compute >= t_memory else 0.0
-    extra = action_mlp_params(action_dim) if head == "l1" else 0
+    extra = {"l1": action_mlp_params(action_dim), "l1_steps": action_mlp_params(action_dim, 1)}.get(head, 0)
     positions = max(p.new + p.cached for p in passes)
     footprint = (TOTAL_PARAMS + extra + proprio_params(state_dim)) * WEIGHT_BYTES[weights]
     footprint += 2 * LLM_LAYERS * LLM_HIDDEN * positions * KV_BYTES
-    tokens = None if head == "l1" else grounding + chunk_size * action_dim
+    tokens = None if head in CONTINUOUS else grounding + chunk_size * action_dim
     return {
         "head": head,
         "weights": weights,

@@ -121,6 +121,24 @@ class OpenVLA(nn.Module):
         build_modules(self, layout, hidden, seed)
 
     @property
+    def unused_modules(self) -> list[str]:
+        """Modules in the checkpoint that this model's forward never runs: each tower's last block, final
+        norm and pool head (OpenVLA reads the second-to-last block), and the language-model head when a
+        continuous head reads the final hidden states with no tokens written before it. Training leaves
+        them frozen: they would get no gradient, which also stops DDP (it expects one for each trainable
+        weight)."""
+        names = [
+            f"vision_backbone.{tower}.{name}"
+            for tower in ("featurizer", "fused_featurizer")
+            if getattr(self.vision_backbone, tower) is not None
+            for name in getattr(self.vision_backbone, tower).unused_modules
+        ]
+        layout = self.layout
+        if layout.continuous and not layout.grounding_tokens_first:
+            names.append("language_model.lm_head")
+        return names
+
+    @property
     def head(self) -> TokenHead | L1Head:
         """The action head of the layout: its training loss and its decoding (`vla.model.heads`)."""
         return make_head(

@@ -133,6 +133,13 @@ class VisionTransformer(nn.Module):
         """The blocks that run (all but the last)."""
         return self.spec.depth - 1
 
+    @property
+    def unused_modules(self) -> list[str]:
+        """Names (relative to the tower) of the parts kept for the checkpoint that `forward` never runs:
+        the last block, the final norm and SigLIP's attention-pool head."""
+        names = [f"blocks.{i}" for i in range(self.used_blocks, self.spec.depth)] + ["norm"]
+        return names + (["attn_pool"] if self.attn_pool is not None else [])
+
     def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
         """`film`: a (gamma, beta) pair per block that runs (`vla.model.projectors.FiLM`), or None."""
         x = self.patch_embed(pixel_values)

@@ -55,19 +55,34 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
         )
 
 
+def under_modules(name: str, modules: list[str]) -> bool:
+    """Whether the parameter `name` lies under one of `modules` (paths in the OpenVLA model; any
+    prefix before them, a PEFT wrapper's `base_model.model.` or a LightningModule's `model.`, is
+    allowed for)."""
+    return any(f".{module}." in f".{name}" for module in modules)
+
+
+def freeze_modules(model: nn.Module, modules: list[str]) -> None:
+    """Stop training the parameters under `modules`."""
+    for name, p in model.named_parameters():
+        if under_modules(name, modules):
+            p.requires_grad_(False)
+
+
 def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool = False) -> nn.Module:
     """Make the model trainable as `lora` asks; returns the PEFT model (or the model itself for full)."""
     quantized = bool(getattr(model, "quantization", None))
     if gradient_checkpointing and not quantized:
         model.gradient_checkpointing_enable()  # (PEFT's k-bit preparation does it for quantized bases)
-    # A continuous head reads the final hidden states: the language-model head is never run (unless
-    # grounding tokens come first), so it is not trained (an unused trainable weight also stops DDP,
-    # which expects a gradient for each).
-    layout = model.layout
-    unused = {"lm_head"} if layout.continuous and not layout.grounding_tokens_first else set()
+    # What the forward never runs (the towers' last block, norm and pool head; the language-model head
+    # under a continuous head) is not trained: it would get no gradient, and an unused trainable weight
+    # stops DDP, which expects a gradient for each.
+    unused_modules = model.unused_modules
+    unused = {"lm_head"} if "language_model.lm_head" in unused_modules else set()
     if lora.kind == "full":
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.split(".")[1] not in unused if name.startswith("language_model.") else True)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        freeze_modules(model, unused_modules)
         return model
     targets = [t for t in lora.target_modules if t not in unused]
     if len(targets) < len(lora.target_modules):
@@ -94,6 +109,7 @@ def apply_adapter(model: OpenVLA, lora: LoraConfig, gradient_checkpointing: bool
         modules_to_save=extra or None,
     )
     peft_model = get_peft_model(model, config)
+    freeze_modules(peft_model, unused_modules)  # an adapter target inside them (e.g. fc1) stays unused
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     log.info(

@@ -15,7 +15,7 @@ from torch import nn
 
 from vla.config import OptimConfig
 from vla.model.action_tokenizer import unnormalize
-from vla.training.adapters import unwrap
+from vla.training.adapters import under_modules, unwrap
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -56,6 +56,18 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def fused_adamw_supported(params: list[torch.Tensor], precision: str) -> bool:
+    """Whether to use torch's fused AdamW kernel: floating-point tensors on the CPU or a CUDA device,
+    trained in full precision. It is the same update as the per-tensor loop in one kernel per step
+    (on the tiny default, 130 tensors on one core, ~20 ms less a step). Lightning's mixed-precision
+    plugin refuses gradient clipping with a fused optimizer, so `*-mixed` keeps the loop."""
+    return (
+        precision in ("32-true", "64-true")
+        and bool(params)
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    )
 
 
 class VLAModule(L.LightningModule):
@@ -189,7 +201,11 @@ class VLAModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=self.optim.lr, weight_decay=self.optim.weight_decay, betas=tuple(self.optim.betas)
+            params,
+            lr=self.optim.lr,
+            weight_decay=self.optim.weight_decay,
+            betas=tuple(self.optim.betas),
+            fused=fused_adamw_supported(params, self.trainer.precision if self._trainer else "32-true"),
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -224,6 +240,10 @@ class VLAModule(L.LightningModule):
         """Loading is non-strict (the base is not in the file), so check the trainable set here."""
         self._pending_rng = checkpoint.get("rng_states")
         saved, trainable = set(checkpoint["state_dict"]), self._trainable_names()
+        # Checkpoints of earlier versions also hold the parts the forward never runs, at their initial
+        # values (they got no gradient): those load as they are.
+        unused = self.vla.unused_modules
+        saved = {k for k in saved if k in trainable or not under_modules(k, unused)}
         if saved != trainable:
             missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)
             raise RuntimeError(
