@@ -36,6 +36,19 @@ class EMAWeights(WeightAveraging):
         self.decay = decay
         super().__init__(multi_avg_fn=self._update)
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A checkpoint's `state_dict` (the average) holds the trainable tensors only
+        (`VLAModule.on_save_checkpoint`); the frozen ones, which the average copies unchanged, come from
+        the rebuilt model, so Lightning's strict load of the average finds every key."""
+        if self._average_model is not None and "averaging_state" in checkpoint:
+            rebuilt = {
+                k[len("module.") :]: v
+                for k, v in self._average_model.state_dict().items()
+                if k.startswith("module.")
+            }
+            checkpoint["state_dict"] = {**rebuilt, **checkpoint["state_dict"]}
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
     @torch.no_grad()
     def _update(
         self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int
