@@ -148,7 +148,7 @@ def project_chunk(
         t_memory = b / (device.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY)
         flops, bytes_, seconds = flops + f, bytes_ + b, seconds + max(t_compute, t_memory)
         compute_s += t_compute if t_compute >= t_memory else 0.0
-    extra = {"l1": action_mlp_params(action_dim), "l1_steps": action_mlp_params(action_dim, 1)}.get(head, 0)
+    extra = sum(action_mlp_params(action_dim, p.mlp_inputs) for p in passes if p.action_mlp)
     positions = max(p.new + p.cached for p in passes)
     footprint = (TOTAL_PARAMS + extra + proprio_params(state_dim)) * WEIGHT_BYTES[weights]
     footprint += 2 * LLM_LAYERS * LLM_HIDDEN * positions * KV_BYTES
